@@ -1,0 +1,128 @@
+//! The context a layer handler runs in: everything it may know of, and do to,
+//! the outside world.
+
+use crate::event::{Down, Up};
+use crate::layer::TimerKey;
+use crate::rng::Rng;
+use crate::time::Instant;
+use crate::view::{MemberId, View};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// An event queued by a handler, with the position it goes to. Positions: 0 is
+/// below the bottom layer (the network), layers are 1..=n bottom first, n+1 is
+/// above the top layer (the application).
+#[derive(Debug)]
+pub(crate) enum Queued {
+    Down(usize, Down),
+    Up(usize, Up),
+}
+
+/// One layer's armed timers: at most one deadline per key.
+pub(crate) type Timers = SmallVec<[(TimerKey, Instant); 4]>;
+
+/// One layer's dropped-input counters, by reason.
+pub(crate) type Drops = SmallVec<[(&'static str, u64); 4]>;
+
+pub(crate) fn count_drop(drops: &mut Drops, reason: &'static str) {
+    match drops.iter_mut().find(|(r, _)| *r == reason) {
+        Some(slot) => slot.1 += 1,
+        None => drops.push((reason, 1)),
+    }
+}
+
+/// Handed to every [`Layer`](crate::Layer) handler. Emissions are queued and
+/// dispatched after the handler returns (run to completion, FIFO between
+/// adjacent layers), so a handler never re-enters another.
+pub struct Context<'a> {
+    pub(crate) position: usize,
+    pub(crate) name: &'static str,
+    pub(crate) now: Instant,
+    pub(crate) local: MemberId,
+    pub(crate) view: &'a Arc<View>,
+    pub(crate) rng: &'a mut Rng,
+    pub(crate) queue: &'a mut VecDeque<Queued>,
+    pub(crate) timers: &'a mut Timers,
+    pub(crate) drops: &'a mut Drops,
+    pub(crate) backpressure: &'a mut bool,
+    pub(crate) max_payload: usize,
+}
+
+impl<'a> Context<'a> {
+    /// Passes an event to the layer below (or the network).
+    pub fn down(&mut self, ev: Down) {
+        self.queue.push_back(Queued::Down(self.position - 1, ev));
+    }
+
+    /// Passes an event to the layer above (or the application).
+    pub fn up(&mut self, ev: Up) {
+        self.queue.push_back(Queued::Up(self.position + 1, ev));
+    }
+
+    /// The current (virtual) time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// This member.
+    pub fn local(&self) -> MemberId {
+        self.local
+    }
+
+    /// The last view this layer saw (the initial view until a view event
+    /// reaches it).
+    pub fn view(&self) -> &Arc<View> {
+        self.view
+    }
+
+    /// This member's seeded random numbers.
+    pub fn rng(&mut self) -> &mut Rng {
+        self.rng
+    }
+
+    /// Arms timer `key` to fire at `deadline`, replacing an earlier deadline for the same key.
+    pub fn set_timer(&mut self, key: TimerKey, deadline: Instant) {
+        match self.timers.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = deadline,
+            None => self.timers.push((key, deadline)),
+        }
+    }
+
+    /// Disarms timer `key` (no-op if it is not armed).
+    pub fn cancel_timer(&mut self, key: TimerKey) {
+        self.timers.retain(|(k, _)| *k != key);
+    }
+
+    /// The deadline of timer `key`, if armed.
+    pub fn timer(&self, key: TimerKey) -> Option<Instant> {
+        self.timers.iter().find(|(k, _)| *k == key).map(|(_, d)| *d)
+    }
+
+    /// The most bytes a message passed down from this layer may hold (its
+    /// headers included) for the datagram below to fit the transport. FRAG
+    /// sizes fragments by it; layers above FRAG may ignore it.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Counts (and traces) an input this layer dropped because it was
+    /// malformed, hostile or stale. Counters appear in the layer's stats
+    /// under `dropped`.
+    pub fn drop_malformed(&mut self, reason: &'static str) {
+        tracing::debug!(layer = self.name, reason, "dropped input");
+        count_drop(self.drops, reason);
+    }
+
+    /// Opens (`false`) or closes (`true`) this layer's send window. While any
+    /// layer's window is closed, the stack refuses new casts and sends with
+    /// [`Backpressure`](crate::Backpressure).
+    pub fn set_backpressure(&mut self, on: bool) {
+        *self.backpressure = on;
+    }
+
+    /// The stack-string name of this layer.
+    pub fn layer_name(&self) -> &'static str {
+        self.name
+    }
+}

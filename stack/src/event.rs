@@ -1,0 +1,132 @@
+//! Events that move between layers, and what the application sees.
+//!
+//! Both enums are `#[non_exhaustive]`: later layers add events, so a layer's
+//! `match` ends with an arm that forwards whatever it does not handle.
+
+use crate::msg::Msg;
+use crate::view::{MemberId, View};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// An event travelling down, from the application towards the network.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Down {
+    /// Multicast `msg` to every member of the current view.
+    Cast(Msg),
+    /// Send `msg` to one member.
+    Send {
+        /// The destination.
+        to: MemberId,
+        /// The message.
+        msg: Msg,
+    },
+    /// A new view, passed down by the membership layer so that the layers
+    /// below it reset their per-view state.
+    View(Arc<View>),
+    /// The application asks to be told (by [`Up::Flushed`] with the same
+    /// token) once every message it cast so far is stable.
+    Flush {
+        /// Echoed in the answer.
+        token: u64,
+    },
+    /// The member leaves the group.
+    Leave,
+}
+
+/// An event travelling up, from the network towards the application.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Up {
+    /// A multicast message from `from`.
+    Cast {
+        /// The member that cast it.
+        from: MemberId,
+        /// The message.
+        msg: Msg,
+    },
+    /// A point-to-point message from `from`.
+    Send {
+        /// The sender.
+        from: MemberId,
+        /// The message.
+        msg: Msg,
+    },
+    /// A view was installed.
+    View(Arc<View>),
+    /// A view change has started: hold casts until the next view.
+    Block,
+    /// Every message this member cast before the matching [`Down::Flush`] is stable.
+    Flushed {
+        /// The token of the flush request.
+        token: u64,
+    },
+    /// A member is suspected to have failed.
+    Suspect(MemberId),
+    /// Messages from `from` were given up on: they will never be delivered.
+    Lost {
+        /// Whose messages.
+        from: MemberId,
+        /// How many.
+        count: u64,
+    },
+    /// A layer hit a condition the application should hear about.
+    Problem(Problem),
+    /// This member has left the group.
+    Left,
+}
+
+/// Something a layer or the engine reports instead of panicking or hanging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The layer (or `"engine"`).
+    pub layer: &'static str,
+    /// What happened.
+    pub what: String,
+}
+
+/// How a delivered message was addressed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Multicast to the group.
+    Cast,
+    /// Sent to this member alone.
+    Send,
+}
+
+/// What a stack hands to its application.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AppEvent {
+    /// A message was delivered.
+    Deliver {
+        /// The sender.
+        from: MemberId,
+        /// Cast or point-to-point.
+        kind: Delivery,
+        /// The payload, as the sender passed it.
+        body: Bytes,
+    },
+    /// A view was installed.
+    View(Arc<View>),
+    /// A view change has started.
+    Block,
+    /// A flush completed.
+    Flushed {
+        /// The token given to the flush.
+        token: u64,
+    },
+    /// A member is suspected.
+    Suspect(MemberId),
+    /// Messages were given up on.
+    Lost {
+        /// Whose messages.
+        from: MemberId,
+        /// How many.
+        count: u64,
+    },
+    /// A layer reported a problem.
+    Problem(Problem),
+    /// The member has left the group.
+    Left,
+}

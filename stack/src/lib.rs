@@ -1,0 +1,37 @@
+//! # strata-stack
+//!
+//! The composition machinery of strata: the [`Layer`] trait and its
+//! [`LayerDescriptor`], the [`Down`]/[`Up`] events, the zero-copy message
+//! buffer [`Msg`], stack strings ([`spec`]) and the [`Registry`], and the
+//! sans-IO engine [`Stack`]. With the `runtime` feature, a tokio driver
+//! ([`runtime`]) runs stacks over real transports.
+//!
+//! No protocol logic lives here; the layers are in `strata-layers`.
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod context;
+pub mod engine;
+pub mod event;
+pub mod harness;
+pub mod layer;
+pub mod msg;
+pub mod registry;
+pub mod rng;
+pub mod spec;
+pub mod time;
+pub mod view;
+
+
+pub use codec::{DecodeResult, Malformed, Reader, Writer};
+pub use context::Context;
+pub use engine::{Backpressure, BuildError, Dest, LayerStats, Stack, StackConfig, Transmit};
+pub use event::{AppEvent, Delivery, Down, Problem, Up};
+pub use layer::{Layer, LayerDescriptor, ParamKind, ParamSpec, ParamValue, Params, Props, Stats, TimerKey};
+pub use msg::{Msg, MsgFlags};
+pub use registry::{Registry, RegistryError, ResolvedStack};
+pub use rng::Rng;
+pub use spec::{SpecError, SpecErrorKind};
+pub use time::Instant;
+pub use view::{MemberId, View, ViewId};
+pub use std::time::Duration;

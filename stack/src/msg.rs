@@ -1,0 +1,292 @@
+//! The message buffer: headers are pushed in front of the payload on the way
+//! down and popped on the way up, and the payload itself is never copied.
+//!
+//! A [`Msg`] is a *headroom* (bytes written by layers on the way down, inline
+//! up to [`INLINE_HEADROOM`] bytes, filled from the back) followed by a body
+//! ([`Bytes`], shared, never copied by layers that do not transform it).
+//! Logically the message is `headroom ++ body`. On the way up a received
+//! datagram is all body, and popping a header just advances the body.
+//! Invariant: a header is pushed whole, so it lies entirely in the headroom or
+//! entirely in the body, never across both.
+
+use crate::codec::{DecodeResult, Malformed, Reader, Writer};
+use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::fmt;
+
+/// Header bytes a message carries without a heap allocation.
+pub const INLINE_HEADROOM: usize = 96;
+
+/// Per-message flags that travel with a message inside one member's stack (not
+/// on the wire: a layer that needs one remote encodes it in its header).
+#[derive(Copy, Clone, Default, PartialEq, Eq, Debug)]
+pub struct MsgFlags(u8);
+
+impl MsgFlags {
+    /// Out of band: reliability and ordering layers pass it without sequencing
+    /// it (used for control traffic such as join requests from non-members).
+    pub const OOB: MsgFlags = MsgFlags(1);
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: MsgFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Sets the flags of `other`.
+    pub fn insert(&mut self, other: MsgFlags) {
+        self.0 |= other.0;
+    }
+}
+
+/// A message moving through a stack.
+#[derive(Clone)]
+pub struct Msg {
+    head: SmallVec<[u8; INLINE_HEADROOM]>,
+    // The headroom's data is head[start..]; head[..start] is free space.
+    start: usize,
+    body: Bytes,
+    tag: Option<u64>,
+    flags: MsgFlags,
+}
+
+impl Msg {
+    /// A message whose payload is `body`.
+    pub fn new(body: Bytes) -> Self {
+        Msg { head: SmallVec::from_buf([0u8; INLINE_HEADROOM]), start: INLINE_HEADROOM, body, tag: None, flags: MsgFlags::default() }
+    }
+
+    /// An empty message (for control traffic whose content is all header).
+    pub fn empty() -> Self {
+        Msg::new(Bytes::new())
+    }
+
+    /// Total length: headers pushed so far plus body.
+    pub fn len(&self) -> usize {
+        self.head_len() + self.body.len()
+    }
+
+    /// Whether the message has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes in the headroom.
+    pub fn head_len(&self) -> usize {
+        self.head.len() - self.start
+    }
+
+    /// The headroom's bytes (outermost header first).
+    pub fn head(&self) -> &[u8] {
+        &self.head[self.start..]
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// A stable identity for retransmissions of the same message, set by a
+    /// reliability layer so that layers below it (FRAG) can recognise a resend.
+    pub fn tag(&self) -> Option<u64> {
+        self.tag
+    }
+
+    /// Sets the retransmission identity (see [`Msg::tag`]).
+    pub fn set_tag(&mut self, tag: Option<u64>) {
+        self.tag = tag;
+    }
+
+    /// Local flags.
+    pub fn flags(&self) -> MsgFlags {
+        self.flags
+    }
+
+    /// Mutable local flags.
+    pub fn flags_mut(&mut self) -> &mut MsgFlags {
+        &mut self.flags
+    }
+
+    /// Pushes `bytes` in front of the message. Allocates only when the headers
+    /// of one message exceed [`INLINE_HEADROOM`] bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
+        if n > self.start {
+            self.grow(n);
+        }
+        self.start -= n;
+        self.head[self.start..self.start + n].copy_from_slice(bytes);
+    }
+
+    /// Pushes what a [`Writer`] holds.
+    pub fn push_writer(&mut self, w: &Writer) {
+        self.push(w.as_slice());
+    }
+
+    /// Encodes a header with `f` and pushes it.
+    pub fn push_with(&mut self, f: impl FnOnce(&mut Writer)) {
+        let mut w = Writer::new();
+        f(&mut w);
+        self.push(w.as_slice());
+    }
+
+    #[cold]
+    fn grow(&mut self, need: usize) {
+        let used = self.head_len();
+        let free = (used + need).max(INLINE_HEADROOM);
+        let mut bigger: SmallVec<[u8; INLINE_HEADROOM]> = SmallVec::with_capacity(free + used);
+        bigger.resize(free, 0);
+        bigger.extend_from_slice(&self.head[self.start..]);
+        self.head = bigger;
+        self.start = free;
+    }
+
+    /// The contiguous bytes at the front: the headroom if any, else the body.
+    /// Decoders read the next header from here.
+    pub fn front(&self) -> &[u8] {
+        if self.start < self.head.len() {
+            &self.head[self.start..]
+        } else {
+            &self.body
+        }
+    }
+
+    /// Removes `n` bytes from the front (of [`Msg::front`]). Fails, changing
+    /// nothing, if the front holds fewer bytes.
+    pub fn advance(&mut self, n: usize) -> DecodeResult<()> {
+        if self.start < self.head.len() {
+            if n > self.head.len() - self.start {
+                return Err(Malformed("header crosses headroom"));
+            }
+            self.start += n;
+        } else {
+            if n > self.body.len() {
+                return Err(Malformed("truncated"));
+            }
+            self.body.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Decodes the next header with `f` and removes it, or leaves the message
+    /// unchanged and returns the error.
+    pub fn pop_with<T>(&mut self, f: impl FnOnce(&mut Reader<'_>) -> DecodeResult<T>) -> DecodeResult<T> {
+        let mut r = Reader::new(self.front());
+        let v = f(&mut r)?;
+        let n = r.consumed();
+        self.advance(n)?;
+        Ok(v)
+    }
+
+    /// The whole message as one contiguous buffer. Free when there are no
+    /// pushed headers; otherwise copies once (done by transports and by FRAG
+    /// reassembly, never by layers on the fast path).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.head_len() == 0 {
+            return self.body.clone();
+        }
+        let mut b = BytesMut::with_capacity(self.len());
+        b.extend_from_slice(self.head());
+        b.extend_from_slice(&self.body);
+        b.freeze()
+    }
+
+    /// The message as two slices, headroom then body, for vectored sends.
+    pub fn as_slices(&self) -> [&[u8]; 2] {
+        [self.head(), &self.body]
+    }
+
+    /// The body once all headers are popped: the payload an application sees.
+    /// Copies only if headroom bytes remain (which a correct stack never leaves).
+    pub fn into_body(self) -> Bytes {
+        if self.head_len() == 0 {
+            self.body
+        } else {
+            self.to_bytes()
+        }
+    }
+
+    /// A message made of bytes `range` of this one's logical contents
+    /// (`headroom ++ body`). Body bytes are shared, headroom bytes are copied.
+    /// FRAG uses this to cut fragments without copying the payload.
+    pub fn slice(&self, start: usize, end: usize) -> Msg {
+        debug_assert!(start <= end && end <= self.len(), "slice within the message");
+        let hl = self.head_len();
+        let mut out = Msg::new(self.body.slice(start.saturating_sub(hl).min(self.body.len())..end.saturating_sub(hl).min(self.body.len())));
+        if start < hl {
+            out.push(&self.head()[start..end.min(hl)]);
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Msg(head={:02x?}, body={} bytes", self.head(), self.body.len())?;
+        if let Some(t) = self.tag {
+            write!(f, ", tag={t}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Messages compare by logical content, tag and flags (used by exact-output tests).
+impl PartialEq for Msg {
+    fn eq(&self, other: &Msg) -> bool {
+        self.len() == other.len() && self.tag == other.tag && self.flags == other.flags && self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl Eq for Msg {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::quickcheck;
+
+    #[test]
+    fn push_then_pop_restores_the_body_without_copying() {
+        let body = Bytes::from_static(b"payload");
+        let mut m = Msg::new(body.clone());
+        m.push(&[1, 2]);
+        m.push(&[3]);
+        assert_eq!(m.len(), 10);
+        assert_eq!(&m.to_bytes()[..], &[3, 1, 2, b'p', b'a', b'y', b'l', b'o', b'a', b'd']);
+        assert_eq!(m.pop_with(|r| r.u8()), Ok(3));
+        assert_eq!(m.pop_with(|r| r.u16()), Ok(0x0102));
+        assert_eq!(m.body().as_ptr(), body.as_ptr());
+        assert_eq!(m.into_body(), body);
+    }
+
+    #[test]
+    fn headroom_grows_past_the_inline_size() {
+        let mut m = Msg::new(Bytes::from_static(b"x"));
+        for i in 0..50u8 {
+            m.push(&[i, i]);
+        }
+        assert_eq!(m.head_len(), 100);
+        for i in (0..50u8).rev() {
+            assert_eq!(m.pop_with(|r| r.array::<2>()), Ok([i, i]));
+        }
+        assert_eq!(&m.into_body()[..], b"x");
+    }
+
+    #[test]
+    fn a_failed_pop_leaves_the_message_unchanged() {
+        let mut m = Msg::new(Bytes::from_static(&[0x80]));
+        assert!(m.pop_with(|r| r.varint()).is_err());
+        assert_eq!(m.len(), 1);
+    }
+
+    quickcheck! {
+        fn slices_concatenate_to_the_whole(head: Vec<u8>, body: Vec<u8>, cut: usize) -> bool {
+            let mut m = Msg::new(Bytes::from(body));
+            m.push(&head);
+            let cut = if m.is_empty() { 0 } else { cut % (m.len() + 1) };
+            let a = m.slice(0, cut);
+            let b = m.slice(cut, m.len());
+            let mut joined = a.to_bytes().to_vec();
+            joined.extend_from_slice(&b.to_bytes());
+            joined == m.to_bytes().to_vec()
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! # strata-transport
+//!
+//! Transports that carry a stack's datagrams: in-process channels ([`mem`]),
+//! UDP ([`udp`]), and the deterministic simulated network ([`sim`]) on which
+//! the protocol properties are checked.
+#![warn(missing_docs)]
+
+pub mod mem;
+pub mod sim;
+pub mod udp;
