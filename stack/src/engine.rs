@@ -212,7 +212,13 @@ impl Stack {
         Stack::assemble(layers, config, canonical, (h ^ (h >> 32)) as u32, now)
     }
 
-    fn assemble(layers: Vec<(&'static str, Box<dyn Layer>, usize)>, config: StackConfig, canonical: String, fingerprint: u32, now: Instant) -> Result<Stack, BuildError> {
+    fn assemble(
+        layers: Vec<(&'static str, Box<dyn Layer>, usize)>,
+        config: StackConfig,
+        canonical: String,
+        fingerprint: u32,
+        now: Instant,
+    ) -> Result<Stack, BuildError> {
         let mut members = config.members.clone();
         if !members.contains(&config.local) {
             members.push(config.local);
@@ -486,7 +492,8 @@ impl Stack {
         msg.push(if dest == Dest::Group { self.frame_cast.as_slice() } else { self.frame_send.as_slice() });
         if msg.len() > self.max_datagram {
             count_drop(&mut self.drops, "too_large");
-            let what = format!("a {}-byte datagram exceeds the transport's {} bytes; put FRAG in the stack or lower its frag_size", msg.len(), self.max_datagram);
+            let what =
+                format!("a {}-byte datagram exceeds the transport's {} bytes; put FRAG in the stack or lower its frag_size", msg.len(), self.max_datagram);
             self.events.push_back(AppEvent::Problem(Problem { layer: "engine", what }));
             return;
         }

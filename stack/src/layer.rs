@@ -318,10 +318,6 @@ pub struct LayerDescriptor {
 
 impl fmt::Debug for LayerDescriptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LayerDescriptor")
-            .field("name", &self.name)
-            .field("requires", &self.requires)
-            .field("provides", &self.provides)
-            .finish_non_exhaustive()
+        f.debug_struct("LayerDescriptor").field("name", &self.name).field("requires", &self.requires).field("provides", &self.provides).finish_non_exhaustive()
     }
 }

@@ -22,7 +22,6 @@ pub mod spec;
 pub mod time;
 pub mod view;
 
-
 pub use codec::{DecodeResult, Malformed, Reader, Writer};
 pub use context::Context;
 pub use engine::{Backpressure, BuildError, Dest, LayerStats, Stack, StackConfig, Transmit};
@@ -32,6 +31,6 @@ pub use msg::{Msg, MsgFlags};
 pub use registry::{Registry, RegistryError, ResolvedStack};
 pub use rng::Rng;
 pub use spec::{SpecError, SpecErrorKind};
+pub use std::time::Duration;
 pub use time::Instant;
 pub use view::{MemberId, View, ViewId};
-pub use std::time::Duration;

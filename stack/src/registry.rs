@@ -60,11 +60,8 @@ impl ResolvedStack {
                 out.push(':');
             }
             out.push_str(desc.name);
-            let shown: Vec<String> = desc
-                .params
-                .iter()
-                .filter_map(|spec| params.get(spec.name).filter(|v| include(spec, v)).map(|v| format!("{}={v}", spec.name)))
-                .collect();
+            let shown: Vec<String> =
+                desc.params.iter().filter_map(|spec| params.get(spec.name).filter(|v| include(spec, v)).map(|v| format!("{}={v}", spec.name))).collect();
             if !shown.is_empty() {
                 out.push('(');
                 out.push_str(&shown.join(","));
@@ -140,7 +137,8 @@ impl Registry {
             let desc = *self
                 .get(&spec.name)
                 .ok_or_else(|| SpecError::new(SpecErrorKind::UnknownLayer { name: spec.name.clone(), hint: self.hint(&spec.name) }, text, spec.at))?;
-            let mut params = Params::defaults(desc.params).map_err(|reason| SpecError::new(SpecErrorKind::Refused { layer: desc.name.into(), reason }, text, spec.at))?;
+            let mut params =
+                Params::defaults(desc.params).map_err(|reason| SpecError::new(SpecErrorKind::Refused { layer: desc.name.into(), reason }, text, spec.at))?;
             for (j, (key, value, at)) in spec.params.iter().enumerate() {
                 let pspec = desc.params.iter().find(|p| p.name == key).ok_or_else(|| {
                     let known: Vec<_> = desc.params.iter().map(|p| p.name).collect();
