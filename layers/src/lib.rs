@@ -7,13 +7,14 @@
 //! over real networks.
 #![warn(missing_docs)]
 
+pub mod debug;
 pub mod frag;
 pub mod nak;
 
 use strata_stack::{LayerDescriptor, Registry};
 
 /// Every built-in layer's descriptor, in the order `strata layers` lists them.
-pub const BUILTIN: &[LayerDescriptor] = &[frag::FRAG, nak::NAK];
+pub const BUILTIN: &[LayerDescriptor] = &[frag::FRAG, nak::NAK, debug::loss::LOSS];
 
 /// A registry holding every built-in layer. Register your own layers on it
 /// with [`Registry::register`].

@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod mem;
+pub mod payload;
 pub mod sim;
 pub mod udp;
