@@ -98,14 +98,14 @@ impl<'a> Reader<'a> {
             let b = self.u8()?;
             let low = u64::from(b & 0x7f);
             if i == 9 && b > 1 {
-                return Err(Malformed("varint overflows u64"));
+                return Err(Malformed("varint_overflow"));
             }
             value |= low << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err(Malformed("varint too long"))
+        Err(Malformed("varint_too_long"))
     }
 
     /// Reads a varint and checks it is at most `max`: use it for every count or
@@ -121,7 +121,7 @@ impl<'a> Reader<'a> {
     /// Fails unless every byte was consumed.
     pub fn finish(&self) -> DecodeResult<()> {
         if self.remaining() != 0 {
-            return Err(Malformed("trailing bytes"));
+            return Err(Malformed("trailing_bytes"));
         }
         Ok(())
     }
@@ -220,11 +220,11 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
 /// limit, so a hostile length can never make it allocate more than `limit`.
 pub fn decode_control<T: serde::de::DeserializeOwned>(data: &[u8], limit: usize) -> DecodeResult<T> {
     if data.len() > limit {
-        return Err(Malformed("control payload over its limit"));
+        return Err(Malformed("control_too_large"));
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(data, control_config()).map_err(|_| Malformed("bad control payload"))?;
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(data, control_config()).map_err(|_| Malformed("bad_control"))?;
     if used != data.len() {
-        return Err(Malformed("trailing bytes in control payload"));
+        return Err(Malformed("control_trailing_bytes"));
     }
     Ok(value)
 }

@@ -530,6 +530,7 @@ impl Stack {
             Up::View(v) => AppEvent::View(v),
             Up::Block => AppEvent::Block,
             Up::Flushed { token } => AppEvent::Flushed { token },
+            Up::Stable { .. } => return,
             Up::Suspect(m) => AppEvent::Suspect(m),
             Up::Lost { from, count } => AppEvent::Lost { from, count },
             Up::Problem(p) => AppEvent::Problem(p),

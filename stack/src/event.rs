@@ -61,6 +61,16 @@ pub enum Up {
         /// The token of the flush request.
         token: u64,
     },
+    /// The first `count` casts of `from` in the current view are stable:
+    /// every member of the view has received them. Reported by a reliability
+    /// layer (NAK) for layers above it (a flush, a log's garbage collector);
+    /// the application does not see it.
+    Stable {
+        /// Whose casts.
+        from: MemberId,
+        /// How many of them, counted from the start of the view.
+        count: u64,
+    },
     /// A member is suspected to have failed.
     Suspect(MemberId),
     /// Messages from `from` were given up on: they will never be delivered.

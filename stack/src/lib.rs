@@ -18,6 +18,8 @@ pub mod layer;
 pub mod msg;
 pub mod registry;
 pub mod rng;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod spec;
 pub mod time;
 pub mod view;

@@ -155,7 +155,7 @@ impl Msg {
     pub fn advance(&mut self, n: usize) -> DecodeResult<()> {
         if self.start < self.head.len() {
             if n > self.head.len() - self.start {
-                return Err(Malformed("header crosses headroom"));
+                return Err(Malformed("header_crosses_headroom"));
             }
             self.start += n;
         } else {

@@ -60,7 +60,7 @@ impl MemberId {
         let ip = match r.u8()? {
             4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
-            _ => return Err(Malformed("bad address family")),
+            _ => return Err(Malformed("bad_address_family")),
         };
         let port = r.u16()?;
         let incarnation = r.varint()?;
@@ -108,11 +108,11 @@ impl View {
     /// A view; `members` must be non-empty and free of duplicates (checked).
     pub fn new(id: ViewId, members: Vec<MemberId>) -> Result<Arc<View>, Malformed> {
         if members.is_empty() {
-            return Err(Malformed("empty view"));
+            return Err(Malformed("empty_view"));
         }
         for (i, m) in members.iter().enumerate() {
             if members[..i].contains(m) {
-                return Err(Malformed("duplicate member in view"));
+                return Err(Malformed("duplicate_member"));
             }
         }
         Ok(Arc::new(View { id, members }))
@@ -123,7 +123,7 @@ impl View {
     pub fn initial(mut members: Vec<MemberId>) -> Result<Arc<View>, Malformed> {
         members.sort();
         members.dedup();
-        let creator = *members.first().ok_or(Malformed("empty view"))?;
+        let creator = *members.first().ok_or(Malformed("empty_view"))?;
         View::new(ViewId { counter: 0, creator }, members)
     }
 

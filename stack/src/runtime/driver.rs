@@ -1,0 +1,490 @@
+//! The driver task: one per endpoint, owning the transport and every group's
+//! stack. It is written as one hand-rolled `poll` so that every input source
+//! registers the same task waker and no input is ever held in a future that
+//! could be cancelled half-way.
+
+use super::{Control, DataCmd, GroupShared, JoinConfig, JoinError, Joined, Transport, WakeSlot, CAST_QUEUE, CLOSED, LEFT, OPEN};
+use crate::engine::{peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
+use crate::event::AppEvent;
+use crate::layer::Stats;
+use crate::registry::Registry;
+use crate::time::Instant;
+use crate::view::{MemberId, View};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU8;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+/// Commands taken from one queue per round before the driver looks elsewhere.
+const BATCH: usize = 64;
+/// Rounds of work per poll before the driver yields to other tasks.
+const MAX_ROUNDS: usize = 32;
+
+/// The endpoint's own counters.
+#[derive(Default)]
+struct Counters {
+    datagrams_in: u64,
+    not_a_frame: u64,
+    unknown_group: u64,
+    app_slow: u64,
+    send_errors: u64,
+    recv_errors: u64,
+    casts_after_leave: u64,
+}
+
+/// One joined group.
+struct GroupState {
+    stack: Stack,
+    gid: u32,
+    /// Ordered commands from the group's handles.
+    commands: mpsc::Receiver<DataCmd>,
+    /// False once every handle is dropped (the receiver then only says `None`).
+    handles: bool,
+    events: mpsc::Sender<AppEvent>,
+    /// The one event the full events channel could not take. While it is
+    /// here the group takes no input.
+    pending_event: Option<AppEvent>,
+    /// The one cast or send refused by a closed send window. While it is here
+    /// the group takes no further commands.
+    parked: Option<DataCmd>,
+    flushes: VecDeque<(u64, oneshot::Sender<()>)>,
+    next_token: u64,
+    leaves: Vec<oneshot::Sender<()>>,
+    leaving: bool,
+    /// `Left` was handed to the application: remove the group.
+    gone: bool,
+    shared: Arc<GroupShared>,
+    /// The view `peers` was computed from.
+    peers_of: Arc<View>,
+    /// Addresses of the members of `peers_of` other than this one.
+    peers: Vec<SocketAddr>,
+}
+
+impl GroupState {
+    fn blocked(&self) -> bool {
+        self.pending_event.is_some()
+    }
+
+    /// Takes commands from the group's queue while the stack accepts them.
+    /// Returns whether any was taken.
+    fn take_commands(&mut self, cx: &mut Context<'_>, now: Instant, counters: &mut Counters) -> bool {
+        if !self.handles || self.blocked() || self.parked.is_some() {
+            return false;
+        }
+        let mut taken = 0;
+        while taken < BATCH && self.parked.is_none() {
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(cmd)) => {
+                    taken += 1;
+                    self.apply(cmd, now, counters);
+                }
+                Poll::Ready(None) => {
+                    self.handles = false;
+                    // Nobody can command the group or hear from it any more.
+                    if self.events.is_closed() && !self.leaving {
+                        self.leaving = true;
+                        self.stack.leave(now);
+                    }
+                    return true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        taken > 0
+    }
+
+    fn apply(&mut self, cmd: DataCmd, now: Instant, counters: &mut Counters) {
+        match cmd {
+            DataCmd::Cast(_) | DataCmd::Send(..) if self.leaving => counters.casts_after_leave += 1,
+            DataCmd::Cast(_) | DataCmd::Send(..) if !self.stack.can_send() => self.parked = Some(cmd),
+            DataCmd::Cast(body) => {
+                let accepted = self.stack.cast(now, body);
+                debug_assert!(accepted.is_ok(), "can_send was checked just before");
+            }
+            DataCmd::Send(to, body) => {
+                let accepted = self.stack.send(now, to, body);
+                debug_assert!(accepted.is_ok(), "can_send was checked just before");
+            }
+            DataCmd::Flush(reply) => {
+                if self.leaving {
+                    // Dropping `reply` answers GroupError::Left (the status says so).
+                    return;
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                self.flushes.push_back((token, reply));
+                self.stack.flush(now, token);
+            }
+            DataCmd::Leave(reply) => {
+                self.leaves.push(reply);
+                if !self.leaving {
+                    self.leaving = true;
+                    self.stack.leave(now);
+                }
+            }
+        }
+    }
+
+    /// Retries the parked cast once the window has reopened. Returns whether
+    /// the group can take commands again.
+    fn retry_parked(&mut self, now: Instant, counters: &mut Counters) -> bool {
+        if self.parked.is_some() && self.stack.can_send() {
+            if let Some(cmd) = self.parked.take() {
+                self.apply(cmd, now, counters);
+            }
+            return self.parked.is_none();
+        }
+        false
+    }
+
+    /// Hands every datagram the stack wants sent to the transport.
+    fn drain_transmits(&mut self, transport: &mut impl Transport, counters: &mut Counters) {
+        while let Some(t) = self.stack.poll_transmit() {
+            let frame = t.msg.as_slices();
+            let sent = match t.dest {
+                Dest::Group => {
+                    if !Arc::ptr_eq(&self.peers_of, self.stack.view()) {
+                        self.peers_of = self.stack.view().clone();
+                        let local = self.stack.local();
+                        self.peers.clear();
+                        self.peers.extend(self.peers_of.members().iter().filter(|m| **m != local).map(MemberId::addr));
+                    }
+                    if self.peers.is_empty() {
+                        Ok(())
+                    } else {
+                        transport.send(&self.peers, &frame)
+                    }
+                }
+                Dest::Member(m) => transport.send(&[m.addr()], &frame),
+            };
+            if let Err(e) = sent {
+                counters.send_errors += 1;
+                tracing::debug!(error = %e, "send failed");
+            }
+        }
+    }
+
+    /// Moves the stack's events into the application's channel until it is
+    /// full. Returns whether the group was blocked and no longer is.
+    fn drain_events(&mut self) -> bool {
+        let was_blocked = self.blocked();
+        loop {
+            let Some(ev) = self.pending_event.take().or_else(|| self.stack.poll_event()) else { break };
+            if let AppEvent::Flushed { token } = ev {
+                if let Some(i) = self.flushes.iter().position(|(t, _)| *t == token) {
+                    if let Some((_, reply)) = self.flushes.remove(i) {
+                        let _ = reply.send(());
+                    }
+                    continue;
+                }
+            }
+            let left = matches!(ev, AppEvent::Left);
+            match self.events.try_send(ev) {
+                Ok(()) => self.gone |= left,
+                Err(TrySendError::Full(ev)) => {
+                    self.pending_event = Some(ev);
+                    break;
+                }
+                // The application dropped its stream: events go nowhere.
+                Err(TrySendError::Closed(_)) => self.gone |= left,
+            }
+        }
+        was_blocked && !self.blocked()
+    }
+
+    /// Ends the group: handles see `status`; waiting flushes and leaves are
+    /// answered (a leave that got its `Left` succeeded).
+    fn finish(self, status: u8) {
+        self.shared.set(status);
+        if status == LEFT {
+            for reply in self.leaves {
+                let _ = reply.send(());
+            }
+        }
+        // Dropping the remaining reply senders fails the waiting calls with
+        // the error the status names.
+    }
+}
+
+pub(crate) struct Driver<T: Transport> {
+    transport: T,
+    registry: Arc<Registry>,
+    control: mpsc::Receiver<Control>,
+    epoch: tokio::time::Instant,
+    groups: BTreeMap<u64, GroupState>,
+    by_gid: HashMap<u32, u64>,
+    next_key: u64,
+    batch: Vec<(SocketAddr, Bytes)>,
+    sleep: Pin<Box<Sleep>>,
+    sleep_at: Option<Instant>,
+    wake: Arc<WakeSlot>,
+    counters: Counters,
+    local: SocketAddr,
+}
+
+impl<T: Transport> Driver<T> {
+    pub(crate) fn new(transport: T, registry: Arc<Registry>, control: mpsc::Receiver<Control>, wake: Arc<WakeSlot>) -> Self {
+        let epoch = tokio::time::Instant::now();
+        Driver {
+            local: transport.local_addr(),
+            transport,
+            registry,
+            control,
+            epoch,
+            groups: BTreeMap::new(),
+            by_gid: HashMap::new(),
+            next_key: 0,
+            batch: Vec::with_capacity(BATCH),
+            sleep: Box::pin(tokio::time::sleep_until(epoch)),
+            sleep_at: None,
+            wake,
+            counters: Counters::default(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        Instant::from_nanos(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until shutdown (`Ready`), doing at most `MAX_ROUNDS` rounds of
+    /// work per call. Every source that returns `Pending` has registered the
+    /// task's waker; a source the driver skips on purpose (a blocked or parked
+    /// group) is woken through `WakeSlot` or by the driver's own progress.
+    pub(crate) fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..MAX_ROUNDS {
+            let mut busy = false;
+            let now = self.now();
+
+            // Endpoint commands.
+            for _ in 0..BATCH {
+                match self.control.poll_recv(cx) {
+                    Poll::Ready(Some(cmd)) => {
+                        busy = true;
+                        if let Some(reply) = self.control(cmd, now) {
+                            self.stop();
+                            let _ = reply.send(());
+                            return Poll::Ready(());
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        // Every Endpoint and Group handle is gone.
+                        self.stop();
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => break,
+                }
+            }
+
+            // Group commands.
+            for g in self.groups.values_mut() {
+                busy |= g.take_commands(cx, now, &mut self.counters);
+            }
+
+            // Datagrams, unless every group's application is behind.
+            if self.groups.is_empty() || self.groups.values().any(|g| !g.blocked()) {
+                match self.transport.poll_recv(cx, &mut self.batch) {
+                    Poll::Ready(Ok(())) => {
+                        busy |= !self.batch.is_empty();
+                        self.deliver_batch(now);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.counters.recv_errors += 1;
+                        tracing::debug!(error = %e, "receive failed");
+                        // No waker was registered: come back after others ran.
+                        self.batch.clear();
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            // Timers, outputs, parked casts.
+            let now = self.now();
+            for g in self.groups.values_mut() {
+                if g.stack.poll_timeout().is_some_and(|d| d <= now) {
+                    g.stack.handle_timeout(now);
+                }
+                busy |= g.retry_parked(now, &mut self.counters);
+                g.drain_transmits(&mut self.transport, &mut self.counters);
+                busy |= g.drain_events();
+            }
+            self.remove_gone();
+
+            // A blocked group resumes when its application reads: arm the
+            // wake-up first, then look again, so that no read is missed.
+            if self.groups.values().any(GroupState::blocked) {
+                self.wake.arm(cx.waker());
+                for g in self.groups.values_mut() {
+                    busy |= g.blocked() && g.drain_events();
+                }
+                self.remove_gone();
+            }
+
+            // The one timer: the earliest deadline of all stacks.
+            match self.groups.values().filter_map(|g| g.stack.poll_timeout()).min() {
+                Some(deadline) => {
+                    if self.sleep_at != Some(deadline) {
+                        match self.epoch.checked_add(Duration::from_nanos(deadline.as_nanos())) {
+                            Some(at) => {
+                                self.sleep.as_mut().reset(at);
+                                self.sleep_at = Some(deadline);
+                            }
+                            None => self.sleep_at = None,
+                        }
+                    }
+                    if self.sleep_at.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+                        busy = true;
+                    }
+                }
+                None => self.sleep_at = None,
+            }
+
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        // Plenty of work left: let other tasks run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn deliver_batch(&mut self, now: Instant) {
+        for (_from, data) in self.batch.drain(..) {
+            self.counters.datagrams_in += 1;
+            let Some(gid) = peek_group(&data) else {
+                self.counters.not_a_frame += 1;
+                tracing::debug!(len = data.len(), "dropped a datagram that is not a frame");
+                continue;
+            };
+            let Some(g) = self.by_gid.get(&gid).and_then(|key| self.groups.get_mut(key)) else {
+                self.counters.unknown_group += 1;
+                tracing::debug!(gid, "dropped a datagram for a group not joined here");
+                continue;
+            };
+            if g.blocked() {
+                self.counters.app_slow += 1;
+                continue;
+            }
+            g.stack.handle_datagram(now, data);
+        }
+    }
+
+    /// Carries out an endpoint command; a shutdown is returned to the caller,
+    /// which stops the driver and then answers it.
+    fn control(&mut self, cmd: Control, now: Instant) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Control::Join(cfg, reply) => {
+                let _ = reply.send(self.join(cfg, now));
+            }
+            Control::Stats(key, reply) => {
+                let stats = self.groups.get(&key).map(|g| {
+                    let mut all = g.stack.stats();
+                    all.push(g.stack.engine_stats());
+                    all
+                });
+                let _ = reply.send(stats);
+            }
+            Control::View(key, reply) => {
+                let _ = reply.send(self.groups.get(&key).map(|g| g.stack.view().clone()));
+            }
+            Control::EndpointStats(reply) => {
+                let _ = reply.send(self.endpoint_stats());
+            }
+            Control::Shutdown(reply) => return Some(reply),
+        }
+        None
+    }
+
+    fn join(&mut self, cfg: JoinConfig, now: Instant) -> Result<Joined, JoinError> {
+        if self.groups.values().any(|g| g.stack.group() == cfg.group) {
+            return Err(JoinError::DuplicateGroup(cfg.group));
+        }
+        let local = MemberId::new(self.local, cfg.incarnation);
+        let config = StackConfig { group: cfg.group.clone(), local, members: cfg.members, seed: cfg.seed, max_datagram: self.transport.max_datagram() };
+        let stack = Stack::new(&self.registry, &cfg.stack, config, now)?;
+        let gid = stack.group_id();
+        if let Some(other) = self.by_gid.get(&gid).and_then(|k| self.groups.get(k)) {
+            let what = format!("group `{}` has the same wire id as joined group `{}`; rename one", cfg.group, other.stack.group());
+            return Err(BuildError::Config(what).into());
+        }
+        let (data_tx, data_rx) = mpsc::channel(CAST_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(cfg.event_capacity.max(1));
+        let shared = Arc::new(GroupShared { status: AtomicU8::new(OPEN) });
+        let key = self.next_key;
+        self.next_key += 1;
+        tracing::debug!(group = %cfg.group, stack = stack.canonical(), %local, "joined");
+        let peers_of = stack.view().clone();
+        let peers = peers_of.members().iter().filter(|m| **m != local).map(MemberId::addr).collect();
+        self.groups.insert(
+            key,
+            GroupState {
+                stack,
+                gid,
+                commands: data_rx,
+                handles: true,
+                events: events_tx,
+                pending_event: None,
+                parked: None,
+                flushes: VecDeque::new(),
+                next_token: 0,
+                leaves: Vec::new(),
+                leaving: false,
+                gone: false,
+                shared: shared.clone(),
+                peers_of,
+                peers,
+            },
+        );
+        self.by_gid.insert(gid, key);
+        Ok(Joined { name: cfg.group, key, local, data: data_tx, events: events_rx, shared })
+    }
+
+    fn remove_gone(&mut self) {
+        let gone: Vec<u64> = self.groups.iter().filter(|(_, g)| g.gone).map(|(k, _)| *k).collect();
+        for key in gone {
+            if let Some(g) = self.groups.remove(&key) {
+                tracing::debug!(group = g.stack.group(), "left");
+                self.by_gid.remove(&g.gid);
+                g.finish(LEFT);
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, g) in std::mem::take(&mut self.groups) {
+            g.finish(CLOSED);
+        }
+        self.by_gid.clear();
+        self.control.close();
+    }
+
+    fn endpoint_stats(&self) -> LayerStats {
+        let c = &self.counters;
+        let mut counters = Stats::default();
+        counters
+            .add("groups", self.groups.len() as u64)
+            .add("datagrams_in", c.datagrams_in)
+            .add("send_errors", c.send_errors)
+            .add("recv_errors", c.recv_errors);
+        self.transport.stats(&mut counters);
+        let mut dropped = Vec::new();
+        for (reason, n) in
+            [("not_a_frame", c.not_a_frame), ("unknown_group", c.unknown_group), ("app_slow", c.app_slow), ("cast_after_leave", c.casts_after_leave)]
+        {
+            if n > 0 {
+                dropped.push((reason, n));
+            }
+        }
+        LayerStats { name: "endpoint", counters, dropped }
+    }
+}

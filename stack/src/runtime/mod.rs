@@ -1,0 +1,470 @@
+//! The tokio runtime: drives sans-IO [`Stack`]s over a real [`Transport`].
+//!
+//! An [`Endpoint`] is a handle to one driver task. The driver owns the
+//! transport and every group's [`Stack`] on that endpoint; it is the only code
+//! that reads the clock, sleeps or touches a socket. Applications talk to it
+//! through cheap handles:
+//!
+//! - [`Endpoint::join`] builds a group's stack and returns a [`Group`] handle
+//!   (cast, send, flush, stats, view, leave) and its [`Events`] stream
+//!   (deliveries, views, problems, `Left`).
+//! - Datagrams are demultiplexed by the group id in the frame header
+//!   ([`peek_group`](crate::engine::peek_group)); frames for a group this
+//!   endpoint has not joined, and bytes that are not frames at all, are counted
+//!   ([`Endpoint::stats`]) and dropped.
+//!
+//! ## The driver loop
+//! The driver waits for any of: commands from the handles, a batch of datagrams
+//! from the transport, and the earliest deadline of all its stacks (one tokio
+//! timer). After each wake it feeds the inputs to the stacks, fires due timers,
+//! then for every stack drains [`Stack::poll_transmit`] to the transport,
+//! re-arms the timer from [`Stack::poll_timeout`] and moves
+//! [`Stack::poll_event`] into the group's bounded events channel: the order the
+//! engine documents. Time is nanoseconds since the driver started.
+//!
+//! ## Bounded buffers and backpressure
+//! Nothing a peer or the application does can grow a buffer in the runtime
+//! without bound:
+//!
+//! - **Casts.** Casts, sends, flushes and leaves of one group travel in order
+//!   through that group's bounded queue ([`CAST_QUEUE`] commands).
+//!   [`Group::cast`] resolves once its message is in that queue; it waits while
+//!   the queue is full. While a layer holds the send window closed
+//!   ([`Stack::can_send`] is false) the driver parks the one cast it could not
+//!   hand over and takes no further command of that group until the window
+//!   reopens, so the queue fills and `cast().await` waits: that is the
+//!   application's backpressure.
+//! - **Events.** Each group's [`Events`] channel holds `event_capacity` events.
+//!   When it is full the driver keeps the one event it could not deliver and
+//!   stops taking input for that group (its datagrams are dropped and counted
+//!   as `app_slow`, as a full socket buffer would; NAK repairs them) until the
+//!   application reads. When every group is blocked the driver stops reading
+//!   the transport altogether and the OS buffer absorbs or drops the rest.
+//!
+//! ## Flush and leave
+//! [`Group::flush`] passes [`Down::Flush`](crate::Down::Flush) with a fresh
+//! token and resolves when [`AppEvent::Flushed`] with that token comes out of
+//! the stack; that event is consumed by the runtime, not forwarded to
+//! [`Events`]. [`Group::leave`] passes [`Down::Leave`](crate::Down::Leave); the
+//! group is removed once [`AppEvent::Left`] has been handed to [`Events`] (it
+//! is forwarded), after which every call on the [`Group`] returns
+//! [`GroupError::Left`] and the events stream ends after `Left`.
+
+mod driver;
+
+use crate::engine::{BuildError, LayerStats};
+use crate::event::AppEvent;
+use crate::layer::Stats;
+use crate::registry::Registry;
+use crate::view::{MemberId, View};
+use bytes::Bytes;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// Commands of one group that may wait in its queue (casts, sends, flushes,
+/// leaves) before the driver takes them; `Group::cast` waits when it is full.
+pub const CAST_QUEUE: usize = 128;
+/// Commands addressed to the endpoint (join, stats, view, shutdown) that may wait.
+const CONTROL_QUEUE: usize = 64;
+
+/// Carries datagrams for an [`Endpoint`]. Implementations are best effort,
+/// like UDP: a datagram that does not fit a full buffer is dropped and counted.
+pub trait Transport: Send + 'static {
+    /// Where this transport receives.
+    fn local_addr(&self) -> SocketAddr;
+    /// Largest datagram it carries.
+    fn max_datagram(&self) -> usize;
+    /// Receives a batch of datagrams (appends to `out`); Pending when none.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, out: &mut Vec<(SocketAddr, Bytes)>) -> Poll<std::io::Result<()>>;
+    /// Sends one frame (given as slices, concatenated) to each address in `to`. Best effort like UDP:
+    /// a full socket buffer may drop (count it); never blocks the driver for long.
+    fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> std::io::Result<()>;
+    /// Appends the transport's counters (datagrams and bytes sent and
+    /// received, drops). Shown by [`Endpoint::stats`].
+    fn stats(&self, out: &mut Stats) {
+        let _ = out;
+    }
+}
+
+/// How to join a group.
+#[derive(Clone, Debug)]
+pub struct JoinConfig {
+    /// The group's name (its id on the wire is a hash of it).
+    pub group: String,
+    /// The stack string, bottom layer first.
+    pub stack: String,
+    /// This member's incarnation (0 for static membership).
+    pub incarnation: u64,
+    /// The initial membership (static for now), this member included or not.
+    pub members: Vec<MemberId>,
+    /// Seeds the layers' random numbers.
+    pub seed: u64,
+    /// How many events the [`Events`] channel holds before the driver stops
+    /// taking input for the group (at least 1).
+    pub event_capacity: usize,
+}
+
+impl JoinConfig {
+    /// A configuration with incarnation 0, no other members, seed 0 and room
+    /// for 1024 events.
+    pub fn new(group: impl Into<String>, stack: impl Into<String>) -> Self {
+        JoinConfig { group: group.into(), stack: stack.into(), incarnation: 0, members: Vec::new(), seed: 0, event_capacity: 1024 }
+    }
+}
+
+/// Why [`Endpoint::join`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The stack string or the configuration is wrong.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// This endpoint is already a member of a group of that name.
+    #[error("this endpoint has already joined group `{0}`; leave it first")]
+    DuplicateGroup(String),
+    /// The endpoint's driver has stopped.
+    #[error("the endpoint has shut down")]
+    Closed,
+}
+
+/// Why a [`Group`] call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The endpoint's driver has stopped.
+    #[error("the endpoint has shut down")]
+    Closed,
+    /// This member has left the group (or is leaving it).
+    #[error("this member has left the group")]
+    Left,
+}
+
+// Group status, shared by the handles and the driver.
+const OPEN: u8 = 0;
+const LEAVING: u8 = 1;
+const LEFT: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// What a group's handles and its driver state share.
+pub(crate) struct GroupShared {
+    status: AtomicU8,
+}
+
+impl GroupShared {
+    fn set(&self, status: u8) {
+        // LEFT and CLOSED are final; LEAVING never overrides them.
+        let _ =
+            self.status.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| if s >= LEFT || (status == LEAVING && s != OPEN) { None } else { Some(status) });
+    }
+    fn get(&self) -> u8 {
+        self.status.load(Ordering::Acquire)
+    }
+}
+
+/// Lets a reading application wake a driver that stopped taking input
+/// because an events channel was full.
+pub(crate) struct WakeSlot {
+    armed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WakeSlot {
+    fn new() -> Self {
+        WakeSlot { armed: AtomicBool::new(false), waker: Mutex::new(None) }
+    }
+
+    /// Called by the driver before it re-checks its blocked channels: a read
+    /// after this point wakes it.
+    pub(crate) fn arm(&self, waker: &Waker) {
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
+        self.armed.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `notify`: either the driver's re-check sees
+        // the freed slot, or the reader sees `armed`.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Called by [`Events`] after each event it takes.
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) && self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// A group's ordered commands.
+pub(crate) enum DataCmd {
+    Cast(Bytes),
+    Send(MemberId, Bytes),
+    Flush(oneshot::Sender<()>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// What the driver hands back for a successful join.
+pub(crate) struct Joined {
+    name: String,
+    key: u64,
+    local: MemberId,
+    data: mpsc::Sender<DataCmd>,
+    events: mpsc::Receiver<AppEvent>,
+    shared: Arc<GroupShared>,
+}
+
+/// Commands addressed to the endpoint.
+pub(crate) enum Control {
+    Join(JoinConfig, oneshot::Sender<Result<Joined, JoinError>>),
+    Stats(u64, oneshot::Sender<Option<Vec<LayerStats>>>),
+    View(u64, oneshot::Sender<Option<Arc<View>>>),
+    EndpointStats(oneshot::Sender<LayerStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to one driver task: a transport and the groups joined over it.
+/// Cloning is cheap; every clone talks to the same driver.
+#[derive(Clone)]
+pub struct Endpoint {
+    control: mpsc::Sender<Control>,
+    local: SocketAddr,
+    wake: Arc<WakeSlot>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Spawns the driver task on the current tokio runtime (panics outside
+    /// one, as `tokio::spawn` does). `registry` resolves stack strings.
+    ///
+    /// The driver runs until [`Endpoint::shutdown`], or until every
+    /// `Endpoint` and [`Group`] handle is dropped.
+    pub fn new(transport: impl Transport, registry: Arc<Registry>) -> Endpoint {
+        let local = transport.local_addr();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let wake = Arc::new(WakeSlot::new());
+        let span = tracing::debug_span!("endpoint", %local);
+        let driver_wake = wake.clone();
+        tokio::spawn(
+            async move {
+                let mut driver = driver::Driver::new(transport, registry, control_rx, driver_wake);
+                std::future::poll_fn(|cx| driver.poll_drive(cx)).await;
+                tracing::debug!("driver stopped");
+            }
+            .instrument(span),
+        );
+        Endpoint { control, local, wake }
+    }
+
+    /// Where the transport receives.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Joins a group: builds its stack (this member is
+    /// `MemberId::new(local_addr, cfg.incarnation)`, datagrams are limited to
+    /// the transport's `max_datagram`) and returns its handle and events.
+    pub async fn join(&self, cfg: JoinConfig) -> Result<(Group, Events), JoinError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::Join(cfg, tx)).await.map_err(|_| JoinError::Closed)?;
+        let joined = rx.await.map_err(|_| JoinError::Closed)??;
+        let group = Group {
+            inner: Arc::new(GroupHandle {
+                name: joined.name,
+                key: joined.key,
+                local: joined.local,
+                data: joined.data,
+                control: self.control.clone(),
+                shared: joined.shared,
+            }),
+        };
+        Ok((group, Events { rx: joined.events, wake: self.wake.clone() }))
+    }
+
+    /// The endpoint's own counters and the transport's: datagrams received,
+    /// and those dropped because they were not frames (`not_a_frame`), were for
+    /// a group not joined here (`unknown_group`), or arrived while the group's
+    /// application was not reading (`app_slow`), send and receive errors.
+    pub async fn stats(&self) -> Result<LayerStats, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::EndpointStats(tx)).await.map_err(|_| GroupError::Closed)?;
+        rx.await.map_err(|_| GroupError::Closed)
+    }
+
+    /// Stops the driver: every group ends (its calls return
+    /// [`GroupError::Closed`], its events stream ends) without running any
+    /// leave protocol. Returns once the driver has stopped; a no-op if it
+    /// already has.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct GroupHandle {
+    name: String,
+    key: u64,
+    local: MemberId,
+    data: mpsc::Sender<DataCmd>,
+    control: mpsc::Sender<Control>,
+    shared: Arc<GroupShared>,
+}
+
+/// A handle to one group joined on an [`Endpoint`]. Cloning is cheap; every
+/// clone addresses the same group, and the commands of one clone are applied
+/// in the order they were made.
+#[derive(Clone)]
+pub struct Group {
+    inner: Arc<GroupHandle>,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group").field("name", &self.inner.name).field("local", &self.inner.local).finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// This member.
+    pub fn local(&self) -> MemberId {
+        self.inner.local
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn error(&self) -> GroupError {
+        match self.inner.shared.get() {
+            CLOSED => GroupError::Closed,
+            _ => GroupError::Left,
+        }
+    }
+
+    fn check_open(&self) -> Result<(), GroupError> {
+        match self.inner.shared.get() {
+            OPEN => Ok(()),
+            _ => Err(self.error()),
+        }
+    }
+
+    async fn submit(&self, cmd: DataCmd) -> Result<(), GroupError> {
+        self.check_open()?;
+        self.inner.data.send(cmd).await.map_err(|_| self.error())
+    }
+
+    /// Casts `body` to the group. Resolves once the message is queued for the
+    /// stack, in order with this group's other commands; waits while the queue
+    /// is full, which it becomes while the stack applies backpressure.
+    pub async fn cast(&self, body: Bytes) -> Result<(), GroupError> {
+        self.submit(DataCmd::Cast(body)).await
+    }
+
+    /// Sends `body` to one member, queued like [`Group::cast`].
+    pub async fn send(&self, to: MemberId, body: Bytes) -> Result<(), GroupError> {
+        self.submit(DataCmd::Send(to, body)).await
+    }
+
+    /// Resolves when every message cast so far is stable (the stack answers
+    /// [`AppEvent::Flushed`] for this request's token; that event is not
+    /// forwarded to [`Events`]).
+    pub async fn flush(&self) -> Result<(), GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(DataCmd::Flush(tx)).await?;
+        rx.await.map_err(|_| self.error())
+    }
+
+    /// All layers' stats, bottom first, then the engine's
+    /// ([`Stack::stats`](crate::Stack::stats) and
+    /// [`Stack::engine_stats`](crate::Stack::engine_stats)).
+    pub async fn stats(&self) -> Result<Vec<LayerStats>, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.control.send(Control::Stats(self.inner.key, tx)).await.map_err(|_| GroupError::Closed)?;
+        rx.await.map_err(|_| GroupError::Closed)?.ok_or_else(|| self.error())
+    }
+
+    /// The current view at the bottom of the stack.
+    pub async fn view(&self) -> Result<Arc<View>, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.control.send(Control::View(self.inner.key, tx)).await.map_err(|_| GroupError::Closed)?;
+        rx.await.map_err(|_| GroupError::Closed)?.ok_or_else(|| self.error())
+    }
+
+    /// Leaves the group, after the commands queued before it. Resolves once
+    /// the stack has answered [`AppEvent::Left`] and that event has been handed
+    /// to [`Events`]; from the call on, other calls return [`GroupError::Left`].
+    pub async fn leave(&self) -> Result<(), GroupError> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        // Other clones' calls fail from now on; this one's Leave still goes in.
+        self.inner.shared.set(LEAVING);
+        self.inner.data.send(DataCmd::Leave(tx)).await.map_err(|_| self.error())?;
+        match rx.await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.error()),
+        }
+    }
+}
+
+/// The group's events (deliveries, views, ...). Bounded: when the application does not read,
+/// the driver stops taking input for that group (network input is then dropped by the OS
+/// or the transport, and NAK repairs it) rather than buffering without bound.
+///
+/// The stream ends after [`AppEvent::Left`], or when the endpoint shuts down.
+pub struct Events {
+    rx: mpsc::Receiver<AppEvent>,
+    wake: Arc<WakeSlot>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").field("queued", &self.rx.len()).finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// The next event; `None` once the group is gone.
+    pub async fn next(&mut self) -> Option<AppEvent> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// The next event if one is waiting now.
+    pub fn try_next(&mut self) -> Option<AppEvent> {
+        let ev = self.rx.try_recv().ok();
+        if ev.is_some() {
+            self.wake.notify();
+        }
+        ev
+    }
+
+    /// Polls for the next event.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<AppEvent>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &polled {
+            self.wake.notify();
+        }
+        polled
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = AppEvent;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AppEvent>> {
+        self.get_mut().poll_event(cx)
+    }
+}
