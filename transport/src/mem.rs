@@ -1,0 +1,236 @@
+//! An in-process network: a switch of bounded queues, one per address, for
+//! tests and benches that want real tasks and a real clock without sockets.
+//!
+//! It behaves like a quiet LAN running UDP: datagrams between two addresses
+//! arrive in the order sent and are never corrupted; a datagram to an address
+//! nobody has bound vanishes; a datagram arriving at a full receive queue
+//! (default [`DEFAULT_QUEUE_DATAGRAMS`]) is dropped and counted, like a full
+//! socket buffer. A datagram costs one copy when sent (the frame's slices are
+//! joined into one `Bytes` shared by every destination) and none when received.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use strata_stack::runtime::Transport;
+use strata_stack::Stats;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+/// Datagrams an address's receive queue holds before it drops.
+pub const DEFAULT_QUEUE_DATAGRAMS: usize = 4096;
+/// Datagrams handed to the driver per `poll_recv`.
+const RECV_BATCH: usize = 64;
+/// Ports handed out for binds to port 0 start here.
+const FIRST_AUTO_PORT: u16 = 40_000;
+
+type Datagram = (SocketAddr, Bytes);
+
+struct Port {
+    /// Tells a transport's own entry from a later bind of the same address.
+    id: u64,
+    tx: mpsc::Sender<Datagram>,
+}
+
+struct Switch {
+    ports: HashMap<SocketAddr, Port>,
+    queue_datagrams: usize,
+    max_datagram: usize,
+    next_id: u64,
+    next_port: u16,
+}
+
+/// An in-process switch. Cloning is cheap; clones are the same network.
+#[derive(Clone)]
+pub struct MemNetwork {
+    switch: Arc<Mutex<Switch>>,
+}
+
+impl Default for MemNetwork {
+    fn default() -> Self {
+        MemNetwork::new()
+    }
+}
+
+impl std::fmt::Debug for MemNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemNetwork").field("ports", &self.lock().ports.len()).finish_non_exhaustive()
+    }
+}
+
+impl MemNetwork {
+    /// A network whose receive queues hold [`DEFAULT_QUEUE_DATAGRAMS`] and
+    /// whose datagrams carry up to 65 507 bytes, as UDP over IPv4.
+    pub fn new() -> MemNetwork {
+        MemNetwork::with_limits(DEFAULT_QUEUE_DATAGRAMS, 65_507)
+    }
+
+    /// A network with receive queues of `queue_datagrams` (at least 1) and
+    /// datagrams of at most `max_datagram` bytes.
+    pub fn with_limits(queue_datagrams: usize, max_datagram: usize) -> MemNetwork {
+        let switch = Switch { ports: HashMap::new(), queue_datagrams: queue_datagrams.max(1), max_datagram, next_id: 0, next_port: FIRST_AUTO_PORT };
+        MemNetwork { switch: Arc::new(Mutex::new(switch)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Switch> {
+        // A panic elsewhere cannot leave the map half-updated: keep going.
+        self.switch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A transport at `addr` on this network. Datagrams to unknown addresses vanish; a full
+    /// receive queue (bounded) drops, like UDP.
+    ///
+    /// Port 0 picks a free port. Binding an address that is in use takes it
+    /// over: the earlier transport receives nothing more.
+    pub fn bind(&self, addr: SocketAddr) -> MemTransport {
+        let mut switch = self.lock();
+        let mut local = addr;
+        if local.port() == 0 {
+            loop {
+                let port = switch.next_port;
+                switch.next_port = switch.next_port.checked_add(1).unwrap_or(FIRST_AUTO_PORT);
+                local.set_port(port);
+                if !switch.ports.contains_key(&local) {
+                    break;
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(switch.queue_datagrams);
+        let id = switch.next_id;
+        switch.next_id += 1;
+        switch.ports.insert(local, Port { id, tx });
+        MemTransport { local, id, net: self.clone(), rx, routes: HashMap::new(), max_datagram: switch.max_datagram, counters: MemCounters::default() }
+    }
+
+    fn route(&self, to: &SocketAddr) -> Option<mpsc::Sender<Datagram>> {
+        self.lock().ports.get(to).map(|p| p.tx.clone())
+    }
+
+    /// Puts raw bytes on the wire from `from` to `to` (for tests that feed an
+    /// endpoint garbage). Returns whether the datagram was queued.
+    pub fn inject(&self, from: SocketAddr, to: SocketAddr, datagram: Bytes) -> bool {
+        self.route(&to).is_some_and(|tx| tx.try_send((from, datagram)).is_ok())
+    }
+}
+
+#[derive(Default)]
+struct MemCounters {
+    datagrams_sent: u64,
+    bytes_sent: u64,
+    datagrams_received: u64,
+    bytes_received: u64,
+    send_drops: u64,
+    no_route: u64,
+}
+
+/// One address on a [`MemNetwork`].
+pub struct MemTransport {
+    local: SocketAddr,
+    id: u64,
+    net: MemNetwork,
+    rx: mpsc::Receiver<Datagram>,
+    /// Senders already looked up, so that a send takes no lock.
+    routes: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
+    max_datagram: usize,
+    counters: MemCounters,
+}
+
+impl std::fmt::Debug for MemTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemTransport").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl MemTransport {
+    fn deliver(&mut self, to: SocketAddr, datagram: &Bytes) {
+        // Two tries: a cached route may lead to a transport that has since
+        // gone, and the address may have been bound again.
+        for _ in 0..2 {
+            if !self.routes.contains_key(&to) {
+                match self.net.route(&to) {
+                    Some(tx) => {
+                        self.routes.insert(to, tx);
+                    }
+                    None => break,
+                }
+            }
+            let Some(tx) = self.routes.get(&to) else { break };
+            match tx.try_send((self.local, datagram.clone())) {
+                Ok(()) => {
+                    self.counters.datagrams_sent += 1;
+                    self.counters.bytes_sent += datagram.len() as u64;
+                    return;
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.counters.send_drops += 1;
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.routes.remove(&to);
+                }
+            }
+        }
+        self.counters.no_route += 1;
+    }
+}
+
+impl Drop for MemTransport {
+    fn drop(&mut self) {
+        let mut switch = self.net.lock();
+        if switch.ports.get(&self.local).is_some_and(|p| p.id == self.id) {
+            switch.ports.remove(&self.local);
+        }
+    }
+}
+
+impl Transport for MemTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.max_datagram
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>, out: &mut Vec<(SocketAddr, Bytes)>) -> Poll<std::io::Result<()>> {
+        let before = out.len();
+        match self.rx.poll_recv_many(cx, out, RECV_BATCH) {
+            // Zero means the queue was closed: a later bind took the address
+            // over. Nothing will ever arrive again.
+            Poll::Ready(0) | Poll::Pending => Poll::Pending,
+            Poll::Ready(n) => {
+                self.counters.datagrams_received += n as u64;
+                self.counters.bytes_received += out[before..].iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> std::io::Result<()> {
+        let len = frame.iter().map(|s| s.len()).sum();
+        if len > self.max_datagram {
+            // The engine never builds such a frame; a raw caller gets UDP's answer.
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "datagram larger than the network's max_datagram"));
+        }
+        let mut joined = BytesMut::with_capacity(len);
+        for s in frame {
+            joined.extend_from_slice(s);
+        }
+        let datagram = joined.freeze();
+        for &addr in to {
+            self.deliver(addr, &datagram);
+        }
+        Ok(())
+    }
+
+    fn stats(&self, out: &mut Stats) {
+        let c = &self.counters;
+        out.add("datagrams_sent", c.datagrams_sent)
+            .add("bytes_sent", c.bytes_sent)
+            .add("datagrams_received", c.datagrams_received)
+            .add("bytes_received", c.bytes_received)
+            .add("send_drops", c.send_drops)
+            .add("no_route", c.no_route);
+    }
+}

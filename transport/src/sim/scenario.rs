@@ -1,0 +1,596 @@
+//! Scenarios: everything that decides one simulated run, printable as one
+//! line that parses back, plus a seeded generator and a shrinker for
+//! property tests.
+//!
+//! ```text
+//! seed=42 members=4 stack=FRAG:NAK loss=0.2 dup=0.05 reorder=0.1 delay_us=100..2000 casts=30
+//!   size=1..65536 interval_us=500 quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,heal@400ms
+//! ```
+//! (one line in reality). Fields may come in any order; a missing field
+//! takes its default ([`Scenario::default`]). A stack string containing
+//! whitespace, a quote or a backslash is written in double quotes with `\"`
+//! and `\\` escapes; other stack strings (`FRAG(frag_size=1200):NAK`) are
+//! written bare. Members are numbered from 0; member `i` is
+//! `MemberId::sim(i)`. Fault times are virtual time since the start, with a
+//! unit (`ns`, `us`, `ms`, `s`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use strata_stack::Rng;
+
+/// One fault, applied at a virtual time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// When, since the start of the run.
+    pub at: Duration,
+    /// What.
+    pub kind: FaultKind,
+}
+
+/// What a fault does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The member stops for good: it sends nothing, receives nothing, its log ends.
+    Crash(u16),
+    /// Datagrams sent between members of different sets vanish until a heal
+    /// (or the next partition). Members listed in no set form one more set together.
+    Partition(Vec<Vec<u16>>),
+    /// Ends the partition.
+    Heal,
+}
+
+/// Everything that decides one simulated run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Seeds the network, the workload and every stack.
+    pub seed: u64,
+    /// How many members (numbered from 0).
+    pub members: u16,
+    /// The stack string every member runs.
+    pub stack: String,
+    /// Probability that one copy of a datagram is lost.
+    pub loss: f64,
+    /// Probability that a datagram copy that survives is delivered twice.
+    pub dup: f64,
+    /// Probability that a copy gets an extra delay (1 to 4 times the largest
+    /// base delay), which reorders it behind later traffic.
+    pub reorder: f64,
+    /// Base one-way delay range in microseconds, inclusive.
+    pub delay_us: (u64, u64),
+    /// Casts per member.
+    pub casts: u32,
+    /// Payload size range in bytes, inclusive; sizes are drawn log-uniformly.
+    pub size: (usize, usize),
+    /// Time between one member's casts, in microseconds.
+    pub interval_us: u64,
+    /// How long the run continues after the last cast and the last fault.
+    pub quiet_ms: u64,
+    /// Faults, in any order (applied in time order).
+    pub faults: Vec<Fault>,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            seed: 0,
+            members: 3,
+            stack: "FRAG:NAK".into(),
+            loss: 0.0,
+            dup: 0.0,
+            reorder: 0.0,
+            delay_us: (100, 1000),
+            casts: 10,
+            size: (1, 1000),
+            interval_us: 1000,
+            quiet_ms: 5000,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// A scenario line that does not parse, or describes an impossible run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad scenario: {0}")]
+pub struct ScenarioError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ScenarioError> {
+    Err(ScenarioError(msg.into()))
+}
+
+impl Scenario {
+    /// Whether the run has no crash and no partition: the runs on which
+    /// completeness and empty buffers are required.
+    pub fn is_fault_free(&self) -> bool {
+        self.faults.iter().all(|f| f.kind == FaultKind::Heal)
+    }
+
+    /// Whether member `i` is crashed by some fault.
+    pub fn crashes(&self, i: u16) -> bool {
+        self.faults.iter().any(|f| f.kind == FaultKind::Crash(i))
+    }
+
+    /// The faults sorted by time (stable, so equal times keep their written order).
+    pub fn faults_in_order(&self) -> Vec<Fault> {
+        let mut f = self.faults.clone();
+        f.sort_by_key(|f| f.at);
+        f
+    }
+
+    /// Checks that the scenario describes a possible run.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.members == 0 {
+            return err("members must be at least 1");
+        }
+        for (name, p) in [("loss", self.loss), ("dup", self.dup), ("reorder", self.reorder)] {
+            if !(0.0..=1.0).contains(&p) {
+                return err(format!("{name}={p} is not a probability in 0..=1"));
+            }
+        }
+        if self.delay_us.0 > self.delay_us.1 {
+            return err(format!("delay_us={}..{} is an empty range", self.delay_us.0, self.delay_us.1));
+        }
+        if self.size.0 > self.size.1 {
+            return err(format!("size={}..{} is an empty range", self.size.0, self.size.1));
+        }
+        for f in &self.faults {
+            match &f.kind {
+                FaultKind::Crash(i) if *i >= self.members => return err(format!("crash({i}) names no member (members={})", self.members)),
+                FaultKind::Partition(sets) => {
+                    let mut seen = Vec::new();
+                    for &i in sets.iter().flatten() {
+                        if i >= self.members {
+                            return err(format!("partition names member {i}, but members={}", self.members));
+                        }
+                        if seen.contains(&i) {
+                            return err(format!("partition lists member {i} twice"));
+                        }
+                        seen.push(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Roughly when the workload ends if nothing slows it down.
+    pub fn nominal_end(&self) -> Duration {
+        let casts = Duration::from_micros(self.interval_us.saturating_mul(u64::from(self.casts) + 1));
+        let faults = self.faults.iter().map(|f| f.at).max().unwrap_or_default();
+        casts.max(faults)
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    let (ms, us) = (ns / 1_000_000, ns / 1_000);
+    if ms * 1_000_000 == ns {
+        format!("{ms}ms")
+    } else if us * 1_000 == ns {
+        format!("{us}us")
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, ScenarioError> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| ScenarioError(format!("bad time `{s}`: expected digits and a unit (ns, us, ms, s)")))?;
+    Ok(match unit {
+        "ns" => Duration::from_nanos(n),
+        "us" => Duration::from_micros(n),
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        _ => return err(format!("bad time `{s}`: unit must be ns, us, ms or s")),
+    })
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultKind::Crash(i) => write!(f, "crash({i})"),
+            FaultKind::Heal => write!(f, "heal"),
+            FaultKind::Partition(sets) => {
+                let sets: Vec<String> = sets.iter().map(|s| s.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".")).collect();
+                write!(f, "partition({})", sets.join("|"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.kind, fmt_duration(self.at))
+    }
+}
+
+impl FromStr for Fault {
+    type Err = ScenarioError;
+    fn from_str(s: &str) -> Result<Fault, ScenarioError> {
+        let (kind, at) = s.rsplit_once('@').ok_or_else(|| ScenarioError(format!("fault `{s}` lacks `@time`")))?;
+        let at = parse_duration(at)?;
+        let inner = |name: &str| kind.strip_prefix(name).and_then(|r| r.strip_prefix('(')).and_then(|r| r.strip_suffix(')'));
+        let index = |t: &str| t.parse::<u16>().map_err(|_| ScenarioError(format!("bad member index `{t}` in fault `{s}`")));
+        let kind = if kind == "heal" {
+            FaultKind::Heal
+        } else if let Some(i) = inner("crash") {
+            FaultKind::Crash(index(i)?)
+        } else if let Some(sets) = inner("partition") {
+            let sets = sets.split('|').map(|set| if set.is_empty() { Ok(Vec::new()) } else { set.split('.').map(index).collect() });
+            FaultKind::Partition(sets.collect::<Result<_, _>>()?)
+        } else {
+            return err(format!("unknown fault `{kind}`: expected crash(i), partition(a.b|c.d) or heal"));
+        };
+        Ok(Fault { at, kind })
+    }
+}
+
+fn needs_quotes(s: &str) -> bool {
+    s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c == '\'')
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seed={} members={} stack=", self.seed, self.members)?;
+        if needs_quotes(&self.stack) {
+            write!(f, "\"")?;
+            for c in self.stack.chars() {
+                if c == '"' || c == '\\' {
+                    write!(f, "\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+            write!(f, "\"")?;
+        } else {
+            write!(f, "{}", self.stack)?;
+        }
+        write!(
+            f,
+            " loss={} dup={} reorder={} delay_us={}..{} casts={} size={}..{} interval_us={} quiet_ms={} faults=",
+            self.loss, self.dup, self.reorder, self.delay_us.0, self.delay_us.1, self.casts, self.size.0, self.size.1, self.interval_us, self.quiet_ms
+        )?;
+        if self.faults.is_empty() {
+            write!(f, "none")
+        } else {
+            let faults: Vec<String> = self.faults.iter().map(|x| x.to_string()).collect();
+            write!(f, "{}", faults.join(","))
+        }
+    }
+}
+
+/// Splits a scenario line into `key=value` pairs, honouring double quotes.
+fn fields(line: &str) -> Result<Vec<(String, String)>, ScenarioError> {
+    let mut out = Vec::new();
+    let mut chars = line.trim().chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        loop {
+            match chars.next() {
+                Some('=') => break,
+                Some(c) if !c.is_whitespace() => key.push(c),
+                _ => return err(format!("field `{key}` has no `=value`")),
+            }
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => value.push(chars.next().ok_or_else(|| ScenarioError(format!("unterminated quote in field `{key}`")))?),
+                    Some(c) => value.push(c),
+                    None => return err(format!("unterminated quote in field `{key}`")),
+                }
+            }
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return err(format!("text after the closing quote of field `{key}`"));
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn parse_num<T: FromStr>(key: &str, v: &str) -> Result<T, ScenarioError> {
+    v.parse().map_err(|_| ScenarioError(format!("{key}=`{v}` is not a number")))
+}
+
+fn parse_range<T: FromStr>(key: &str, v: &str) -> Result<(T, T), ScenarioError> {
+    let (a, b) = v.split_once("..").ok_or_else(|| ScenarioError(format!("{key}=`{v}` is not a range lo..hi")))?;
+    Ok((parse_num(key, a)?, parse_num(key, b)?))
+}
+
+impl FromStr for Scenario {
+    type Err = ScenarioError;
+    /// Parses a line written by `Display` (or by hand), then validates it.
+    fn from_str(line: &str) -> Result<Scenario, ScenarioError> {
+        let mut s = Scenario::default();
+        let mut seen: Vec<String> = Vec::new();
+        for (key, v) in fields(line)? {
+            if seen.contains(&key) {
+                return err(format!("field `{key}` appears twice"));
+            }
+            match key.as_str() {
+                "seed" => s.seed = parse_num(&key, &v)?,
+                "members" => s.members = parse_num(&key, &v)?,
+                "stack" => s.stack = v,
+                "loss" => s.loss = parse_num(&key, &v)?,
+                "dup" => s.dup = parse_num(&key, &v)?,
+                "reorder" => s.reorder = parse_num(&key, &v)?,
+                "delay_us" => s.delay_us = parse_range(&key, &v)?,
+                "casts" => s.casts = parse_num(&key, &v)?,
+                "size" => s.size = parse_range(&key, &v)?,
+                "interval_us" => s.interval_us = parse_num(&key, &v)?,
+                "quiet_ms" => s.quiet_ms = parse_num(&key, &v)?,
+                "faults" => {
+                    s.faults = if v == "none" || v.is_empty() { Vec::new() } else { split_faults(&v).into_iter().map(str::parse).collect::<Result<_, _>>()? }
+                }
+                _ => return err(format!("unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults)")),
+            }
+            seen.push(key);
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// Splits a fault list at the commas outside parentheses.
+fn split_faults(v: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in v.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&v[start..]);
+    out
+}
+
+/// Bounds within which [`Scenario::generate`] draws scenarios.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranges {
+    /// The stack every generated scenario runs.
+    pub stack: String,
+    /// Fewest and most members.
+    pub members: (u16, u16),
+    /// Largest loss probability.
+    pub max_loss: f64,
+    /// Largest duplication probability.
+    pub max_dup: f64,
+    /// Largest reordering probability.
+    pub max_reorder: f64,
+    /// Smallest and largest payload.
+    pub size: (usize, usize),
+    /// Most casts per member.
+    pub max_casts: u32,
+    /// Caps the bytes a run moves, `members * (members-1) * casts * mean size`,
+    /// so that one case stays fast: runs with many members and large
+    /// messages get fewer casts.
+    pub budget_bytes: u64,
+    /// Whether to generate crashes and partitions (with heals).
+    pub faults: bool,
+    /// The quiet period of every scenario.
+    pub quiet_ms: u64,
+}
+
+impl Ranges {
+    /// The ranges of the FRAG:NAK property: 2..=8 members, loss up to 30%,
+    /// duplication up to 10%, reordering up to 20%, payloads of 1 B..=64 KiB,
+    /// no faults.
+    pub fn new(stack: impl Into<String>) -> Ranges {
+        Ranges {
+            stack: stack.into(),
+            members: (2, 8),
+            max_loss: 0.30,
+            max_dup: 0.10,
+            max_reorder: 0.20,
+            size: (1, 65_536),
+            max_casts: 40,
+            budget_bytes: 6_000_000,
+            faults: false,
+            quiet_ms: 5000,
+        }
+    }
+}
+
+/// Mean of a log-uniform draw over `lo..=hi` (what [`super::workload`] draws).
+pub(crate) fn mean_size(lo: usize, hi: usize) -> f64 {
+    let (lo, hi) = (lo.max(1) as f64, hi.max(1) as f64);
+    if hi - lo < 1.0 {
+        return lo;
+    }
+    (hi - lo) / (hi / lo).ln()
+}
+
+/// A probability drawn in steps of 0.001 (so that it prints short), zero a quarter of the time.
+fn draw_p(rng: &mut Rng, max: f64) -> f64 {
+    if max <= 0.0 || rng.below(4) == 0 {
+        return 0.0;
+    }
+    rng.between(0, (max * 1000.0).round() as u64) as f64 / 1000.0
+}
+
+impl Scenario {
+    /// A random scenario within `r`, entirely decided by `rng`.
+    pub fn generate(rng: &mut Rng, r: &Ranges) -> Scenario {
+        let seed = rng.next_u64();
+        let members = rng.between(u64::from(r.members.0), u64::from(r.members.1.max(r.members.0))) as u16;
+        let (lo, hi) = r.size;
+        // Bias the size range so that small-only, around-a-fragment and
+        // large-only runs all occur, besides the full range.
+        let size = match rng.below(8) {
+            0..=3 => (lo, hi),
+            4 => (lo, hi.min(64).max(lo)),
+            5 => (lo, hi.min(1500).max(lo)),
+            6 => (lo.max(1000).min(hi), hi.min(3000).max(lo)),
+            _ => (lo.max(hi.saturating_sub(hi / 8)), hi),
+        };
+        let n = f64::from(members);
+        let per_cast = (n * (n - 1.0).max(1.0) * mean_size(size.0, size.1)).max(1.0);
+        let affordable = ((r.budget_bytes as f64 / per_cast) as u32).clamp(1, r.max_casts.max(1));
+        let casts = rng.between(1, u64::from(affordable)) as u32;
+        let delay_lo = rng.between(20, 500);
+        let delay_us = (delay_lo, delay_lo + rng.between(0, 3000));
+        let interval_us = [0, 100, 1000, 5000][rng.below(4) as usize] + rng.below(1000);
+        let mut s = Scenario {
+            seed,
+            members,
+            stack: r.stack.clone(),
+            loss: draw_p(rng, r.max_loss),
+            dup: draw_p(rng, r.max_dup),
+            reorder: draw_p(rng, r.max_reorder),
+            delay_us,
+            casts,
+            size,
+            interval_us,
+            quiet_ms: r.quiet_ms,
+            faults: Vec::new(),
+        };
+        if r.faults {
+            let span = s.nominal_end().as_millis().max(1) as u64;
+            for _ in 0..rng.below(3) {
+                let at = Duration::from_millis(rng.below(span + 1));
+                if rng.below(2) == 0 {
+                    s.faults.push(Fault { at, kind: FaultKind::Crash(rng.below(u64::from(members)) as u16) });
+                } else {
+                    let mut sets = vec![Vec::new(), Vec::new()];
+                    for i in 0..members {
+                        sets[rng.below(2) as usize].push(i);
+                    }
+                    s.faults.push(Fault { at, kind: FaultKind::Partition(sets) });
+                    s.faults.push(Fault { at: at + Duration::from_millis(rng.between(1, span)), kind: FaultKind::Heal });
+                }
+            }
+        }
+        s
+    }
+
+    /// Simpler scenarios to try when this one fails, simplest first: fewer
+    /// faults, fewer members, fewer casts, smaller payloads, less loss,
+    /// duplication and reordering. The seed stays.
+    pub fn shrink(&self) -> Vec<Scenario> {
+        let mut out = Vec::new();
+        let mut push = |s: Scenario| {
+            if s != *self && !out.contains(&s) {
+                out.push(s);
+            }
+        };
+        for i in 0..self.faults.len() {
+            let mut s = self.clone();
+            s.faults.remove(i);
+            push(s);
+        }
+        if self.members > 2 {
+            push(self.with_members(2));
+            push(self.with_members(self.members - 1));
+        }
+        for casts in [1, self.casts / 2, self.casts.saturating_sub(1)] {
+            if casts >= 1 && casts < self.casts {
+                push(Scenario { casts, ..self.clone() });
+            }
+        }
+        let (lo, hi) = self.size;
+        for hi in [lo, lo.max(hi / 2)] {
+            push(Scenario { size: (lo, hi), ..self.clone() });
+        }
+        if self.loss > 0.0 {
+            push(Scenario { loss: 0.0, ..self.clone() });
+            push(Scenario { loss: (self.loss * 500.0).floor() / 1000.0, ..self.clone() });
+        }
+        if self.dup > 0.0 {
+            push(Scenario { dup: 0.0, ..self.clone() });
+        }
+        if self.reorder > 0.0 {
+            push(Scenario { reorder: 0.0, ..self.clone() });
+        }
+        out
+    }
+
+    /// The scenario cut down to `members` members, dropping faults on the others.
+    fn with_members(&self, members: u16) -> Scenario {
+        let mut s = Scenario { members, ..self.clone() };
+        s.faults.retain_mut(|f| match &mut f.kind {
+            FaultKind::Crash(i) => *i < members,
+            FaultKind::Partition(sets) => {
+                for set in sets.iter_mut() {
+                    set.retain(|i| *i < members);
+                }
+                sets.retain(|set| !set.is_empty());
+                true
+            }
+            FaultKind::Heal => true,
+        });
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_line_round_trips() {
+        let line = "seed=42 members=4 stack=FRAG:NAK loss=0.2 dup=0.05 reorder=0.1 delay_us=100..2000 casts=30 size=1..65536 interval_us=500 \
+                    quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,heal@400ms";
+        let s: Scenario = line.parse().unwrap();
+        assert_eq!(s.faults[1], Fault { at: Duration::from_millis(50), kind: FaultKind::Partition(vec![vec![0, 1], vec![2, 3]]) });
+        assert_eq!(s.to_string(), line);
+        assert!(!s.is_fault_free());
+    }
+
+    #[test]
+    fn stacks_with_parameters_spaces_and_quotes_round_trip() {
+        for stack in ["FRAG(frag_size=1200,x=2):NAK(retransmit_ms=20)", "FRAG : NAK", "A(p=a\"b\\c'd)", ""] {
+            let s = Scenario { stack: stack.into(), faults: vec![Fault { at: Duration::from_micros(1500), kind: FaultKind::Heal }], ..Scenario::default() };
+            let back: Scenario = s.to_string().parse().unwrap_or_else(|e| panic!("{e}: {s}"));
+            assert_eq!(back, s, "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let e = |l: &str| l.parse::<Scenario>().unwrap_err().0;
+        assert!(e("members=0").contains("at least 1"));
+        assert!(e("loss=1.5").contains("probability"));
+        assert!(e("members=2 faults=crash(2)@1ms").contains("crash(2)"));
+        assert!(e("faults=explode@1ms").contains("unknown fault"));
+        assert!(e("faults=heal@1h").contains("unit"));
+        assert!(e("colour=blue").contains("unknown field"));
+        assert!(e("stack=\"FRAG").contains("unterminated"));
+        assert!(e("seed=1 seed=2").contains("twice"));
+        assert_eq!("seed=7".parse::<Scenario>().unwrap(), Scenario { seed: 7, ..Scenario::default() });
+    }
+
+    #[test]
+    fn generated_scenarios_stay_in_range_and_round_trip() {
+        let mut rng = Rng::new(1);
+        let r = Ranges { faults: true, ..Ranges::new("FRAG:NAK") };
+        for _ in 0..500 {
+            let s = Scenario::generate(&mut rng, &r);
+            assert!((2..=8).contains(&s.members), "{s}");
+            assert!(s.loss <= 0.3 && s.dup <= 0.1 && s.reorder <= 0.2, "{s}");
+            assert!(s.size.0 >= 1 && s.size.1 <= 65_536 && s.casts >= 1, "{s}");
+            s.validate().unwrap();
+            assert_eq!(s.to_string().parse::<Scenario>().unwrap(), s);
+            for smaller in s.shrink() {
+                smaller.validate().unwrap_or_else(|e| panic!("{e}: {smaller} from {s}"));
+                assert!(smaller.members <= s.members && smaller.casts <= s.casts && smaller.loss <= s.loss);
+            }
+        }
+    }
+}

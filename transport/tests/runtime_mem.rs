@@ -1,0 +1,331 @@
+//! The runtime (Endpoint, Group, Events) over the in-process network: delivery,
+//! backpressure, demultiplexing, bad input, leave and shutdown.
+
+mod runtime_support;
+
+use bytes::Bytes;
+use runtime_support::*;
+use std::pin::pin;
+use std::sync::Arc;
+use strata_stack::engine::{group_id, FRAME_MAGIC};
+use strata_stack::runtime::{Endpoint, Events, Group, GroupError, JoinConfig, JoinError, CAST_QUEUE};
+use strata_stack::{AppEvent, BuildError, Delivery, MemberId, Registry};
+use strata_transport::mem::MemNetwork;
+
+fn endpoints(net: &MemNetwork, n: usize, registry: &Arc<Registry>) -> Vec<Endpoint> {
+    (0..n).map(|_| Endpoint::new(net.bind("127.0.0.1:0".parse().unwrap()), registry.clone())).collect()
+}
+
+fn members(eps: &[Endpoint]) -> Vec<MemberId> {
+    eps.iter().map(|e| MemberId::new(e.local_addr(), 0)).collect()
+}
+
+async fn join_all(eps: &[Endpoint], group: &str, stack: &str, event_capacity: usize) -> Vec<(Group, Events)> {
+    let all = members(eps);
+    let mut out = Vec::new();
+    for ep in eps {
+        let mut cfg = JoinConfig::new(group, stack);
+        cfg.members = all.clone();
+        cfg.event_capacity = event_capacity;
+        out.push(ep.join(cfg).await.expect("join"));
+    }
+    out
+}
+
+async fn counter(ep: &Endpoint, name: &str) -> u64 {
+    let s = ep.stats().await.expect("endpoint stats");
+    s.counters.get(name).or_else(|| s.dropped.iter().find(|(r, _)| *r == name).map(|(_, n)| *n)).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_deliver_every_cast_in_sender_order() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 3, &test_registry());
+    let mut joined = join_all(&eps, "g", "PASS", 1024).await;
+    let k = 300;
+    let casters: Vec<_> = joined.iter().map(|(g, _)| g.clone()).map(|g| tokio::spawn(async move { cast_payloads(&g, k, 100).await })).collect();
+    let all = members(&eps);
+    for (group, events) in &mut joined {
+        let got = deliveries(events, 3 * k as usize).await;
+        check_fifo(&got, &all, k);
+        let view = group.view().await.unwrap();
+        assert_eq!(view.members(), &all[..], "static view, sorted by address");
+    }
+    for c in casters {
+        c.await.unwrap();
+    }
+    let stats = joined[0].0.stats().await.unwrap();
+    assert_eq!(stats.last().unwrap().name, "engine");
+    assert_eq!(stats.last().unwrap().counters.get("datagrams_in"), Some(2 * k));
+    for ep in &eps {
+        ep.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_to_point_sends_reach_only_their_target() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 3, &test_registry());
+    let mut joined = join_all(&eps, "g", "PASS", 1024).await;
+    let target = joined[2].0.local();
+    joined[0].0.send(target, Bytes::from_static(b"just for you")).await.unwrap();
+    joined[0].0.cast(Bytes::from_static(b"for all")).await.unwrap();
+    // Member 1 sees only the cast; member 2 the send first (same sender, FIFO).
+    match next_event(&mut joined[1].1).await {
+        Some(AppEvent::Deliver { kind: Delivery::Cast, body, .. }) => assert_eq!(&body[..], b"for all"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match next_event(&mut joined[2].1).await {
+        Some(AppEvent::Deliver { from, kind: Delivery::Send, body }) => {
+            assert_eq!(from, joined[0].0.local());
+            assert_eq!(&body[..], b"just for you");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_window_makes_cast_wait_until_it_reopens() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 2, &test_registry());
+    let mut joined = join_all(&eps, "g", "GATE", 1024).await;
+    let (a, _a_events) = &joined[0];
+    let a = a.clone();
+    a.cast(Bytes::from_static(b"close")).await.unwrap();
+    // The driver takes one more cast and parks it; CAST_QUEUE more fill the
+    // queue. Those all return, because the queue has room for them.
+    for i in 0..=CAST_QUEUE {
+        a.cast(Bytes::from(format!("m{i}"))).await.unwrap();
+    }
+    // The driver has now taken `close` and parked m0 (else the queue could not
+    // have held the rest): the next cast must wait.
+    let mut blocked = pin!(a.cast(Bytes::from(format!("m{}", CAST_QUEUE + 1))));
+    assert!(is_pending(&mut blocked).await, "cast returned while the window was closed");
+    // B delivers `close` and nothing after it while the window is closed.
+    let (b, b_events) = &mut joined[1];
+    match next_event(b_events).await {
+        Some(AppEvent::Deliver { body, .. }) => assert_eq!(&body[..], b"close"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(is_pending(&mut blocked).await, "cast returned while the window was closed");
+    assert!(b_events.try_next().is_none(), "a cast passed the closed window");
+    // B's `open` reopens A's window: everything flows, in order.
+    b.cast(Bytes::from_static(b"open")).await.unwrap();
+    blocked.await.unwrap();
+    let mut expected = 0;
+    while expected <= CAST_QUEUE + 1 {
+        match next_event(b_events).await {
+            Some(AppEvent::Deliver { from, body, .. }) if from == a.local() => {
+                assert_eq!(body, Bytes::from(format!("m{expected}")));
+                expected += 1;
+            }
+            Some(AppEvent::Deliver { .. }) => {} // B's own `open`
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_from_a_timer_paces_casts_without_loss() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 2, &test_registry());
+    let mut joined = join_all(&eps, "g", "PACE(pause_ms=1)", 1024).await;
+    let a = joined[0].0.clone();
+    let k = 40;
+    let caster = tokio::spawn(async move { cast_payloads(&a, k, 10).await });
+    let got = deliveries(&mut joined[1].1, k as usize).await;
+    check_fifo(&got, &[joined[0].0.local()], k);
+    caster.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_one_endpoint_do_not_cross_talk() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 2, &test_registry());
+    let mut g1 = join_all(&eps, "one", "PASS", 1024).await;
+    let mut g2 = join_all(&eps, "two", "PASS", 1024).await;
+    let k = 50;
+    for i in 0..k {
+        g1[0].0.cast(Bytes::from(format!("one:{i}"))).await.unwrap();
+        g2[0].0.cast(Bytes::from(format!("two:{i}"))).await.unwrap();
+        g2[1].0.cast(Bytes::from(format!("two-b:{i}"))).await.unwrap();
+    }
+    // Each side's streams hold only their group's messages.
+    for (groups, prefixes) in [(&mut g1, &["one:"][..]), (&mut g2, &["two:", "two-b:"][..])] {
+        for (_, events) in groups.iter_mut() {
+            let got = deliveries(events, k * prefixes.len()).await;
+            for (_, body) in &got {
+                let text = std::str::from_utf8(body).unwrap();
+                assert!(prefixes.iter().any(|p| text.starts_with(p)), "{text} crossed into the wrong group");
+            }
+        }
+    }
+    // A cast to `one` now is the next event of `one`'s stream and no other.
+    g1[1].0.cast(Bytes::from_static(b"one:last")).await.unwrap();
+    match next_event(&mut g1[0].1).await {
+        Some(AppEvent::Deliver { body, .. }) => assert_eq!(&body[..], b"one:last"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(g2[0].1.try_next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_frames_for_unknown_groups_are_dropped_and_counted() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 2, &test_registry());
+    let mut joined = join_all(&eps, "g", "PASS", 1024).await;
+    let (a, b) = (eps[0].local_addr(), eps[1].local_addr());
+    let stranger = "127.0.0.1:9".parse().unwrap();
+    let mut unknown = vec![FRAME_MAGIC, 1];
+    unknown.extend_from_slice(&group_id("nobody-joined-this").to_be_bytes());
+    unknown.extend_from_slice(&[0; 40]);
+    let fingerprint = test_registry().resolve("PASS").unwrap().fingerprint();
+    let mut wrong_stack = vec![FRAME_MAGIC, 1];
+    wrong_stack.extend_from_slice(&group_id("g").to_be_bytes());
+    wrong_stack.extend_from_slice(&fingerprint.wrapping_add(1).to_be_bytes());
+    wrong_stack.extend_from_slice(&[4, 127, 0, 0, 1, 0, 9, 0]);
+    let mut bad_sender = vec![FRAME_MAGIC, 1];
+    bad_sender.extend_from_slice(&group_id("g").to_be_bytes());
+    bad_sender.extend_from_slice(&fingerprint.to_be_bytes());
+    bad_sender.extend_from_slice(&[0xff; 7]);
+    let garbage: [&[u8]; 6] = [b"", b"\xa1", b"hello, world", &unknown, &wrong_stack, &bad_sender];
+    for g in garbage {
+        assert!(net.inject(stranger, a, Bytes::copy_from_slice(g)));
+    }
+    // The queue into A is FIFO: once B's cast is delivered, the garbage before
+    // it has been handled too.
+    joined[1].0.cast(Bytes::from_static(b"still alive")).await.unwrap();
+    match next_event(&mut joined[0].1).await {
+        Some(AppEvent::Deliver { from, body, .. }) => {
+            assert_eq!(from.addr(), b);
+            assert_eq!(&body[..], b"still alive");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(counter(&eps[0], "not_a_frame").await, 3);
+    assert_eq!(counter(&eps[0], "unknown_group").await, 1);
+    assert_eq!(counter(&eps[0], "datagrams_in").await, 7);
+    // Frames of another stack and with a bad sender reached the group's stack
+    // and were dropped there.
+    let stats = joined[0].0.stats().await.unwrap();
+    let engine = stats.last().unwrap();
+    for reason in ["wrong_stack", "bad_sender"] {
+        assert!(engine.dropped.iter().any(|(r, n)| *r == reason && *n == 1), "no {reason} in {engine:?}");
+    }
+    // And the endpoint still sends.
+    joined[0].0.cast(Bytes::from_static(b"me too")).await.unwrap();
+    match next_event(&mut joined[1].1).await {
+        Some(AppEvent::Deliver { .. }) => {} // its own cast, looped back
+        other => panic!("unexpected {other:?}"),
+    }
+    match next_event(&mut joined[1].1).await {
+        Some(AppEvent::Deliver { body, .. }) => assert_eq!(&body[..], b"me too"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stack_string_fails_join_with_the_spec_error() {
+    let net = MemNetwork::new();
+    let registry = test_registry();
+    let ep = Endpoint::new(net.bind("127.0.0.1:0".parse().unwrap()), registry.clone());
+    let err = ep.join(JoinConfig::new("g", "PASS:GATW")).await.unwrap_err();
+    let spec = registry.resolve("PASS:GATW").unwrap_err();
+    match &err {
+        JoinError::Build(BuildError::Spec(e)) => assert_eq!(e, &spec),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.to_string(), spec.to_string());
+    assert!(err.to_string().contains("did you mean GATE?"), "{err}");
+    // The endpoint is unharmed, and a group name can be joined once.
+    let (_g, _events) = ep.join(JoinConfig::new("g", "PASS")).await.unwrap();
+    assert!(matches!(ep.join(JoinConfig::new("g", "PASS")).await, Err(JoinError::DuplicateGroup(name)) if name == "g"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_delivers_left_then_calls_fail_and_the_name_can_be_joined_again() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 1, &test_registry());
+    let (group, mut events) = eps[0].join(JoinConfig::new("g", "PASS")).await.unwrap();
+    group.cast(Bytes::from_static(b"before")).await.unwrap();
+    group.flush().await.unwrap();
+    let clone = group.clone();
+    group.leave().await.unwrap();
+    assert_eq!(clone.cast(Bytes::from_static(b"after")).await, Err(GroupError::Left));
+    assert_eq!(clone.flush().await, Err(GroupError::Left));
+    assert_eq!(clone.view().await.unwrap_err(), GroupError::Left);
+    assert_eq!(clone.stats().await.unwrap_err(), GroupError::Left);
+    assert_eq!(clone.leave().await, Err(GroupError::Left));
+    // The stream: the cast (flushes are answered, not forwarded), Left, end.
+    assert!(matches!(next_event(&mut events).await, Some(AppEvent::Deliver { body, .. }) if &body[..] == b"before"));
+    assert_eq!(next_event(&mut events).await, Some(AppEvent::Left));
+    assert_eq!(next_event(&mut events).await, None);
+    assert_eq!(counter(&eps[0], "groups").await, 0);
+    let (again, mut events) = eps[0].join(JoinConfig::new("g", "PASS")).await.unwrap();
+    again.cast(Bytes::from_static(b"new")).await.unwrap();
+    assert!(matches!(next_event(&mut events).await, Some(AppEvent::Deliver { body, .. }) if &body[..] == b"new"));
+    assert_eq!(clone.cast(Bytes::from_static(b"old handle")).await, Err(GroupError::Left));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_group() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 1, &test_registry());
+    let (group, mut events) = eps[0].join(JoinConfig::new("g", "PASS")).await.unwrap();
+    eps[0].shutdown().await;
+    assert_eq!(group.cast(Bytes::from_static(b"x")).await, Err(GroupError::Closed));
+    assert_eq!(group.view().await.unwrap_err(), GroupError::Closed);
+    assert_eq!(next_event(&mut events).await, None);
+    assert!(matches!(eps[0].join(JoinConfig::new("h", "PASS")).await, Err(JoinError::Closed)));
+    eps[0].shutdown().await; // idempotent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_application_stops_input_instead_of_buffering_it() {
+    // Receive queues of 16 datagrams stand in for a socket buffer.
+    let queue = 16;
+    let net = MemNetwork::with_limits(queue, 65_507);
+    let eps = endpoints(&net, 2, &test_registry());
+    let capacity = 4;
+    let all = members(&eps);
+    let mut joined = Vec::new();
+    // A reads slowly (a small events channel); B keeps up with its own loopback.
+    for (ep, events) in eps.iter().zip([capacity, 1024]) {
+        let mut cfg = JoinConfig::new("g", "PASS");
+        cfg.members = all.clone();
+        cfg.event_capacity = events;
+        joined.push(ep.join(cfg).await.expect("join"));
+    }
+    let k = 200u64;
+    // A does not read while B casts everything.
+    cast_payloads(&joined[1].0, k, 20).await;
+    while counter(&eps[1], "datagrams_sent").await + counter(&eps[1], "send_drops").await < k {
+        tokio::task::yield_now().await;
+    }
+    // A's driver stopped reading once its application fell behind, so the
+    // network dropped what A could not hold: A buffered at most the events
+    // channel, one pending event, one receive batch (64) and the queue.
+    let dropped = counter(&eps[1], "send_drops").await;
+    let most_held = (capacity + 1 + 64 + queue) as u64;
+    assert!(dropped >= k - most_held, "A took {} of {k} datagrams for an application that did not read", k - dropped);
+    // Reading resumes the group: everything the network did not drop is
+    // delivered, in order (nothing is dropped inside the runtime), and a new
+    // cast gets through.
+    let mut last = None;
+    for _ in 0..k - dropped {
+        match next_event(&mut joined[0].1).await {
+            Some(AppEvent::Deliver { body, .. }) => {
+                let (_, i) = strata_transport::payload::split_id(strata_transport::payload::id(&body).unwrap()).unwrap();
+                assert!(last.is_none_or(|l| i > l), "out of order after {last:?}: {i}");
+                last = Some(i);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(counter(&eps[0], "app_slow").await, 0);
+    joined[1].0.cast(Bytes::from_static(b"resumed")).await.unwrap();
+    match next_event(&mut joined[0].1).await {
+        Some(AppEvent::Deliver { body, .. }) => assert_eq!(&body[..], b"resumed"),
+        other => panic!("unexpected {other:?}"),
+    }
+}

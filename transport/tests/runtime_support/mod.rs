@@ -1,0 +1,158 @@
+//! Shared by the runtime tests: small test-only layers, a registry holding
+//! them, and helpers that await deliveries and check per-sender order.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use strata_stack::runtime::{Events, Group};
+use strata_stack::{AppEvent, Context, Delivery, Down, Layer, LayerDescriptor, MemberId, ParamKind, ParamSpec, Props, Registry, Up};
+use strata_transport::payload;
+
+/// The longest any test waits for an event before it fails (a safety net
+/// against hangs, far above what a loaded machine needs).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Forwards everything.
+struct Pass;
+impl Layer for Pass {}
+
+/// `PASS`: a layer that does nothing (the smallest valid stack).
+pub const PASS: LayerDescriptor = LayerDescriptor {
+    name: "PASS",
+    summary: "test: forwards everything",
+    requires: Props::NONE,
+    provides: Props::NONE,
+    params: &[],
+    max_header_len: |_| 0,
+    build: |_| Ok(Box::new(Pass)),
+};
+
+/// Closes the send window after casting a message whose body is `close`;
+/// reopens it when a message whose body is `open` arrives from another member.
+struct Gate;
+impl Layer for Gate {
+    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
+        if let Down::Cast(msg) = &ev {
+            if &msg.body()[..] == b"close" {
+                cx.set_backpressure(true);
+            }
+        }
+        cx.down(ev);
+    }
+    fn up(&mut self, cx: &mut Context<'_>, ev: Up) {
+        if let Up::Cast { from, msg } = &ev {
+            if *from != cx.local() && &msg.body()[..] == b"open" {
+                cx.set_backpressure(false);
+            }
+        }
+        cx.up(ev);
+    }
+}
+
+/// `GATE`: a send window the test opens and closes with messages.
+pub const GATE: LayerDescriptor = LayerDescriptor {
+    name: "GATE",
+    summary: "test: `close` closes the send window, `open` from a peer reopens it",
+    requires: Props::NONE,
+    provides: Props::NONE,
+    params: &[],
+    max_header_len: |_| 0,
+    build: |_| Ok(Box::new(Gate)),
+};
+
+/// Closes the send window after every cast and reopens it `pause_ms` later.
+struct Pace {
+    pause_ms: u64,
+}
+impl Layer for Pace {
+    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
+        if matches!(ev, Down::Cast(_)) {
+            cx.set_backpressure(true);
+            let at = cx.now() + Duration::from_millis(self.pause_ms);
+            cx.set_timer(0, at);
+        }
+        cx.down(ev);
+    }
+    fn timeout(&mut self, cx: &mut Context<'_>, _key: u32) {
+        cx.set_backpressure(false);
+    }
+}
+
+/// `PACE(pause_ms=1)`: one cast per `pause_ms`, enforced by backpressure.
+pub const PACE: LayerDescriptor = LayerDescriptor {
+    name: "PACE",
+    summary: "test: closes the window after each cast, reopens it after pause_ms",
+    requires: Props::NONE,
+    provides: Props::NONE,
+    params: &[ParamSpec { name: "pause_ms", kind: ParamKind::U64 { min: 0, max: 1000 }, default: "1", doc: "pause after each cast", wire: false }],
+    max_header_len: |_| 0,
+    build: |p| Ok(Box::new(Pace { pause_ms: p.u64("pause_ms") })),
+};
+
+/// A registry of the test layers.
+pub fn test_registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    for d in [PASS, GATE, PACE] {
+        r.register(d).expect("test layer names are unique");
+    }
+    Arc::new(r)
+}
+
+/// The next event, failing the test after [`PATIENCE`].
+pub async fn next_event(events: &mut Events) -> Option<AppEvent> {
+    match tokio::time::timeout(PATIENCE, events.next()).await {
+        Ok(ev) => ev,
+        Err(_) => panic!("no event within {PATIENCE:?}"),
+    }
+}
+
+/// Awaits `n` cast deliveries, skipping other events; returns them as
+/// (sender, body) in delivery order.
+pub async fn deliveries(events: &mut Events, n: usize) -> Vec<(MemberId, Bytes)> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match next_event(events).await {
+            Some(AppEvent::Deliver { from, kind: Delivery::Cast, body }) => out.push((from, body)),
+            Some(AppEvent::Problem(p)) => panic!("problem from {}: {}", p.layer, p.what),
+            Some(_) => {}
+            None => panic!("events ended after {} of {n} deliveries", out.len()),
+        }
+    }
+    out
+}
+
+/// Casts payloads `0..k` of `size` bytes, in order.
+pub async fn cast_payloads(group: &Group, k: u64, size: usize) {
+    let me = group.local().to_string();
+    for i in 0..k {
+        group.cast(payload::make(&me, i, size)).await.expect("cast");
+    }
+}
+
+/// Checks that `got` holds exactly payloads `0..k` of every member in
+/// `senders`, intact, each sender's in order.
+pub fn check_fifo(got: &[(MemberId, Bytes)], senders: &[MemberId], k: u64) {
+    let mut next: BTreeMap<String, u64> = senders.iter().map(|m| (m.to_string(), 0)).collect();
+    for (from, body) in got {
+        assert!(payload::is_intact(body), "corrupt payload from {from}");
+        let id = payload::id(body).expect("payload id");
+        let (member, i) = payload::split_id(id).expect("payload id");
+        assert_eq!(member, from.to_string(), "payload names its sender");
+        let expected = next.get_mut(member).unwrap_or_else(|| panic!("delivery from unexpected sender {member}"));
+        assert_eq!(i, *expected, "per-sender order of {member}");
+        *expected += 1;
+    }
+    for (member, n) in next {
+        assert_eq!(n, k, "deliveries from {member}");
+    }
+}
+
+/// Polls `fut` once: whether it is still pending.
+pub async fn is_pending<F: Future>(fut: &mut Pin<&mut F>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+}
