@@ -1,0 +1,1188 @@
+//! # NAK: reliable FIFO multicast and reliable point-to-point
+//!
+//! Every cast of a member reaches every other live member of the view exactly
+//! once and in the order it was cast; every send reaches its destination
+//! exactly once, in order. Nothing is invented: a message is delivered only if
+//! its sender passed it down. This is the negative-acknowledgement scheme of
+//! the Horus/Ensemble `MNAK` and `PT2PT` layers and of JGroups' `NAKACK`, with
+//! one status mechanism doing three jobs.
+//!
+//! * **Sequence numbers.** Each member numbers its casts 0, 1, 2, ... and,
+//!   separately, its sends to each destination. A receiver delivers sequence
+//!   number `n` of a sender only after `0..n`, holds early arrivals in a
+//!   bounded out-of-order window, and drops what it already delivered
+//!   (duplicates).
+//! * **Negative acknowledgements.** A receiver that sees a gap asks the sender,
+//!   point-to-point, for the missing ranges, at most once per `retransmit_ms`
+//!   per channel, until they arrive. The sender answers from its
+//!   retransmission buffer, point-to-point, with the *identical* message (same
+//!   header bytes and the same [`Msg::tag`]), so that FRAG below can merge the
+//!   fragments of several retransmissions of a large message.
+//! * **Status.** While anything is unacknowledged, every `status_ms` a member
+//!   multicasts a status: how many casts it has sent, how many of them are
+//!   stable, and for each member of the view what it received from that member
+//!   (cast and point-to-point) and how many sends it made to it. A status
+//!   tells a receiver that it missed the *last* message of a sender (trailing
+//!   loss, which no gap reveals), acknowledges what arrived, and lets a sender
+//!   learn that a message is **stable** (received by every member) and drop it
+//!   from its buffer. A member also sends a status early after
+//!   `max_unstable / 4` deliveries, so a fast sender's buffer drains before it
+//!   fills. A member whose acknowledgement was lost learns it from the
+//!   sender's next status (the sender's stable count is behind what it has
+//!   received) and answers again. When everything is stable the group falls
+//!   silent.
+//! * **Stability and flow control.** The retransmission buffer holds exactly
+//!   the unstable messages; when it reaches `max_unstable` the layer closes the
+//!   send window (backpressure) until stability frees room. Stability is
+//!   reported upwards as [`Up::Stable`], and a [`Down::Flush`] is answered
+//!   with [`Up::Flushed`] once every cast made before it is stable.
+//!
+//! Messages flagged [`MsgFlags::OOB`] bypass sequencing: delivered at once,
+//! unordered and unreliable (for layers above that do their own retries, such
+//! as heartbeats). A send to oneself is delivered locally, in order.
+//!
+//! ## What it needs below
+//! Nothing: datagrams may be lost, duplicated and reordered. Put FRAG below it
+//! for messages larger than a datagram.
+//!
+//! ## Header
+//! ```text
+//!  data:    | kind u8 | view varint | seq varint | payload ...
+//!  oob:     | kind u8 | payload ...
+//!  nak:     | kind u8 | view varint | channel u8 | ranges varint | (first varint, count varint)* |
+//!  status:  | kind u8 | view varint | sent varint | stable varint | entries varint |
+//!           |   (cast_received, sends_received, sends_made, sends_stable) varint* per member in rank order |
+//! ```
+//! `view` is the counter of the view the message belongs to: traffic of
+//! another view is dropped (an older view's is stale; a newer view's is
+//! retransmitted once this member installs it). A data header is 3 bytes for
+//! the first 128 messages of a view and at most 21.
+//!
+//! ## Parameters
+//! | name | default | meaning |
+//! |---|---|---|
+//! | `retransmit_ms` | 20 | least time between two requests for the same missing messages |
+//! | `status_ms` | 100 | period of the status while anything is unacknowledged |
+//! | `max_unstable` | 10000 | unstable messages (casts and sends) held before the send window closes |
+//! | `max_out_of_order` | 10000 | per channel: how far ahead of the next expected message an arrival is kept |
+//! | `max_xmit_per_nak` | 256 | most messages retransmitted for one request |
+//! | `max_xmit_bytes` | 1048576 | most bytes retransmitted for one request (at least one message is) |
+//!
+//! ## Bad input
+//! Every header is decoded into a typed value or dropped and counted
+//! (`dropped` in the stats, by reason): unknown kinds, truncated varints, a
+//! status with more entries than the view has members, a request with more
+//! than 64 ranges. Traffic from non-members and from other views is dropped
+//! and counted. A request never triggers more than `max_xmit_per_nak`
+//! messages or `max_xmit_bytes` bytes, and a claimed sequence number far ahead
+//! only costs a bounded request, never memory: the out-of-order window is
+//! bounded by `max_out_of_order` per channel.
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_stack::codec::{varint_len, DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
+use strata_stack::{Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View};
+
+/// The `NAK` descriptor.
+pub const NAK: LayerDescriptor = LayerDescriptor {
+    name: "NAK",
+    summary: "reliable FIFO multicast and point-to-point: sequence numbers, negative acks, retransmission, stability, backpressure",
+    requires: Props::NONE,
+    provides: Props::RELIABLE.union(Props::FIFO),
+    params: &[
+        ParamSpec {
+            name: "retransmit_ms",
+            kind: ParamKind::U64 { min: 1, max: 60_000 },
+            default: "20",
+            doc: "least time between two requests for the same missing messages",
+            wire: false,
+        },
+        ParamSpec {
+            name: "status_ms",
+            kind: ParamKind::U64 { min: 1, max: 60_000 },
+            default: "100",
+            doc: "period of the status (acks, trailing-loss detection) while anything is unacknowledged",
+            wire: false,
+        },
+        ParamSpec {
+            name: "max_unstable",
+            kind: ParamKind::U64 { min: 1, max: 10_000_000 },
+            default: "10000",
+            doc: "unstable messages held for retransmission before the send window closes",
+            wire: false,
+        },
+        ParamSpec {
+            name: "max_out_of_order",
+            kind: ParamKind::U64 { min: 1, max: 10_000_000 },
+            default: "10000",
+            doc: "per channel: how far ahead of the next expected message an arrival is kept",
+            wire: false,
+        },
+        ParamSpec {
+            name: "max_xmit_per_nak",
+            kind: ParamKind::U64 { min: 1, max: 1_000_000 },
+            default: "256",
+            doc: "most messages retransmitted for one request",
+            wire: false,
+        },
+        ParamSpec {
+            name: "max_xmit_bytes",
+            kind: ParamKind::U64 { min: 1, max: 1 << 30 },
+            default: "1048576",
+            doc: "most bytes retransmitted for one request (at least one message is)",
+            wire: false,
+        },
+    ],
+    max_header_len: |_| 1 + 2 * MAX_VARINT_LEN,
+    build: |p| Ok(Box::new(Nak::new(p))),
+};
+
+/// Message kinds (the first header byte).
+mod kind {
+    pub const CAST: u8 = 1;
+    pub const SEND: u8 = 2;
+    pub const OOB_CAST: u8 = 3;
+    pub const OOB_SEND: u8 = 4;
+    pub const NAK: u8 = 5;
+    pub const STATUS: u8 = 6;
+}
+
+/// Channels a request can name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Channel {
+    Cast = 0,
+    Send = 1,
+}
+
+/// Most ranges in one request.
+const MAX_RANGES: usize = 64;
+
+const TIMER_STATUS: TimerKey = 0;
+const TIMER_NAK: TimerKey = 1;
+
+/// What one member receives on one channel from one sender.
+#[derive(Debug, Default)]
+struct Inbound {
+    /// The next sequence number to deliver.
+    next: u64,
+    /// One past the highest sequence number known to exist (from data or status).
+    known: u64,
+    /// Arrivals after `next`: slot `i` holds sequence number `next + 1 + i`.
+    early: VecDeque<Option<Msg>>,
+    /// How many slots of `early` are filled.
+    held: usize,
+    /// When missing messages were last requested.
+    last_request: Option<Instant>,
+}
+
+impl Inbound {
+    fn has_gap(&self) -> bool {
+        self.known > self.next
+    }
+
+    /// Stores an arrival and hands `deliver` whatever became deliverable, in
+    /// order. `Err` says why it was not kept.
+    fn accept(&mut self, seq: u64, msg: Msg, window: u64, mut deliver: impl FnMut(Msg)) -> Result<(), &'static str> {
+        if seq < self.next {
+            return Err("duplicate");
+        }
+        if seq - self.next >= window {
+            return Err("beyond_window");
+        }
+        self.known = self.known.max(seq + 1);
+        if seq > self.next {
+            let i = (seq - self.next - 1) as usize;
+            if self.early.len() <= i {
+                self.early.resize(i + 1, None);
+            }
+            if self.early[i].is_some() {
+                return Err("duplicate");
+            }
+            self.early[i] = Some(msg);
+            self.held += 1;
+            return Ok(());
+        }
+        deliver(msg);
+        self.next += 1;
+        // Slot 0 stood for the sequence number now expected: deliver it if it
+        // is there; if it is a hole, dropping it restores the slot numbering.
+        while let Some(slot) = self.early.pop_front() {
+            let Some(m) = slot else { break };
+            self.held -= 1;
+            deliver(m);
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The missing ranges as `(first, count)`, at most `MAX_RANGES` ranges and
+    /// `max_msgs` messages in all.
+    fn missing(&self, max_msgs: u64) -> SmallVec<[(u64, u64); 8]> {
+        let mut out: SmallVec<[(u64, u64); 8]> = SmallVec::new();
+        if !self.has_gap() {
+            return out;
+        }
+        let mut budget = max_msgs;
+        let mut add = |first: u64, count: u64, out: &mut SmallVec<[(u64, u64); 8]>| {
+            let count = count.min(budget);
+            if count > 0 && out.len() < MAX_RANGES {
+                out.push((first, count));
+                budget -= count;
+            }
+        };
+        // `next` is always missing when there is a gap; then the holes of
+        // `early`; then everything known to exist beyond it.
+        let (mut start, mut len) = (self.next, 1u64);
+        for (i, slot) in self.early.iter().enumerate() {
+            let seq = self.next + 1 + i as u64;
+            match (slot, len) {
+                (None, 0) => (start, len) = (seq, 1),
+                (None, _) => len += 1,
+                (Some(_), 0) => {}
+                (Some(_), _) => {
+                    add(start, len, &mut out);
+                    len = 0;
+                }
+            }
+        }
+        let tail = self.next + 1 + self.early.len() as u64;
+        if self.known > tail {
+            if len == 0 {
+                start = tail;
+            }
+            len += self.known - tail;
+        }
+        if len > 0 {
+            add(start, len, &mut out);
+        }
+        out
+    }
+}
+
+/// What one member sent on one channel and keeps until it is stable.
+#[derive(Debug, Default)]
+struct Outbound {
+    /// Sequence number of `buffer[0]`: everything before it is stable.
+    base: u64,
+    /// Unstable messages, as sent (header included).
+    buffer: VecDeque<Msg>,
+}
+
+impl Outbound {
+    fn next(&self) -> u64 {
+        self.base + self.buffer.len() as u64
+    }
+
+    fn get(&self, seq: u64) -> Option<&Msg> {
+        seq.checked_sub(self.base).and_then(|i| self.buffer.get(i as usize))
+    }
+
+    /// Drops everything before `upto`; returns how many were dropped.
+    fn release(&mut self, upto: u64) -> usize {
+        let n = upto.saturating_sub(self.base).min(self.buffer.len() as u64) as usize;
+        self.buffer.drain(..n);
+        self.base += n as u64;
+        n
+    }
+}
+
+/// Everything this member knows about one member of the view.
+#[derive(Debug)]
+struct Peer {
+    id: MemberId,
+    /// Its casts, as received here.
+    casts_in: Inbound,
+    /// Its sends to this member.
+    sends_in: Inbound,
+    /// This member's sends to it.
+    sends_out: Outbound,
+    /// How many of this member's casts it has acknowledged.
+    acked_casts: u64,
+    /// How many of its casts are stable, as last reported to the layers above.
+    reported_stable: u64,
+}
+
+impl Peer {
+    fn new(id: MemberId) -> Self {
+        Peer { id, casts_in: Inbound::default(), sends_in: Inbound::default(), sends_out: Outbound::default(), acked_casts: 0, reported_stable: 0 }
+    }
+}
+
+/// One member's entry in a status.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct StatusEntry {
+    casts_received: u64,
+    sends_received: u64,
+    sends_made: u64,
+    sends_stable: u64,
+}
+
+/// The reliability layer.
+#[derive(Debug)]
+pub struct Nak {
+    retransmit: Duration,
+    status_period: Duration,
+    max_unstable: usize,
+    window: u64,
+    max_xmit_msgs: u64,
+    max_xmit_bytes: usize,
+
+    /// The counter of the current view, carried in every header.
+    epoch: u64,
+    /// Members in rank order.
+    peers: Vec<Peer>,
+    rank: HashMap<MemberId, usize>,
+    /// This member's rank.
+    me: usize,
+    casts_out: Outbound,
+    /// Flush requests waiting for stability: (token, casts that must be stable).
+    flushes: VecDeque<(u64, u64)>,
+    /// Something was delivered since the last status.
+    acks_dirty: bool,
+    /// Deliveries since the last status.
+    unacked_deliveries: usize,
+    /// A peer is waiting for acknowledgements this member may hold.
+    ack_requested: bool,
+    window_closed: bool,
+
+    sent: u64,
+    sent_p2p: u64,
+    sent_oob: u64,
+    delivered: u64,
+    delivered_p2p: u64,
+    delivered_oob: u64,
+    duplicates: u64,
+    beyond_window: u64,
+    naks_sent: u64,
+    naks_received: u64,
+    retransmitted: u64,
+    status_sent: u64,
+    status_received: u64,
+    xmit_buffer_max: u64,
+    out_of_order_max: u64,
+}
+
+impl Nak {
+    /// A layer with the given parameters.
+    pub fn new(p: &Params) -> Self {
+        Nak {
+            retransmit: Duration::from_millis(p.u64("retransmit_ms")),
+            status_period: Duration::from_millis(p.u64("status_ms")),
+            max_unstable: p.u64("max_unstable") as usize,
+            window: p.u64("max_out_of_order"),
+            max_xmit_msgs: p.u64("max_xmit_per_nak"),
+            max_xmit_bytes: p.u64("max_xmit_bytes") as usize,
+            epoch: 0,
+            peers: Vec::new(),
+            rank: HashMap::new(),
+            me: 0,
+            casts_out: Outbound::default(),
+            flushes: VecDeque::new(),
+            acks_dirty: false,
+            unacked_deliveries: 0,
+            ack_requested: false,
+            window_closed: false,
+            sent: 0,
+            sent_p2p: 0,
+            sent_oob: 0,
+            delivered: 0,
+            delivered_p2p: 0,
+            delivered_oob: 0,
+            duplicates: 0,
+            beyond_window: 0,
+            naks_sent: 0,
+            naks_received: 0,
+            retransmitted: 0,
+            status_sent: 0,
+            status_received: 0,
+            xmit_buffer_max: 0,
+            out_of_order_max: 0,
+        }
+    }
+
+    /// Starts a new view: every channel starts again from sequence number 0.
+    /// The membership layer above flushes before it installs a view, so
+    /// nothing unstable is forgotten.
+    fn install(&mut self, cx: &mut Context<'_>, view: &Arc<View>) {
+        self.epoch = view.id().counter;
+        self.peers = view.members().iter().map(|&m| Peer::new(m)).collect();
+        self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
+        self.me = self.rank.get(&cx.local()).copied().unwrap_or(usize::MAX);
+        self.casts_out = Outbound::default();
+        self.acks_dirty = false;
+        self.unacked_deliveries = 0;
+        self.ack_requested = false;
+        cx.cancel_timer(TIMER_NAK);
+        cx.cancel_timer(TIMER_STATUS);
+        // Casts made before the view are stable by then: answer waiting flushes.
+        for (token, _) in self.flushes.drain(..) {
+            cx.up(Up::Flushed { token });
+        }
+        self.update_window(cx);
+    }
+
+    fn tag(&self, channel: Channel, seq: u64) -> u64 {
+        ((self.epoch & 0xff_ffff) << 40) | ((seq & ((1 << 39) - 1)) << 1) | channel as u64
+    }
+
+    fn unstable(&self) -> usize {
+        self.casts_out.buffer.len() + self.peers.iter().map(|p| p.sends_out.buffer.len()).sum::<usize>()
+    }
+
+    fn held(&self) -> usize {
+        self.peers.iter().map(|p| p.casts_in.held + p.sends_in.held).sum()
+    }
+
+    fn update_window(&mut self, cx: &mut Context<'_>) {
+        let unstable = self.unstable();
+        self.xmit_buffer_max = self.xmit_buffer_max.max(unstable as u64);
+        // Reopen with some room to spare, so the window does not flap per message.
+        let closed = if self.window_closed { unstable > self.max_unstable - self.max_unstable / 4 } else { unstable >= self.max_unstable };
+        if closed != self.window_closed {
+            self.window_closed = closed;
+            cx.set_backpressure(closed);
+        }
+    }
+
+    fn status_needed(&self) -> bool {
+        self.acks_dirty
+            || self.ack_requested
+            || !self.casts_out.buffer.is_empty()
+            || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty() || p.casts_in.has_gap() || p.sends_in.has_gap())
+    }
+
+    fn arm_status(&mut self, cx: &mut Context<'_>) {
+        if cx.timer(TIMER_STATUS).is_none() && self.status_needed() {
+            cx.set_timer(TIMER_STATUS, cx.now() + self.status_period);
+        }
+    }
+
+    fn arm_nak(&mut self, cx: &mut Context<'_>) {
+        if cx.timer(TIMER_NAK).is_none() && self.peers.iter().any(|p| p.casts_in.has_gap() || p.sends_in.has_gap()) {
+            cx.set_timer(TIMER_NAK, cx.now() + self.retransmit);
+        }
+    }
+
+    fn cast(&mut self, cx: &mut Context<'_>, mut msg: Msg) {
+        if msg.flags().contains(MsgFlags::OOB) {
+            msg.push(&[kind::OOB_CAST]);
+            self.sent_oob += 1;
+            return cx.down(Down::Cast(msg));
+        }
+        let seq = self.casts_out.next();
+        push_data(&mut msg, kind::CAST, self.epoch, seq);
+        msg.set_tag(Some(self.tag(Channel::Cast, seq)));
+        self.casts_out.buffer.push_back(msg.clone());
+        self.sent += 1;
+        self.update_window(cx);
+        self.arm_status(cx);
+        cx.down(Down::Cast(msg));
+    }
+
+    fn send(&mut self, cx: &mut Context<'_>, to: MemberId, mut msg: Msg) {
+        let oob = msg.flags().contains(MsgFlags::OOB);
+        let rank = self.rank.get(&to).copied();
+        if oob || to == cx.local() || rank.is_none() {
+            // Loopback is reliable and ordered; OOB asks for no guarantee; a
+            // non-member has no channel (later layers address joiners so).
+            msg.push(&[kind::OOB_SEND]);
+            self.sent_oob += 1;
+            return cx.down(Down::Send { to, msg });
+        }
+        let r = rank.expect("checked");
+        let seq = self.peers[r].sends_out.next();
+        push_data(&mut msg, kind::SEND, self.epoch, seq);
+        msg.set_tag(Some(self.tag(Channel::Send, seq)));
+        self.peers[r].sends_out.buffer.push_back(msg.clone());
+        self.sent_p2p += 1;
+        self.update_window(cx);
+        self.arm_status(cx);
+        cx.down(Down::Send { to, msg });
+    }
+
+    fn flush(&mut self, cx: &mut Context<'_>, token: u64) {
+        let target = self.casts_out.next();
+        if self.casts_out.base >= target {
+            cx.up(Up::Flushed { token });
+        } else {
+            self.flushes.push_back((token, target));
+        }
+    }
+
+    fn receive(&mut self, cx: &mut Context<'_>, from: MemberId, mut msg: Msg) {
+        let k = match msg.pop_with(|r| r.u8()) {
+            Ok(k) => k,
+            Err(_) => return cx.drop_malformed("empty"),
+        };
+        match k {
+            kind::OOB_CAST | kind::OOB_SEND => {
+                msg.flags_mut().insert(MsgFlags::OOB);
+                self.delivered_oob += 1;
+                if k == kind::OOB_CAST {
+                    cx.up(Up::Cast { from, msg })
+                } else {
+                    cx.up(Up::Send { from, msg })
+                }
+            }
+            kind::CAST | kind::SEND | kind::NAK | kind::STATUS => {
+                let Some(&r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+                let epoch = match msg.pop_with(|r| r.varint()) {
+                    Ok(e) => e,
+                    Err(_) => return cx.drop_malformed("truncated"),
+                };
+                if epoch != self.epoch {
+                    return cx.drop_malformed(if epoch < self.epoch { "old_view" } else { "future_view" });
+                }
+                let result = match k {
+                    kind::CAST | kind::SEND => self.data(cx, r, k, msg),
+                    kind::NAK => self.request(cx, r, &msg),
+                    _ => self.status(cx, r, &msg),
+                };
+                if let Err(Malformed(reason)) = result {
+                    cx.drop_malformed(reason);
+                }
+            }
+            _ => cx.drop_malformed("unknown_kind"),
+        }
+    }
+
+    fn data(&mut self, cx: &mut Context<'_>, r: usize, k: u8, mut msg: Msg) -> DecodeResult<()> {
+        let seq = msg.pop_with(|r| r.varint())?;
+        if k == kind::SEND && r == self.me {
+            return Err(Malformed("send_to_self"));
+        }
+        let from = self.peers[r].id;
+        let window = self.window;
+        let channel = if k == kind::CAST { &mut self.peers[r].casts_in } else { &mut self.peers[r].sends_in };
+        let mut delivered = 0u64;
+        let result = channel.accept(seq, msg, window, |m| {
+            delivered += 1;
+            cx.up(if k == kind::CAST { Up::Cast { from, msg: m } } else { Up::Send { from, msg: m } });
+        });
+        match result {
+            Ok(()) => {}
+            Err("duplicate") => self.duplicates += 1,
+            Err(_) => self.beyond_window += 1,
+        }
+        if k == kind::CAST {
+            self.delivered += delivered;
+        } else {
+            self.delivered_p2p += delivered;
+        }
+        let held = self.held() as u64;
+        self.out_of_order_max = self.out_of_order_max.max(held);
+        if delivered > 0 {
+            self.acks_dirty = true;
+            self.unacked_deliveries += delivered as usize;
+            if r == self.me {
+                // Own casts come back through the loopback: this member's own
+                // acknowledgement of them.
+                self.peers[r].acked_casts = self.peers[r].casts_in.next;
+                self.advance_stability(cx);
+            }
+            if self.unacked_deliveries >= (self.max_unstable / 4).max(1) && self.peers.len() > 1 {
+                self.send_status(cx);
+            }
+        }
+        self.arm_nak(cx);
+        self.arm_status(cx);
+        Ok(())
+    }
+
+    /// Answers a request for retransmission.
+    fn request(&mut self, cx: &mut Context<'_>, r: usize, msg: &Msg) -> DecodeResult<()> {
+        let mut rd = Reader::new(msg.front());
+        let channel = match rd.u8()? {
+            0 => Channel::Cast,
+            1 => Channel::Send,
+            _ => return Err(Malformed("bad_channel")),
+        };
+        let n = rd.varint_max(MAX_RANGES as u64, "too_many_ranges")?;
+        let mut ranges: SmallVec<[(u64, u64); 8]> = SmallVec::new();
+        for _ in 0..n {
+            ranges.push((rd.varint()?, rd.varint()?));
+        }
+        rd.finish()?;
+        self.naks_received += 1;
+        let to = self.peers[r].id;
+        let buffer = match channel {
+            Channel::Cast => &self.casts_out,
+            Channel::Send => &self.peers[r].sends_out,
+        };
+        let (mut msgs, mut bytes) = (0u64, 0usize);
+        'ranges: for (first, count) in ranges {
+            for seq in first..first.saturating_add(count) {
+                if msgs >= self.max_xmit_msgs || (msgs > 0 && bytes >= self.max_xmit_bytes) {
+                    break 'ranges;
+                }
+                let Some(m) = buffer.get(seq) else { break };
+                msgs += 1;
+                bytes += m.len();
+                cx.down(Down::Send { to, msg: m.clone() });
+            }
+        }
+        self.retransmitted += msgs;
+        Ok(())
+    }
+
+    fn status(&mut self, cx: &mut Context<'_>, r: usize, msg: &Msg) -> DecodeResult<()> {
+        if r == self.me {
+            return Ok(()); // the loopback of this member's own status
+        }
+        let mut rd = Reader::new(msg.front());
+        let sent = rd.varint()?;
+        let stable = rd.varint()?;
+        let n = rd.varint_max(self.peers.len() as u64, "status_too_long")? as usize;
+        if n != self.peers.len() {
+            return Err(Malformed("status_wrong_size"));
+        }
+        // Decode fully before acting, so a truncated status changes nothing.
+        let mut mine = None;
+        for i in 0..n {
+            let e = StatusEntry { casts_received: rd.varint()?, sends_received: rd.varint()?, sends_made: rd.varint()?, sends_stable: rd.varint()? };
+            if i == self.me {
+                mine = Some(e);
+            }
+        }
+        rd.finish()?;
+        self.status_received += 1;
+        let e = mine.expect("n equals the view size and the view holds this member");
+
+        // Its casts: trailing loss, and whether it waits for our acks.
+        let peer = &mut self.peers[r];
+        peer.casts_in.known = peer.casts_in.known.max(sent.min(peer.casts_in.next.saturating_add(self.window)));
+        if stable < peer.casts_in.next {
+            self.ack_requested = true;
+        }
+        if stable > peer.reported_stable && stable <= peer.casts_in.next {
+            peer.reported_stable = stable;
+            cx.up(Up::Stable { from: peer.id, count: stable });
+        }
+        // Its sends to this member.
+        peer.sends_in.known = peer.sends_in.known.max(e.sends_made.min(peer.sends_in.next.saturating_add(self.window)));
+        if e.sends_stable < peer.sends_in.next {
+            self.ack_requested = true;
+        }
+        // Its acknowledgements of this member's casts and sends.
+        peer.acked_casts = peer.acked_casts.max(e.casts_received.min(self.casts_out.next()));
+        peer.sends_out.release(e.sends_received);
+        self.advance_stability(cx);
+        self.arm_nak(cx);
+        self.arm_status(cx);
+        Ok(())
+    }
+
+    /// Frees own casts every member has acknowledged, and answers flushes.
+    fn advance_stability(&mut self, cx: &mut Context<'_>) {
+        let stable = self.peers.iter().map(|p| p.acked_casts).min().unwrap_or(0);
+        if stable > self.casts_out.base {
+            self.casts_out.release(stable);
+            if self.me < self.peers.len() {
+                self.peers[self.me].reported_stable = stable;
+                cx.up(Up::Stable { from: cx.local(), count: stable });
+            }
+            while let Some(&(token, target)) = self.flushes.front() {
+                if target > stable {
+                    break;
+                }
+                self.flushes.pop_front();
+                cx.up(Up::Flushed { token });
+            }
+        }
+        self.update_window(cx);
+    }
+
+    fn send_status(&mut self, cx: &mut Context<'_>) {
+        if self.me >= self.peers.len() {
+            return;
+        }
+        let mut w = Writer::new();
+        w.varint(self.casts_out.next()).varint(self.casts_out.base).varint(self.peers.len() as u64);
+        for p in &self.peers {
+            w.varint(p.casts_in.next).varint(p.sends_in.next).varint(p.sends_out.next()).varint(p.sends_out.base);
+        }
+        let mut msg = Msg::new(bytes::Bytes::copy_from_slice(w.as_slice()));
+        push_control(&mut msg, kind::STATUS, self.epoch);
+        self.status_sent += 1;
+        self.acks_dirty = false;
+        self.ack_requested = false;
+        self.unacked_deliveries = 0;
+        cx.down(Down::Cast(msg));
+    }
+
+    fn send_requests(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
+        for r in 0..self.peers.len() {
+            for channel in [Channel::Cast, Channel::Send] {
+                let peer = &mut self.peers[r];
+                let inbound = match channel {
+                    Channel::Cast => &mut peer.casts_in,
+                    Channel::Send => &mut peer.sends_in,
+                };
+                if !inbound.has_gap() || inbound.last_request.is_some_and(|t| now < t + self.retransmit) {
+                    continue;
+                }
+                let ranges = inbound.missing(self.max_xmit_msgs);
+                if ranges.is_empty() {
+                    continue;
+                }
+                inbound.last_request = Some(now);
+                let mut w = Writer::new();
+                w.u8(channel as u8).varint(ranges.len() as u64);
+                for (first, count) in &ranges {
+                    w.varint(*first).varint(*count);
+                }
+                let mut msg = Msg::new(bytes::Bytes::copy_from_slice(w.as_slice()));
+                push_control(&mut msg, kind::NAK, self.epoch);
+                self.naks_sent += 1;
+                cx.down(Down::Send { to: peer.id, msg });
+            }
+        }
+    }
+}
+
+fn push_data(msg: &mut Msg, k: u8, epoch: u64, seq: u64) {
+    let mut w = Writer::new();
+    w.u8(k).varint(epoch).varint(seq);
+    msg.push_writer(&w);
+}
+
+fn push_control(msg: &mut Msg, k: u8, epoch: u64) {
+    let mut w = Writer::new();
+    w.u8(k).varint(epoch);
+    msg.push_writer(&w);
+}
+
+impl Layer for Nak {
+    fn init(&mut self, cx: &mut Context<'_>) {
+        let view = cx.view().clone();
+        self.install(cx, &view);
+    }
+
+    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
+        match ev {
+            Down::Cast(msg) => self.cast(cx, msg),
+            Down::Send { to, msg } => self.send(cx, to, msg),
+            Down::Flush { token } => self.flush(cx, token),
+            Down::View(v) => {
+                self.install(cx, &v);
+                cx.down(Down::View(v));
+            }
+            Down::Leave => {
+                // A last status, so that nobody waits on acknowledgements
+                // this member would otherwise have sent later.
+                if self.peers.len() > 1 {
+                    self.send_status(cx);
+                }
+                cx.down(Down::Leave);
+            }
+            other => cx.down(other),
+        }
+    }
+
+    fn up(&mut self, cx: &mut Context<'_>, ev: Up) {
+        match ev {
+            Up::Cast { from, msg } | Up::Send { from, msg } => self.receive(cx, from, msg),
+            Up::View(v) => {
+                self.install(cx, &v);
+                cx.up(Up::View(v));
+            }
+            other => cx.up(other),
+        }
+    }
+
+    fn timeout(&mut self, cx: &mut Context<'_>, key: TimerKey) {
+        match key {
+            TIMER_NAK => {
+                self.send_requests(cx);
+                self.arm_nak(cx);
+            }
+            TIMER_STATUS => {
+                if self.status_needed() && self.peers.len() > 1 {
+                    self.send_status(cx);
+                }
+                // Keep the period while anything is outstanding.
+                if !self.casts_out.buffer.is_empty() || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty()) {
+                    cx.set_timer(TIMER_STATUS, cx.now() + self.status_period);
+                } else {
+                    self.arm_status(cx);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn stats(&self, out: &mut Stats) {
+        out.add("sent", self.sent)
+            .add("sent_p2p", self.sent_p2p)
+            .add("sent_oob", self.sent_oob)
+            .add("delivered", self.delivered)
+            .add("delivered_p2p", self.delivered_p2p)
+            .add("delivered_oob", self.delivered_oob)
+            .add("retransmitted", self.retransmitted)
+            .add("naks_sent", self.naks_sent)
+            .add("naks_received", self.naks_received)
+            .add("status_sent", self.status_sent)
+            .add("status_received", self.status_received)
+            .add("duplicates", self.duplicates)
+            .add("beyond_window", self.beyond_window)
+            .add("xmit_buffer", self.unstable() as u64)
+            .add("xmit_buffer_max", self.xmit_buffer_max)
+            .add("out_of_order", self.held() as u64)
+            .add("out_of_order_max", self.out_of_order_max)
+            .add("stable", self.casts_out.base)
+            .add("backpressure", self.window_closed as u64);
+    }
+}
+
+/// The most bytes a data header takes for sequence number `seq` in view `epoch`.
+pub fn data_header_len(epoch: u64, seq: u64) -> usize {
+    1 + varint_len(epoch) + varint_len(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use quickcheck::{QuickCheck, TestResult};
+    use strata_stack::harness::{LayerHarness, Out};
+    use strata_stack::ParamValue;
+
+    const A: u16 = 0;
+    const B: u16 = 1;
+    const C: u16 = 2;
+
+    fn m(n: u16) -> MemberId {
+        MemberId::sim(n)
+    }
+
+    fn view(n: u16) -> Arc<View> {
+        View::initial((0..n).map(m).collect()).unwrap()
+    }
+
+    fn harness_with(at: u16, members: u16, set: &[(&'static str, u64)]) -> LayerHarness {
+        let mut p = Params::defaults(NAK.params).unwrap();
+        for (name, v) in set {
+            p.set(name, ParamValue::U64(*v));
+        }
+        LayerHarness::boxed("NAK", (NAK.build)(&p).unwrap(), m(at), view(members), 1400)
+    }
+
+    fn harness(at: u16, members: u16) -> LayerHarness {
+        harness_with(at, members, &[])
+    }
+
+    fn body(text: &'static str) -> Msg {
+        Msg::new(Bytes::from_static(text.as_bytes()))
+    }
+
+    /// The messages a harness passed down, as they would arrive elsewhere.
+    fn wire(out: &[Out]) -> Vec<(Option<MemberId>, Msg)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Down(Down::Cast(msg)) => Some((None, Msg::new(msg.to_bytes()))),
+                Out::Down(Down::Send { to, msg }) => Some((Some(*to), Msg::new(msg.to_bytes()))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn delivered(out: &[Out]) -> Vec<(MemberId, Bytes)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Up(Up::Cast { from, msg }) | Out::Up(Up::Send { from, msg }) => Some((*from, msg.clone().into_body())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn statuses(out: &[Out]) -> Vec<Msg> {
+        wire(out).into_iter().filter(|(to, msg)| to.is_none() && msg.front().first() == Some(&kind::STATUS)).map(|(_, msg)| msg).collect()
+    }
+
+    #[test]
+    fn a_cast_carries_a_small_header_and_a_tag_and_comes_back_in_order() {
+        let mut a = harness(A, 2);
+        let out = a.down(Down::Cast(body("hello")));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!(sent.head(), &[kind::CAST, 0, 0]);
+        assert_eq!(sent.tag(), Some(a_tag(0)));
+        assert_eq!(sent.body().as_ref(), b"hello");
+        let out = a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        assert_eq!(delivered(&out), vec![(m(A), Bytes::from_static(b"hello"))]);
+        assert_eq!(a.stats().get("xmit_buffer"), Some(1), "B has not acknowledged it yet");
+    }
+
+    fn a_tag(seq: u64) -> u64 {
+        seq << 1
+    }
+
+    #[test]
+    fn a_gap_is_requested_after_retransmit_ms_and_repaired_with_the_identical_message() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let sent: Vec<Out> = ["m0", "m1", "m2"].iter().flat_map(|t| a.down(Down::Cast(body(t)))).collect();
+        let datagrams = wire(&sent);
+        // m0 is lost; m1 and m2 arrive and wait.
+        assert!(delivered(&b.up(Up::Cast { from: m(A), msg: datagrams[1].1.clone() })).is_empty());
+        assert!(delivered(&b.up(Up::Cast { from: m(A), msg: datagrams[2].1.clone() })).is_empty());
+        assert_eq!(b.stats().get("out_of_order"), Some(2));
+        assert!(wire(&b.advance(Instant::from_millis(19))).iter().all(|(to, _)| to.is_none()), "no request before retransmit_ms");
+        let out = b.advance(Instant::from_millis(20));
+        let requests: Vec<_> = wire(&out).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        assert_eq!(requests.len(), 1, "{out:?}");
+        // kind, view, channel 0, one range: (0, 1).
+        assert_eq!(requests[0].1.front(), &[kind::NAK, 0, 0, 1, 0, 1]);
+        let answer = a.up(Up::Send { from: m(B), msg: requests[0].1.clone() });
+        let resent = wire(&answer);
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].0, Some(m(B)));
+        assert_eq!(resent[0].1, datagrams[0].1, "a retransmission is byte-identical");
+        let [Out::Down(Down::Send { msg, .. })] = answer.as_slice() else { panic!() };
+        assert_eq!(msg.tag(), Some(a_tag(0)), "and keeps its tag, for FRAG");
+        // The repair arrives as a point-to-point message but is delivered as the cast it is.
+        let out = b.up(Up::Send { from: m(A), msg: resent[0].1.clone() });
+        assert_eq!(out.iter().filter(|o| matches!(o, Out::Up(Up::Cast { .. }))).count(), 3);
+        assert_eq!(delivered(&out).iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), ["m0", "m1", "m2"].map(|t| Bytes::from_static(t.as_bytes())));
+        assert_eq!(b.stats().get("out_of_order"), Some(0));
+        assert_eq!(a.stats().get("retransmitted"), Some(1));
+    }
+
+    #[test]
+    fn duplicates_are_delivered_once_and_counted() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let d = wire(&a.down(Down::Cast(body("once"))));
+        assert_eq!(delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).len(), 1);
+        assert!(delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).is_empty());
+        assert_eq!(b.stats().get("duplicates"), Some(1));
+    }
+
+    #[test]
+    fn a_status_reveals_a_lost_last_message_and_acks_free_the_buffer() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let out = a.down(Down::Cast(body("last")));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
+        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        // The datagram to B is lost. A's status, due in status_ms, tells B.
+        let out = a.advance(Instant::from_millis(100));
+        let st = statuses(&out);
+        assert_eq!(st.len(), 1, "{out:?}");
+        b.advance(Instant::from_millis(100));
+        b.up(Up::Cast { from: m(A), msg: st[0].clone() });
+        let out = b.advance(Instant::from_millis(120));
+        let req: Vec<_> = wire(&out).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        assert_eq!(req.len(), 1, "B asks for the message it never saw: {out:?}");
+        let resent = wire(&a.up(Up::Send { from: m(B), msg: req[0].1.clone() }));
+        assert_eq!(delivered(&b.up(Up::Send { from: m(A), msg: resent[0].1.clone() })), vec![(m(A), Bytes::from_static(b"last"))]);
+        // B acknowledges in its next status; A frees the message, reports it
+        // stable, and answers a flush at once.
+        let st = statuses(&b.advance(Instant::from_millis(300)));
+        assert!(!st.is_empty());
+        let out = a.up(Up::Cast { from: m(B), msg: st.last().unwrap().clone() });
+        assert!(out.contains(&Out::Up(Up::Stable { from: m(A), count: 1 })), "{out:?}");
+        assert_eq!(a.stats().get("xmit_buffer"), Some(0));
+        assert_eq!(a.down(Down::Flush { token: 7 }), vec![Out::Up(Up::Flushed { token: 7 })]);
+        // Once everything is stable the group falls silent.
+        let later = a.advance(Instant::from_millis(10_000));
+        assert!(statuses(&later).len() <= 1, "{later:?}");
+        assert_eq!(a.next_timer(), None);
+    }
+
+    #[test]
+    fn a_flush_waits_for_every_member() {
+        let mut a = harness(A, 3);
+        let out = a.down(Down::Cast(body("x")));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
+        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        assert!(a.down(Down::Flush { token: 1 }).is_empty());
+        for (who, expect_flushed) in [(B, false), (C, true)] {
+            let mut h = harness(who, 3);
+            h.up(Up::Cast { from: m(A), msg: Msg::new(sent.to_bytes()) });
+            let st = statuses(&h.advance(Instant::from_millis(100)));
+            let out = a.up(Up::Cast { from: m(who), msg: st[0].clone() });
+            assert_eq!(out.contains(&Out::Up(Up::Flushed { token: 1 })), expect_flushed, "after {who}'s ack: {out:?}");
+        }
+    }
+
+    #[test]
+    fn the_send_window_closes_at_max_unstable_and_reopens_when_acks_arrive() {
+        let mut a = harness_with(A, 2, &[("max_unstable", 8)]);
+        let mut b = harness_with(B, 2, &[("max_unstable", 8)]);
+        let mut datagrams = Vec::new();
+        for _ in 0..8 {
+            assert!(!a.backpressure());
+            let out = a.down(Down::Cast(body("p")));
+            let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
+            a.up(Up::Cast { from: m(A), msg: sent.clone() });
+            datagrams.push(Msg::new(sent.to_bytes()));
+        }
+        assert!(a.backpressure(), "8 unstable messages close the window");
+        // B acknowledges early, after max_unstable/4 deliveries.
+        let mut acks = Vec::new();
+        for d in datagrams {
+            acks.extend(statuses(&b.up(Up::Cast { from: m(A), msg: d })));
+        }
+        assert_eq!(acks.len(), 4, "one status per 2 deliveries");
+        for st in acks {
+            a.up(Up::Cast { from: m(B), msg: st });
+        }
+        assert!(!a.backpressure());
+        assert_eq!(a.stats().get("xmit_buffer"), Some(0));
+        assert_eq!(a.stats().get("xmit_buffer_max"), Some(8));
+    }
+
+    #[test]
+    fn point_to_point_is_reliable_and_in_order_too() {
+        let mut a = harness(A, 3);
+        let mut b = harness(B, 3);
+        let out: Vec<Out> = ["s0", "s1"].iter().flat_map(|t| a.down(Down::Send { to: m(B), msg: body(t) })).collect();
+        let d = wire(&out);
+        assert!(d.iter().all(|(to, _)| *to == Some(m(B))));
+        assert_eq!(d[0].1.front()[..3], [kind::SEND, 0, 0]);
+        // s0 lost, and the trailing one too: B learns of both from A's status.
+        let st = statuses(&a.advance(Instant::from_millis(100)));
+        b.up(Up::Cast { from: m(A), msg: st[0].clone() });
+        let req: Vec<_> = wire(&b.advance(Instant::from_millis(120))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        assert_eq!(req[0].1.front(), &[kind::NAK, 0, 1, 1, 0, 2], "channel 1, range (0, 2)");
+        let resent = wire(&a.up(Up::Send { from: m(B), msg: req[0].1.clone() }));
+        assert_eq!(resent.len(), 2);
+        let got: Vec<_> = resent.into_iter().flat_map(|(_, msg)| delivered(&b.up(Up::Send { from: m(A), msg }))).collect();
+        assert_eq!(got, vec![(m(A), Bytes::from_static(b"s0")), (m(A), Bytes::from_static(b"s1"))]);
+        assert_eq!(b.stats().get("delivered_p2p"), Some(2));
+        // A send to oneself or flagged OOB needs no sequence number.
+        let out = a.down(Down::Send { to: m(A), msg: body("me") });
+        let [Out::Down(Down::Send { msg, .. })] = out.as_slice() else { panic!() };
+        assert_eq!(msg.head(), &[kind::OOB_SEND]);
+    }
+
+    #[test]
+    fn oob_messages_bypass_ordering() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let mut msg = body("urgent");
+        msg.flags_mut().insert(MsgFlags::OOB);
+        let d = wire(&a.down(Down::Cast(msg)));
+        assert_eq!(d[0].1.front()[0], kind::OOB_CAST);
+        let out = b.up(Up::Cast { from: m(A), msg: d[0].1.clone() });
+        let [Out::Up(Up::Cast { msg, .. })] = out.as_slice() else { panic!("{out:?}") };
+        assert!(msg.flags().contains(MsgFlags::OOB));
+        assert_eq!(a.stats().get("xmit_buffer"), Some(0), "not kept for retransmission");
+    }
+
+    #[test]
+    fn arrivals_beyond_the_window_are_dropped_and_recovered_later() {
+        let mut a = harness(A, 2);
+        let mut b = harness_with(B, 2, &[("max_out_of_order", 4)]);
+        let d: Vec<_> = (0..6).flat_map(|_| wire(&a.down(Down::Cast(body("w"))))).collect();
+        for (_, msg) in &d[1..] {
+            b.up(Up::Cast { from: m(A), msg: msg.clone() });
+        }
+        assert_eq!(b.stats().get("out_of_order"), Some(3), "seqs 1..=3 kept, 4 and 5 beyond the window");
+        assert_eq!(b.stats().get("beyond_window"), Some(2));
+        let got: Vec<_> = delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() }));
+        assert_eq!(got.len(), 4);
+        for (_, msg) in &d[4..] {
+            assert_eq!(delivered(&b.up(Up::Cast { from: m(A), msg: msg.clone() })).len(), 1);
+        }
+    }
+
+    #[test]
+    fn requests_are_bounded_by_count_and_bytes() {
+        let mut a = harness_with(A, 2, &[("max_xmit_per_nak", 3)]);
+        for _ in 0..10 {
+            a.down(Down::Cast(body("x")));
+        }
+        let mut req = Msg::new(Bytes::from_static(&[0, 1, 0, 10]));
+        push_control(&mut req, kind::NAK, 0);
+        assert_eq!(wire(&a.up(Up::Send { from: m(B), msg: req.clone() })).len(), 3);
+        let mut a = harness_with(A, 2, &[("max_xmit_bytes", 1)]);
+        for _ in 0..10 {
+            a.down(Down::Cast(body("x")));
+        }
+        assert_eq!(wire(&a.up(Up::Send { from: m(B), msg: req })).len(), 1, "at least one message, then the byte cap");
+    }
+
+    #[test]
+    fn hostile_headers_are_dropped_and_counted() {
+        let mut b = harness(B, 3);
+        let cases: Vec<(MemberId, Vec<u8>, &str)> = vec![
+            (m(A), vec![], "empty"),
+            (m(A), vec![99], "unknown_kind"),
+            (m(A), vec![kind::CAST], "truncated"),
+            (m(A), vec![kind::CAST, 0], "truncated"),
+            (m(A), vec![kind::CAST, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "varint_overflow"),
+            (m(9), vec![kind::CAST, 0, 0], "not_member"),
+            (m(A), vec![kind::CAST, 5, 0], "future_view"),
+            (m(A), vec![kind::NAK, 0, 7, 0], "bad_channel"),
+            (m(A), vec![kind::NAK, 0, 0, 65], "too_many_ranges"),
+            (m(A), vec![kind::NAK, 0, 0, 2, 0, 1], "truncated"),
+            (m(A), vec![kind::STATUS, 0, 0, 0, 100], "status_too_long"),
+            (m(A), vec![kind::STATUS, 0, 0, 0, 2], "status_wrong_size"),
+            (m(A), vec![kind::STATUS, 0, 0, 0, 3, 0, 0], "truncated"),
+            (m(B), vec![kind::SEND, 0, 0], "send_to_self"),
+        ];
+        for (from, bytes, reason) in cases {
+            let before = b.dropped(reason);
+            let out = b.up(Up::Cast { from, msg: Msg::new(Bytes::from(bytes.clone())) });
+            assert!(delivered(&out).is_empty(), "{bytes:?} delivered something");
+            assert_eq!(b.dropped(reason), before + 1, "{bytes:?} should be dropped as {reason}; drops: {:?}", b.drops());
+        }
+    }
+
+    #[test]
+    fn a_status_claiming_huge_numbers_costs_only_a_bounded_request() {
+        let mut b = harness_with(B, 2, &[("max_xmit_per_nak", 50)]);
+        let mut w = Writer::new();
+        w.varint(u64::MAX).varint(0).varint(2);
+        for _ in 0..2 {
+            w.varint(0).varint(0).varint(u64::MAX).varint(0);
+        }
+        let mut st = Msg::new(Bytes::copy_from_slice(w.as_slice()));
+        push_control(&mut st, kind::STATUS, 0);
+        b.up(Up::Cast { from: m(A), msg: st });
+        let out = b.advance(Instant::from_millis(20));
+        let reqs = wire(&out);
+        assert_eq!(reqs.len(), 2, "one request per channel: {out:?}");
+        for (_, r) in reqs {
+            let mut rd = Reader::new(&r.front()[2..]);
+            let _channel = rd.u8().unwrap();
+            assert_eq!(rd.varint().unwrap(), 1);
+            assert_eq!((rd.varint().unwrap(), rd.varint().unwrap()), (0, 50));
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics_and_never_delivers_without_a_sender() {
+        fn prop(bytes: Vec<u8>, from_b: bool) -> TestResult {
+            let mut h = harness(A, 3);
+            let from = if from_b { m(B) } else { m(C) };
+            let out = h.up(Up::Cast { from, msg: Msg::new(Bytes::from(bytes.clone())) });
+            h.advance(Instant::from_millis(1000));
+            // Whatever is delivered came with a data header naming seq 0 of view 0.
+            let n = delivered(&out).len();
+            TestResult::from_bool(n == 0 || bytes.first().is_some_and(|k| [kind::CAST, kind::SEND, kind::OOB_CAST, kind::OOB_SEND].contains(k)))
+        }
+        QuickCheck::new().tests(2000).quickcheck(prop as fn(Vec<u8>, bool) -> TestResult);
+    }
+
+    #[test]
+    fn a_new_view_restarts_sequence_numbers_and_drops_old_traffic() {
+        let mut a = harness(A, 2);
+        let old = wire(&a.down(Down::Cast(body("old"))));
+        let v1 = View::new(strata_stack::ViewId { counter: 1, creator: m(A) }, vec![m(A), m(B)]).unwrap();
+        let mut b = harness(B, 2);
+        b.down(Down::View(v1.clone()));
+        a.down(Down::View(v1));
+        b.up(Up::Cast { from: m(A), msg: old[0].1.clone() });
+        assert_eq!(b.dropped("old_view"), 1);
+        let out = a.down(Down::Cast(body("new")));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
+        assert_eq!(sent.head(), &[kind::CAST, 1, 0]);
+        assert_eq!(a.stats().get("xmit_buffer"), Some(1));
+    }
+}
