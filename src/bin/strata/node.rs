@@ -1,0 +1,595 @@
+//! `strata node`: one member of a group over UDP, writing a delivery log.
+//! docs/strata-node.md is the specification; scripts rely on it exactly.
+//!
+//! The run, in order:
+//! 1. Validate everything before touching the network: the arguments, and the
+//!    stack string by building the stack once, dry (layers are sans-IO, so a
+//!    throw-away build costs nothing and runs every layer's own checks).
+//! 2. Bind, open the log, join; log `start`, then `view` for the initial view
+//!    (the engine emits no event for it; later views come as events).
+//! 3. Cast N payloads (on a schedule with `--rate`, else as fast as
+//!    `Group::cast` accepts) while receiving; `send` is logged before each
+//!    cast and `deliver` as each delivery is taken from the events stream.
+//! 4. Once N casts from every member of the current view were delivered,
+//!    flush (own casts stable), then wait until the group falls silent (no
+//!    datagram for three status periods, [`quiet_period`]): a peer whose
+//!    acknowledgement from this member was lost asks again, and must find it
+//!    still running. Then take the stats, leave, log `stats` and `stop`.
+//!
+//! Whenever `--linger` passes without a delivery or a completed cast, the
+//! node stops waiting and goes straight to `stats` and `stop` (exit 0). A
+//! SIGINT or SIGTERM does the same and exits 128 + the signal's number.
+//! Beyond the documented fields, `stop` says why the run ended: `"reason"` is
+//! `done` (all delivered, own casts stable), `unstable` (all delivered, but
+//! the flush gave up after `--linger`), `linger` or `signal`.
+//! Everything runs on one task (the runtime's driver aside), so log lines
+//! come out in the order things happened and `t` never decreases.
+
+use crate::jsonl::{json_str, JsonLog, Line};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use strata::engine::FRAME_HEADER_MAX;
+use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
+use strata::transport::payload;
+use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
+use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, Stack, StackConfig, View};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::time::Instant as Clock;
+
+/// The largest `--size` accepted: far above any sensible test, low enough
+/// that a typo cannot make every cast allocate gigabytes.
+const MAX_SIZE: usize = 64 << 20;
+/// The longest `--linger` accepted (about 31 years: "forever").
+const MAX_LINGER_SECS: f64 = 1e9;
+/// Bytes of a payload searched for the `|` that ends its id.
+const ID_SCAN: usize = 128;
+/// How long the best-effort calls at the end (stats, leave) may take.
+const WRAP_UP: Duration = Duration::from_secs(2);
+/// The shortest silence taken to mean that the group has settled.
+const QUIET_MIN: Duration = Duration::from_millis(200);
+
+/// The transports `strata node` can use.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// One UDP socket; casts are unicast to every member.
+    Udp,
+}
+
+/// Options of `strata node` (docs/strata-node.md).
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// The group to join.
+    #[arg(long, value_name = "NAME")]
+    group: String,
+    /// The stack string, bottom layer first (see `strata layers`).
+    #[arg(long, value_name = "SPEC")]
+    stack: String,
+    /// The transport.
+    #[arg(long, value_enum, value_name = "TRANSPORT", default_value_t = TransportKind::Udp)]
+    transport: TransportKind,
+    /// Where this member receives; its member id is this address.
+    #[arg(long, value_name = "IP:PORT")]
+    bind: SocketAddr,
+    /// The other members' addresses: the full initial membership (omit for a group of one).
+    #[arg(long, value_name = "IP:PORT,...", value_delimiter = ',')]
+    peers: Vec<SocketAddr>,
+    /// How many messages this member casts (every member of a run uses the same N).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    casts: u64,
+    /// Payload size of each cast, in bytes.
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES", value_parser = parse_size)]
+    size: usize,
+    /// Casts per second (default: as fast as the stack accepts).
+    #[arg(long, allow_negative_numbers = true, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// The JSON-lines log (created, or emptied if it exists).
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+    /// Give up after this many seconds without a delivery or progress (fractions allowed).
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS", default_value = "10", value_parser = parse_linger)]
+    linger: f64,
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let size: usize = text.parse().map_err(|_| format!("expected a number of bytes, got `{text}`"))?;
+    if size > MAX_SIZE {
+        return Err(format!("{size} bytes is more than the {MAX_SIZE} allowed"));
+    }
+    Ok(size)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("expected a positive number of casts per second, got `{text}`")),
+    }
+}
+
+fn parse_linger(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_LINGER_SECS => Ok(s),
+        _ => Err(format!("expected a number of seconds above 0 and at most {MAX_LINGER_SECS}, got `{text}`")),
+    }
+}
+
+/// A checked request.
+struct Plan {
+    group: String,
+    stack: String,
+    bind: SocketAddr,
+    members: Vec<MemberId>,
+    casts: u64,
+    size: usize,
+    rate: Option<f64>,
+    log: PathBuf,
+    linger: Duration,
+    /// How long the group must stay silent after the flush before this
+    /// member leaves (`None`: nobody can need anything from it).
+    quiet: Option<Duration>,
+}
+
+/// Checks what clap cannot: addresses usable as member ids, and a stack
+/// string that builds. Returns the one-line reason otherwise.
+fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
+    let TransportKind::Udp = args.transport;
+    if args.group.is_empty() {
+        return Err("--group must not be empty".into());
+    }
+    if args.bind.ip().is_unspecified() {
+        return Err(format!("--bind {}: give the address peers reach this member at (it is its member id), not an unspecified address", args.bind));
+    }
+    if args.bind.port() == 0 && !args.peers.is_empty() {
+        return Err(format!("--bind {}: port 0 cannot be a member id that peers know in advance; give a port", args.bind));
+    }
+    let mut members = vec![MemberId::new(args.bind, 0)];
+    for peer in &args.peers {
+        if peer.ip().is_unspecified() || peer.port() == 0 {
+            return Err(format!("--peers: {peer} is not an address a member can receive at"));
+        }
+        if peer.is_ipv4() != args.bind.is_ipv4() {
+            return Err(format!("--peers: {peer} and --bind {} are of different IP families; one UDP socket cannot reach both", args.bind));
+        }
+        let m = MemberId::new(*peer, 0);
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    // A dry build: the parser's and every layer's own checks, with the
+    // datagram limit of the transport the real stack will run over.
+    let config = StackConfig { group: args.group.clone(), local: members[0], members: members.clone(), seed: 0, max_datagram: MAX_DATAGRAM };
+    Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
+    check_size_fits(registry, &args.stack, args.size)?;
+    let quiet = (members.len() > 1).then(|| quiet_period(registry, &args.stack));
+    let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
+    Ok(Plan {
+        group: args.group,
+        stack: args.stack,
+        bind: args.bind,
+        members,
+        casts: args.casts,
+        size: args.size,
+        rate: args.rate,
+        log: args.log,
+        linger,
+        quiet,
+    })
+}
+
+/// Refuses a `--size` that no datagram can carry when no layer of the stack
+/// provides `large_messages` (every cast would be dropped at the bottom).
+fn check_size_fits(registry: &Registry, stack: &str, size: usize) -> Result<(), String> {
+    let Ok(resolved) = registry.resolve(stack) else { return Ok(()) };
+    if resolved.layers.iter().any(|(d, _)| d.provides.contains(Props::LARGE_MESSAGES)) {
+        return Ok(());
+    }
+    let headers: usize = resolved.layers.iter().map(|(d, params)| (d.max_header_len)(params)).sum();
+    // The id text `M:k|` may make a payload longer than --size.
+    let longest = size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
+    let room = MAX_DATAGRAM.saturating_sub(FRAME_HEADER_MAX + headers);
+    if longest > room {
+        return Err(format!("--size {size}: with this stack a cast must fit one datagram ({room} bytes); put FRAG in the stack"));
+    }
+    Ok(())
+}
+
+/// The silence that shows a group has settled: a few periods of the
+/// slowest periodic status any layer of the stack declares (`status_ms`;
+/// NAK sends one while anything is unacknowledged), or [`QUIET_MIN`].
+fn quiet_period(registry: &Registry, stack: &str) -> Duration {
+    let status_ms = |params: &strata::Params| match params.get("status_ms") {
+        Some(ParamValue::U64(ms)) => Some(*ms),
+        _ => None,
+    };
+    let slowest = registry.resolve(stack).map(|r| r.layers.iter().filter_map(|(_, params)| status_ms(params)).max().unwrap_or(0)).unwrap_or(0);
+    QUIET_MIN.max(Duration::from_millis(slowest.saturating_mul(3)))
+}
+
+/// Runs `strata node`; `Err` is the one-line reason for a failure.
+pub fn run(args: NodeArgs) -> Result<ExitCode, String> {
+    let registry = strata::builtin_registry();
+    let plan = plan(args, &registry)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(run_node(plan, registry))
+}
+
+/// Why the node stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Everything delivered, own casts stable.
+    Done,
+    /// Everything delivered, but own casts were not stable after `--linger`.
+    Unstable,
+    /// `--linger` passed without progress before everything was delivered.
+    Linger,
+    /// SIGINT or SIGTERM (the number).
+    Signal(i32),
+}
+
+impl Ending {
+    fn name(self) -> &'static str {
+        match self {
+            Ending::Done => "done",
+            Ending::Unstable => "unstable",
+            Ending::Linger => "linger",
+            Ending::Signal(_) => "signal",
+        }
+    }
+}
+
+/// What a wait in [`Receiver::wait`] ended with.
+enum Outcome<T> {
+    /// The awaited future finished.
+    Ready(T),
+    /// N casts from every member of the current view were delivered.
+    Complete,
+    /// `--linger` passed without progress.
+    Linger,
+    /// A signal arrived.
+    Signal(i32),
+    /// The events stream ended while deliveries were still awaited.
+    Gone,
+}
+
+/// SIGINT and SIGTERM.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+    }
+
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+        }
+    }
+}
+
+/// State shared by the caster and the receiver (one task: plain cells).
+struct Shared {
+    log: JsonLog,
+    /// Deliveries logged so far.
+    delivered: Cell<u64>,
+    /// When the last delivery or completed cast happened.
+    progress: Cell<Clock>,
+}
+
+/// Takes events, logs deliveries and views, and decides completion.
+struct Receiver<'a> {
+    shared: &'a Shared,
+    events: Events,
+    events_open: bool,
+    view: Arc<View>,
+    /// Cast deliveries per sender.
+    from: HashMap<MemberId, u64>,
+    casts: u64,
+    linger: Duration,
+    signals: Signals,
+}
+
+impl Receiver<'_> {
+    /// Drives `fut` while taking events, until it finishes, or (if
+    /// `until_complete`) every expected delivery happened, or `--linger`
+    /// passes without progress, or a signal arrives.
+    async fn wait<F: Future>(&mut self, fut: F, until_complete: bool) -> Result<Outcome<F::Output>, String> {
+        let mut fut = pin!(fut);
+        loop {
+            if until_complete {
+                if self.complete() {
+                    return Ok(Outcome::Complete);
+                }
+                if !self.events_open {
+                    return Ok(Outcome::Gone);
+                }
+            }
+            let idle_until = self.shared.progress.get().checked_add(self.linger);
+            tokio::select! {
+                // Events before casts: a reader that keeps up keeps the driver taking input.
+                biased;
+                sig = self.signals.recv() => return Ok(Outcome::Signal(sig)),
+                ev = self.events.next(), if self.events_open => match ev {
+                    Some(ev) => self.handle(ev)?,
+                    None => self.events_open = false,
+                },
+                out = &mut fut => return Ok(Outcome::Ready(out)),
+                _ = sleep_until(idle_until) => {
+                    if self.shared.progress.get().checked_add(self.linger).is_some_and(|at| at <= Clock::now()) {
+                        return Ok(Outcome::Linger);
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.view.members().iter().all(|m| self.from.get(m).copied().unwrap_or(0) >= self.casts)
+    }
+
+    fn handle(&mut self, ev: AppEvent) -> Result<(), String> {
+        match ev {
+            AppEvent::Deliver { from, kind: Delivery::Cast, body } => {
+                let fnv = format!("{:016x}", strata::codec::fnv1a64(&body));
+                let line = Line::new("deliver")
+                    .str("view", &self.view.id().to_string())
+                    .str("from", &from.to_string())
+                    .str("id", &payload_id(&body))
+                    .u64("len", body.len() as u64)
+                    .str("fnv", &fnv);
+                self.shared.log.write(line).map_err(log_error)?;
+                self.shared.delivered.set(self.shared.delivered.get() + 1);
+                *self.from.entry(from).or_insert(0) += 1;
+                self.shared.progress.set(Clock::now());
+            }
+            AppEvent::Deliver { from, kind: Delivery::Send, body } => {
+                tracing::debug!(%from, len = body.len(), "ignored a point-to-point message");
+            }
+            AppEvent::View(view) => {
+                if view.id() != self.view.id() {
+                    self.shared.log.write(view_line(&view)).map_err(log_error)?;
+                    self.view = view;
+                }
+            }
+            AppEvent::Lost { from, count } => tracing::warn!(%from, count, "the stack gave up on messages"),
+            AppEvent::Problem(p) => tracing::warn!(layer = p.layer, "{}", p.what),
+            AppEvent::Suspect(m) => tracing::info!(member = %m, "suspected"),
+            other => tracing::debug!(event = ?other, "event"),
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Clock>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_error(e: std::io::Error) -> String {
+    format!("cannot write the log: {e}")
+}
+
+/// The id text at the start of a payload (up to its first `|`), or `?`.
+fn payload_id(body: &[u8]) -> Cow<'_, str> {
+    let head = &body[..body.len().min(ID_SCAN)];
+    match head.iter().position(|&b| b == b'|') {
+        Some(end) => String::from_utf8_lossy(&head[..end]),
+        None => Cow::Borrowed("?"),
+    }
+}
+
+fn view_line(view: &View) -> Line {
+    Line::new("view").str("view", &view.id().to_string()).strs("members", view.members().iter().map(|m| m.to_string()))
+}
+
+/// The `layers` object of the `stats` line: every layer's counters in the
+/// order it reports them, then its drops by reason.
+fn stats_json(all: &[LayerStats]) -> String {
+    let mut out = String::from("{");
+    let mut names: Vec<String> = Vec::new();
+    for s in all {
+        // A stack may hold a layer twice; JSON keys must stay unique.
+        let mut name = s.name.to_string();
+        let mut n = 1;
+        while names.contains(&name) {
+            n += 1;
+            name = format!("{}#{n}", s.name);
+        }
+        if !names.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&json_str(&name));
+        names.push(name);
+        out.push_str(":{");
+        let mut seen: Vec<&str> = vec!["dropped"];
+        for (key, value) in &s.counters.entries {
+            if seen.contains(key) {
+                continue;
+            }
+            seen.push(key);
+            out.push_str(&format!("{}:{value},", json_str(key)));
+        }
+        out.push_str("\"dropped\":{");
+        let drops: Vec<String> = s.dropped.iter().map(|(reason, n)| format!("{}:{n}", json_str(reason))).collect();
+        out.push_str(&drops.join(","));
+        out.push_str("}}");
+    }
+    out.push('}');
+    out
+}
+
+async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String> {
+    let udp = UdpTransport::bind(plan.bind).await.map_err(|e| format!("cannot bind {}: {e}", plan.bind))?;
+    // With port 0 (a group of one) the member id is the port the OS picked.
+    plan.members[0] = MemberId::new(strata::runtime::Transport::local_addr(&udp), 0);
+    let log = JsonLog::create(&plan.log).map_err(|e| format!("cannot write the log {}: {e}", plan.log.display()))?;
+    let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let endpoint = Endpoint::new(udp, Arc::new(registry));
+    let mut cfg = JoinConfig::new(plan.group.clone(), plan.stack.clone());
+    cfg.members = plan.members.clone();
+    let (group, events) = endpoint.join(cfg).await.map_err(|e| e.to_string())?;
+    let me = group.local();
+    let me_text = me.to_string();
+    let began = Clock::now();
+
+    let shared = Shared { log, delivered: Cell::new(0), progress: Cell::new(began) };
+    let start = Line::new("start")
+        .str("member", &me_text)
+        .u64("incarnation", me.incarnation())
+        .str("stack", &plan.stack)
+        .str("transport", "udp")
+        .str("group", &plan.group)
+        .strs("peers", plan.members.iter().filter(|m| **m != me).map(|m| m.to_string()))
+        .u64("casts", plan.casts)
+        .u64("size", plan.size as u64)
+        .f64("rate", plan.rate)
+        .f64("linger", Some(plan.linger.as_secs_f64()))
+        .u64("pid", u64::from(std::process::id()));
+    shared.log.write(start).map_err(log_error)?;
+    let view = group.view().await.map_err(|e| format!("the group ended at once: {e}"))?;
+    shared.log.write(view_line(&view)).map_err(log_error)?;
+
+    let mut rx = Receiver { shared: &shared, events, events_open: true, view, from: HashMap::new(), casts: plan.casts, linger: plan.linger, signals };
+    let mut ending = exchange(&mut rx, &endpoint, &group, &me_text, &plan).await?;
+
+    // Wrap up: stats (and leave) are best effort and bounded.
+    let mut layers = match tokio::time::timeout(WRAP_UP, group.stats()).await {
+        Ok(Ok(stats)) => stats,
+        _ => Vec::new(),
+    };
+    if matches!(ending, Ending::Done | Ending::Unstable) {
+        if let Outcome::Signal(sig) = rx.wait(tokio::time::timeout(WRAP_UP, group.leave()), false).await? {
+            ending = Ending::Signal(sig);
+        }
+    }
+    if let Ok(Ok(ep)) = tokio::time::timeout(WRAP_UP, endpoint.stats()).await {
+        layers.push(ep);
+    }
+    shared.log.write(Line::new("stats").raw("layers", &stats_json(&layers))).map_err(log_error)?;
+    let delivered = shared.delivered.get();
+    shared.log.write(Line::new("stop").u64("delivered", delivered).str("reason", ending.name())).map_err(log_error)?;
+    let _ = tokio::time::timeout(WRAP_UP, endpoint.shutdown()).await;
+
+    let secs = began.elapsed().as_secs_f64();
+    println!("strata node {me_text}: {} after {secs:.2} s, delivered {delivered} casts", ending.name());
+    Ok(match ending {
+        Ending::Signal(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// Casts, receives until complete, then flushes. Returns why it stopped.
+async fn exchange(rx: &mut Receiver<'_>, endpoint: &Endpoint, group: &Group, me: &str, plan: &Plan) -> Result<Ending, String> {
+    let shared = rx.shared;
+    let caster = async {
+        let start = Clock::now();
+        for k in 0..plan.casts {
+            if let Some(rate) = plan.rate {
+                // Deadlines from the start, not from the previous cast: a
+                // slow cast is caught up on, as far as `cast` lets it.
+                let due = Duration::try_from_secs_f64(k as f64 / rate).ok().and_then(|d| start.checked_add(d));
+                sleep_until(due).await;
+            }
+            let body = payload::make(me, k, plan.size);
+            shared.log.write(Line::new("send").str("id", &format!("{me}:{k}")).u64("after", shared.delivered.get())).map_err(log_error)?;
+            group.cast(body).await.map_err(|e: GroupError| format!("cast {k} failed: {e}"))?;
+            shared.progress.set(Clock::now());
+        }
+        Ok::<(), String>(())
+    };
+    match rx.wait(caster, false).await? {
+        Outcome::Ready(result) => result?,
+        Outcome::Linger => return Ok(Ending::Linger),
+        Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
+        Outcome::Complete | Outcome::Gone => {}
+    }
+    match rx.wait(std::future::pending::<()>(), true).await? {
+        Outcome::Complete => {}
+        Outcome::Linger => return Ok(Ending::Linger),
+        Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
+        Outcome::Gone => return Err("the endpoint stopped before every cast was delivered".into()),
+        Outcome::Ready(()) => unreachable!("pending() never finishes"),
+    }
+    // Own casts stable: nobody will need a retransmission from this member.
+    shared.progress.set(Clock::now());
+    match rx.wait(group.flush(), false).await? {
+        Outcome::Ready(Ok(())) => {}
+        Outcome::Ready(Err(e)) => {
+            tracing::warn!("flush failed: {e}");
+            return Ok(Ending::Unstable);
+        }
+        Outcome::Linger => {
+            tracing::warn!("own casts not stable after --linger; stopping anyway");
+            return Ok(Ending::Unstable);
+        }
+        Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
+        Outcome::Complete | Outcome::Gone => return Ok(Ending::Unstable),
+    }
+    // Others may still need this member's acknowledgements (one can be lost
+    // like any datagram, and is repeated only when asked for): stay until the
+    // group falls silent, as a reliability layer does once everything is
+    // stable. Bounded by --linger like every wait.
+    if let Some(quiet) = plan.quiet {
+        shared.progress.set(Clock::now());
+        if let Outcome::Signal(sig) = rx.wait(settle(endpoint, quiet), false).await? {
+            return Ok(Ending::Signal(sig));
+        }
+    }
+    Ok(Ending::Done)
+}
+
+/// Resolves once the endpoint has received no datagram for `quiet`.
+async fn settle(endpoint: &Endpoint, quiet: Duration) {
+    let mut seen = None;
+    let mut since = Clock::now();
+    loop {
+        let Ok(stats) = endpoint.stats().await else { return };
+        let received = stats.counters.get("datagrams_in");
+        if received != seen {
+            seen = received;
+            since = Clock::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+        tokio::time::sleep(quiet / 4).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_ids_are_the_text_before_the_bar() {
+        assert_eq!(payload_id(&payload::make("[::1]:7001", 12, 100)), "[::1]:7001:12");
+        assert_eq!(payload_id(b"no bar here"), "?");
+        assert_eq!(payload_id(b""), "?");
+        assert_eq!(payload_id(b"\xff\xfe|x"), "\u{fffd}\u{fffd}");
+        let far = [b'a'; 500];
+        assert_eq!(payload_id(&far), "?");
+    }
+
+    #[test]
+    fn stats_keep_layer_order_and_unique_names() {
+        let mut a = strata::Stats::default();
+        a.add("sent", 3).add("sent", 4);
+        let s = LayerStats { name: "LOSS", counters: a, dropped: vec![("short", 2)] };
+        let e = LayerStats { name: "engine", counters: Default::default(), dropped: vec![] };
+        let json = stats_json(&[s.clone(), s, e]);
+        assert_eq!(json, r#"{"LOSS":{"sent":3,"dropped":{"short":2}},"LOSS#2":{"sent":3,"dropped":{"short":2}},"engine":{"dropped":{}}}"#);
+        let _: serde_json::Value = serde_json::from_str(&json).unwrap();
+    }
+}
