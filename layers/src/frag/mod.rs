@@ -47,7 +47,7 @@
 //! | `frag_size` | 1400 | largest datagram FRAG emits, its header included (64..=65000; also capped by what the transport carries) |
 //! | `max_msg_size` | 16777216 | largest message accepted, sent or reassembled (1024..=2^30) |
 //! | `max_reassembly_bytes` | 67108864 | bytes held in partial messages, all senders together; at least twice `max_msg_size` |
-//! | `max_partials_per_sender` | 64 | partial messages held per sender (1..=65536) |
+//! | `max_partials_per_sender` | 1024 | partial messages held per sender (1..=65536) |
 //! | `reassembly_timeout_ms` | 2000 | a partial that receives no new fragment for this long is discarded (10..=3600000) |
 //!
 //! `frag_size` and `max_msg_size` must agree between members (they enter the
@@ -133,7 +133,7 @@ pub const FRAG: LayerDescriptor = LayerDescriptor {
         ParamSpec {
             name: "max_partials_per_sender",
             kind: ParamKind::U64 { min: 1, max: 65_536 },
-            default: "64",
+            default: "1024",
             doc: "partly received messages held per sender; the oldest is evicted beyond",
             wire: false,
         },

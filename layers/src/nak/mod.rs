@@ -37,6 +37,10 @@
 //!   reported upwards as [`Up::Stable`], and a [`Down::Flush`] is answered
 //!   with [`Up::Flushed`] once every cast made before it is stable.
 //!
+//! A leaving member sends its status three times, `retransmit_ms` apart,
+//! before it passes the leave down, so that the others learn what it received
+//! even if a datagram is lost.
+//!
 //! Messages flagged [`MsgFlags::OOB`] bypass sequencing: delivered at once,
 //! unordered and unreliable (for layers above that do their own retries, such
 //! as heartbeats). A send to oneself is delivered locally, in order.
@@ -162,6 +166,12 @@ const MAX_RANGES: usize = 64;
 
 const TIMER_STATUS: TimerKey = 0;
 const TIMER_NAK: TimerKey = 1;
+const TIMER_LEAVE: TimerKey = 2;
+
+/// How many copies of its last status a leaving member sends, `retransmit_ms`
+/// apart, before it goes: the others need its acknowledgements to call their
+/// casts stable, and one datagram may be lost.
+const FINAL_STATUS_COPIES: u8 = 3;
 
 /// What one member receives on one channel from one sender.
 #[derive(Debug, Default)]
@@ -347,6 +357,8 @@ pub struct Nak {
     /// A peer is waiting for acknowledgements this member may hold.
     ack_requested: bool,
     window_closed: bool,
+    /// Copies of the final status still to send before passing the leave on.
+    leaving: u8,
 
     sent: u64,
     sent_p2p: u64,
@@ -385,6 +397,7 @@ impl Nak {
             unacked_deliveries: 0,
             ack_requested: false,
             window_closed: false,
+            leaving: 0,
             sent: 0,
             sent_p2p: 0,
             sent_oob: 0,
@@ -771,14 +784,18 @@ impl Layer for Nak {
                 self.install(cx, &v);
                 cx.down(Down::View(v));
             }
-            Down::Leave => {
-                // A last status, so that nobody waits on acknowledgements
+            Down::Leave if self.leaving == 0 => {
+                // Last statuses, so that nobody waits on acknowledgements
                 // this member would otherwise have sent later.
-                if self.peers.len() > 1 {
+                if self.peers.len() > 1 && self.me < self.peers.len() {
                     self.send_status(cx);
+                    self.leaving = FINAL_STATUS_COPIES - 1;
+                    cx.set_timer(TIMER_LEAVE, cx.now() + self.retransmit);
+                } else {
+                    cx.down(Down::Leave);
                 }
-                cx.down(Down::Leave);
             }
+            Down::Leave => {} // already leaving
             other => cx.down(other),
         }
     }
@@ -799,6 +816,15 @@ impl Layer for Nak {
             TIMER_NAK => {
                 self.send_requests(cx);
                 self.arm_nak(cx);
+            }
+            TIMER_LEAVE => {
+                self.send_status(cx);
+                self.leaving -= 1;
+                if self.leaving == 0 {
+                    cx.down(Down::Leave);
+                } else {
+                    cx.set_timer(TIMER_LEAVE, cx.now() + self.retransmit);
+                }
             }
             TIMER_STATUS => {
                 if self.status_needed() && self.peers.len() > 1 {
@@ -1058,6 +1084,22 @@ mod tests {
         let out = a.down(Down::Send { to: m(A), msg: body("me") });
         let [Out::Down(Down::Send { msg, .. })] = out.as_slice() else { panic!() };
         assert_eq!(msg.head(), &[kind::OOB_SEND]);
+    }
+
+    #[test]
+    fn a_leaving_member_repeats_its_last_status_then_leaves() {
+        let mut b = harness(B, 2);
+        let out = b.down(Down::Leave);
+        assert_eq!(statuses(&out).len(), 1);
+        assert!(!out.contains(&Out::Down(Down::Leave)));
+        assert!(b.down(Down::Leave).is_empty(), "a second leave changes nothing");
+        let out = b.advance(Instant::from_millis(20));
+        assert_eq!((statuses(&out).len(), out.contains(&Out::Down(Down::Leave))), (1, false));
+        let out = b.advance(Instant::from_millis(40));
+        assert_eq!((statuses(&out).len(), out.last()), (1, Some(&Out::Down(Down::Leave))));
+        // Alone, there is nobody to tell.
+        let mut solo = harness(A, 1);
+        assert_eq!(solo.down(Down::Leave), vec![Out::Down(Down::Leave)]);
     }
 
     #[test]
