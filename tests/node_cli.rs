@@ -113,6 +113,7 @@ fn bad_numbers_are_refused() {
     refused(&args_with(log, &[("--size", "1k")], &[]), &["--size", "1k"]);
     // No layer of LOSS(percent=0) carries messages larger than a datagram.
     refused(&args_with(log, &[("--size", "70000")], &[]), &["--size", "FRAG"]);
+    refused(&args_with(log, &[("--size", "5000"), ("--stack", "FRAG(max_msg_size=4096):NAK")], &[]), &["--size", "max_msg_size"]);
     refused(&args_with(log, &[("--rate", "0")], &[]), &["--rate"]);
     refused(&args_with(log, &[("--rate", "fast")], &[]), &["--rate", "fast"]);
     refused(&args_with(log, &[("--linger", "-1")], &[]), &["--linger"]);

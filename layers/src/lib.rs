@@ -25,3 +25,37 @@ pub fn builtin() -> Registry {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use nak::NAK;
+    use strata_stack::{Instant, MemberId, Refused, Stack, StackConfig};
+
+    fn stack(spec: &str) -> Stack {
+        let (a, b) = (MemberId::sim(0), MemberId::sim(1));
+        Stack::new(&builtin(), spec, StackConfig::new("g", a, vec![a, b]), Instant::ZERO).unwrap()
+    }
+
+    #[test]
+    fn a_message_over_the_stack_limit_is_refused_before_any_layer_numbers_it() {
+        let mut s = stack("FRAG(max_msg_size=4096):NAK");
+        let nak_header = (NAK.max_header_len)(&strata_stack::Params::defaults(NAK.params).unwrap());
+        assert_eq!(s.max_message(), 4096 - nak_header);
+        let too_big = Bytes::from(vec![7u8; 4096]);
+        assert_eq!(s.cast(Instant::ZERO, too_big.clone()), Err(Refused::TooLarge { len: 4096, max: 4096 - nak_header }));
+        assert_eq!(s.send(Instant::ZERO, MemberId::sim(1), too_big), Err(Refused::TooLarge { len: 4096, max: 4096 - nak_header }));
+        let nak = s.stats().into_iter().find(|l| l.name == "NAK").unwrap();
+        assert_eq!((nak.counters.get("sent"), nak.counters.get("sent_p2p")), (Some(0), Some(0)), "NAK never saw them");
+        assert!(s.poll_transmit().is_none());
+        assert_eq!(s.cast(Instant::ZERO, Bytes::from(vec![7u8; 4096 - nak_header])), Ok(()));
+    }
+
+    #[test]
+    fn without_frag_the_limit_is_a_datagram_minus_headers() {
+        let s = stack("NAK");
+        let nak_header = (NAK.max_header_len)(&strata_stack::Params::defaults(NAK.params).unwrap());
+        assert_eq!(s.max_message(), 65_507 - strata_stack::engine::FRAME_HEADER_MAX - nak_header);
+    }
+}

@@ -116,7 +116,7 @@ impl<'a> Context<'a> {
 
     /// Opens (`false`) or closes (`true`) this layer's send window. While any
     /// layer's window is closed, the stack refuses new casts and sends with
-    /// [`Backpressure`](crate::Backpressure).
+    /// [`Refused::Backpressure`](crate::Refused::Backpressure).
     pub fn set_backpressure(&mut self, on: bool) {
         *self.backpressure = on;
     }

@@ -84,11 +84,22 @@ pub struct Transmit {
     pub msg: Msg,
 }
 
-/// The stack refuses input until a layer's send window reopens
-/// (see [`Stack::can_send`]).
+/// Why a stack refused a cast or a send.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the stack's send window is full; retry after it drains")]
-pub struct Backpressure;
+pub enum Refused {
+    /// A layer's send window is closed: retry once it reopens (see
+    /// [`Stack::can_send`]).
+    #[error("the stack's send window is full; retry after it drains")]
+    Backpressure,
+    /// The message is larger than the stack carries ([`Stack::max_message`]).
+    #[error("a {len}-byte message exceeds the stack's limit of {max} bytes")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The stack's limit.
+        max: usize,
+    },
+}
 
 /// Why a stack could not be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +178,7 @@ pub struct Stack {
     fingerprint: u32,
     canonical: String,
     max_datagram: usize,
+    max_message: usize,
     view: Arc<View>,
     now: Instant,
     drops: Drops,
@@ -227,7 +239,11 @@ impl Stack {
         let mut rng = Rng::new(config.seed ^ fnv1a64(format!("{:?}", config.local).as_bytes()));
         let mut slots = Vec::with_capacity(layers.len());
         let mut below = FRAME_HEADER_MAX;
+        // What a layer accepts from above: its own bound, or what fits below
+        // once its header is added.
+        let mut max_message = config.max_datagram.saturating_sub(FRAME_HEADER_MAX);
         for (name, layer, header_len) in layers {
+            max_message = layer.max_message_len().unwrap_or(max_message.saturating_sub(header_len));
             slots.push(Slot {
                 name,
                 layer,
@@ -257,6 +273,7 @@ impl Stack {
             fingerprint,
             canonical,
             max_datagram: config.max_datagram,
+            max_message,
             view,
             now,
             drops: Drops::new(),
@@ -368,20 +385,33 @@ impl Stack {
     }
 
     /// Casts `body` to the group.
-    pub fn cast(&mut self, now: Instant, body: Bytes) -> Result<(), Backpressure> {
+    pub fn cast(&mut self, now: Instant, body: Bytes) -> Result<(), Refused> {
         self.input(now, Down::Cast(Msg::new(body)))
     }
 
     /// Sends `body` to one member.
-    pub fn send(&mut self, now: Instant, to: MemberId, body: Bytes) -> Result<(), Backpressure> {
+    pub fn send(&mut self, now: Instant, to: MemberId, body: Bytes) -> Result<(), Refused> {
         self.input(now, Down::Send { to, msg: Msg::new(body) })
     }
 
-    /// Passes any downward event in at the top, subject to backpressure for
-    /// casts and sends (used by layers' tests and by the runtime).
-    pub fn input(&mut self, now: Instant, ev: Down) -> Result<(), Backpressure> {
-        if matches!(ev, Down::Cast(_) | Down::Send { .. }) && !self.can_send() {
-            return Err(Backpressure);
+    /// The largest cast or send this stack carries: bounded by the
+    /// transport's datagram and the layers' headers, or by a layer that sets
+    /// its own bound (FRAG).
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Passes any downward event in at the top, subject to backpressure and
+    /// the size limit for casts and sends (used by layers' tests and by the
+    /// runtime).
+    pub fn input(&mut self, now: Instant, ev: Down) -> Result<(), Refused> {
+        if let Down::Cast(msg) | Down::Send { msg, .. } = &ev {
+            if msg.len() > self.max_message {
+                return Err(Refused::TooLarge { len: msg.len(), max: self.max_message });
+            }
+            if !self.can_send() {
+                return Err(Refused::Backpressure);
+            }
         }
         self.now = self.now.max(now);
         self.queue.push_back(Queued::Down(self.slots.len(), ev));

@@ -35,6 +35,15 @@ pub trait Layer: Send + 'static {
         let _ = (cx, key);
     }
 
+    /// The largest message this layer accepts from above, if the layer itself
+    /// sets the bound (FRAG: its `max_msg_size`). `None`, the default, means
+    /// whatever fits the layer below once this layer's header is added. The
+    /// engine refuses larger casts and sends at the top of the stack, before
+    /// any layer has numbered or buffered them.
+    fn max_message_len(&self) -> Option<usize> {
+        None
+    }
+
     /// Appends the layer's counters and gauges (sent, delivered, buffer sizes...).
     /// Drops counted through [`Context::drop_malformed`] are added by the engine.
     fn stats(&self, out: &mut Stats) {

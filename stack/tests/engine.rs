@@ -203,7 +203,7 @@ fn backpressure_refuses_casts_until_the_window_reopens() {
     assert!(s.cast(Instant::ZERO, Bytes::new()).is_ok());
     assert!(s.cast(Instant::ZERO, Bytes::new()).is_ok());
     assert!(!s.can_send());
-    assert_eq!(s.cast(Instant::ZERO, Bytes::new()), Err(strata_stack::Backpressure));
+    assert_eq!(s.cast(Instant::ZERO, Bytes::new()), Err(strata_stack::Refused::Backpressure));
     s.flush(Instant::ZERO, 1);
     assert!(s.can_send());
     assert_eq!(events(&mut s).len(), 2, "the two accepted casts, nothing of the refused one");
@@ -221,16 +221,19 @@ fn a_runaway_loop_becomes_a_problem_not_a_hang() {
 }
 
 #[test]
-fn oversized_datagrams_are_refused_with_a_problem() {
+fn messages_over_the_datagram_limit_are_refused_at_the_top() {
     let r = registry();
     let (a, b) = (MemberId::sim(1), MemberId::sim(2));
     let mut cfg = StackConfig::new("g", a, vec![a, b]);
     cfg.max_datagram = 100;
     let mut s = Stack::new(&r, "TAG", cfg, Instant::ZERO).unwrap();
-    s.cast(Instant::ZERO, Bytes::from(vec![0u8; 200])).unwrap();
-    assert!(s.poll_transmit().is_none());
-    let evs = events(&mut s);
-    assert!(evs.iter().any(|e| matches!(e, AppEvent::Problem(p) if p.what.contains("FRAG"))), "{evs:?}");
+    let max = s.max_message();
+    assert!(max < 100 - strata_stack::engine::FRAME_HEADER_MAX, "the frame and TAG's header take room: {max}");
+    assert_eq!(s.cast(Instant::ZERO, Bytes::from(vec![0u8; max + 1])), Err(strata_stack::Refused::TooLarge { len: max + 1, max }));
+    assert!(s.poll_transmit().is_none() && events(&mut s).is_empty(), "nothing entered the stack");
+    s.cast(Instant::ZERO, Bytes::from(vec![0u8; max])).unwrap();
+    let t = s.poll_transmit().expect("the largest message fits one datagram");
+    assert!(t.msg.len() <= 100, "{} bytes", t.msg.len());
 }
 
 #[test]

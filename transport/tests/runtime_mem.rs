@@ -225,6 +225,20 @@ async fn garbage_and_frames_for_unknown_groups_are_dropped_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_stack_limit_is_refused_and_the_group_goes_on() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 1, &test_registry());
+    let (group, mut events) = eps[0].join(JoinConfig::new("g", "PASS")).await.unwrap();
+    let max = group.max_message();
+    assert!(max > 60_000 && max < 65_507, "a datagram minus the frame header: {max}");
+    let refused = group.cast(Bytes::from(vec![1u8; max + 1])).await;
+    assert_eq!(refused, Err(GroupError::TooLarge { len: max + 1, max }));
+    assert_eq!(group.send(group.local(), Bytes::from(vec![1u8; max + 1])).await, Err(GroupError::TooLarge { len: max + 1, max }));
+    group.cast(Bytes::from(vec![2u8; max])).await.unwrap();
+    assert!(matches!(next_event(&mut events).await, Some(AppEvent::Deliver { body, .. }) if body.len() == max));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_stack_string_fails_join_with_the_spec_error() {
     let net = MemNetwork::new();
     let registry = test_registry();

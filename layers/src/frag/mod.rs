@@ -84,7 +84,9 @@
 //!
 //! On the way down, a message larger than `max_msg_size` (or too large for
 //! even one fragment in what the transport carries) is not sent: FRAG reports
-//! an [`Up::Problem`] and counts it (`too_large`).
+//! an [`Up::Problem`] and counts it (`too_large`). The engine normally
+//! refuses such a message at the top of the stack already, since FRAG
+//! declares `max_msg_size` through [`Layer::max_message_len`].
 //!
 //! ## Stats
 //! `sent_whole`, `sent_fragments`, `fragmented` (messages cut), `delivered_whole`,
@@ -346,6 +348,10 @@ impl Frag {
 }
 
 impl Layer for Frag {
+    fn max_message_len(&self) -> Option<usize> {
+        usize::try_from(self.max_msg_size).ok()
+    }
+
     fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
         match ev {
             Down::Cast(msg) => self.send_down(cx, msg, None),

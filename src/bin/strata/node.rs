@@ -36,11 +36,10 @@ use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use strata::engine::FRAME_HEADER_MAX;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::payload;
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
-use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, Stack, StackConfig, View};
+use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Registry, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant as Clock;
 
@@ -165,8 +164,8 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     // A dry build: the parser's and every layer's own checks, with the
     // datagram limit of the transport the real stack will run over.
     let config = StackConfig { group: args.group.clone(), local: members[0], members: members.clone(), seed: 0, max_datagram: MAX_DATAGRAM };
-    Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
-    check_size_fits(registry, &args.stack, args.size)?;
+    let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
+    check_size_fits(&dry, args.size)?;
     let quiet = (members.len() > 1).then(|| quiet_period(registry, &args.stack));
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
     Ok(Plan {
@@ -183,19 +182,15 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     })
 }
 
-/// Refuses a `--size` that no datagram can carry when no layer of the stack
-/// provides `large_messages` (every cast would be dropped at the bottom).
-fn check_size_fits(registry: &Registry, stack: &str, size: usize) -> Result<(), String> {
-    let Ok(resolved) = registry.resolve(stack) else { return Ok(()) };
-    if resolved.layers.iter().any(|(d, _)| d.provides.contains(Props::LARGE_MESSAGES)) {
-        return Ok(());
-    }
-    let headers: usize = resolved.layers.iter().map(|(d, params)| (d.max_header_len)(params)).sum();
+/// Refuses a `--size` larger than the stack carries (one datagram without
+/// FRAG, FRAG's `max_msg_size` with it): every such cast would be refused.
+fn check_size_fits(stack: &Stack, size: usize) -> Result<(), String> {
     // The id text `M:k|` may make a payload longer than --size.
     let longest = size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
-    let room = MAX_DATAGRAM.saturating_sub(FRAME_HEADER_MAX + headers);
+    let room = stack.max_message();
     if longest > room {
-        return Err(format!("--size {size}: with this stack a cast must fit one datagram ({room} bytes); put FRAG in the stack"));
+        let hint = if room < MAX_DATAGRAM { "; put FRAG in the stack or raise its max_msg_size" } else { "" };
+        return Err(format!("--size {size}: this stack carries messages of at most {room} bytes{hint}"));
     }
     Ok(())
 }

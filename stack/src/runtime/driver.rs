@@ -446,7 +446,8 @@ impl<T: Transport> Driver<T> {
             },
         );
         self.by_gid.insert(gid, key);
-        Ok(Joined { name: cfg.group, key, local, data: data_tx, events: events_rx, shared })
+        let max_message = self.groups[&key].stack.max_message();
+        Ok(Joined { name: cfg.group, key, local, max_message, data: data_tx, events: events_rx, shared })
     }
 
     fn remove_gone(&mut self) {

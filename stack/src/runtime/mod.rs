@@ -141,6 +141,15 @@ pub enum GroupError {
     /// This member has left the group (or is leaving it).
     #[error("this member has left the group")]
     Left,
+    /// The message is larger than the group's stack carries
+    /// ([`Group::max_message`]); nothing was sent.
+    #[error("a {len}-byte message exceeds the stack's limit of {max} bytes")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The stack's limit.
+        max: usize,
+    },
 }
 
 // Group status, shared by the handles and the driver.
@@ -216,6 +225,7 @@ pub(crate) struct Joined {
     name: String,
     key: u64,
     local: MemberId,
+    max_message: usize,
     data: mpsc::Sender<DataCmd>,
     events: mpsc::Receiver<AppEvent>,
     shared: Arc<GroupShared>,
@@ -285,6 +295,7 @@ impl Endpoint {
                 name: joined.name,
                 key: joined.key,
                 local: joined.local,
+                max_message: joined.max_message,
                 data: joined.data,
                 control: self.control.clone(),
                 shared: joined.shared,
@@ -319,6 +330,7 @@ struct GroupHandle {
     name: String,
     key: u64,
     local: MemberId,
+    max_message: usize,
     data: mpsc::Sender<DataCmd>,
     control: mpsc::Sender<Control>,
     shared: Arc<GroupShared>,
@@ -371,13 +383,29 @@ impl Group {
     /// Casts `body` to the group. Resolves once the message is queued for the
     /// stack, in order with this group's other commands; waits while the queue
     /// is full, which it becomes while the stack applies backpressure.
+    /// A body larger than [`Group::max_message`] is refused at once.
     pub async fn cast(&self, body: Bytes) -> Result<(), GroupError> {
+        self.check_size(&body)?;
         self.submit(DataCmd::Cast(body)).await
     }
 
     /// Sends `body` to one member, queued like [`Group::cast`].
     pub async fn send(&self, to: MemberId, body: Bytes) -> Result<(), GroupError> {
+        self.check_size(&body)?;
         self.submit(DataCmd::Send(to, body)).await
+    }
+
+    /// The largest body [`Group::cast`] and [`Group::send`] accept (see
+    /// [`Stack::max_message`](crate::Stack::max_message)).
+    pub fn max_message(&self) -> usize {
+        self.inner.max_message
+    }
+
+    fn check_size(&self, body: &Bytes) -> Result<(), GroupError> {
+        match body.len() {
+            len if len > self.inner.max_message => Err(GroupError::TooLarge { len, max: self.inner.max_message }),
+            _ => Ok(()),
+        }
     }
 
     /// Resolves when every message cast so far is stable (the stack answers

@@ -452,7 +452,7 @@ fn cast(world: &mut World, caster: &mut workload::Caster, now: Instant, i: usize
             world.digest.u64(hash);
             caster.accepted(now);
         }
-        Err(_backpressure) => {
+        Err(_refused) => {
             world.logs[i].backpressured += 1;
             caster.refused(now);
         }

@@ -4,7 +4,7 @@
 //!
 //! Member `i` casts `casts` messages, the first at a random offset within one
 //! interval, each next one an interval after the previous one was accepted.
-//! A cast refused with `Backpressure` is retried after [`RETRY`] with the same
+//! A cast refused with `Refused::Backpressure` is retried after [`RETRY`] with the same
 //! payload: the workload never drops a cast. Sizes are drawn log-uniformly
 //! from the scenario's range, so a range of 1..=65536 gives tiny, medium and
 //! large payloads alike. Each member draws from its own random stream, so
