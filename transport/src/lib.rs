@@ -5,6 +5,7 @@
 //! the protocol properties are checked.
 #![warn(missing_docs)]
 
+mod counters;
 pub mod mem;
 pub mod payload;
 pub mod sim;

@@ -8,6 +8,7 @@
 //! socket buffer. A datagram costs one copy when sent (the frame's slices are
 //! joined into one `Bytes` shared by every destination) and none when received.
 
+use crate::counters::{frame_len, join_frame, DatagramCounters};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -116,11 +117,7 @@ impl MemNetwork {
 
 #[derive(Default)]
 struct MemCounters {
-    datagrams_sent: u64,
-    bytes_sent: u64,
-    datagrams_received: u64,
-    bytes_received: u64,
-    send_drops: u64,
+    datagrams: DatagramCounters,
     no_route: u64,
 }
 
@@ -158,12 +155,11 @@ impl MemTransport {
             let Some(tx) = self.routes.get(&to) else { break };
             match tx.try_send((self.local, datagram.clone())) {
                 Ok(()) => {
-                    self.counters.datagrams_sent += 1;
-                    self.counters.bytes_sent += datagram.len() as u64;
+                    self.counters.datagrams.sent(datagram.len());
                     return;
                 }
                 Err(TrySendError::Full(_)) => {
-                    self.counters.send_drops += 1;
+                    self.counters.datagrams.send_dropped();
                     return;
                 }
                 Err(TrySendError::Closed(_)) => {
@@ -199,24 +195,25 @@ impl Transport for MemTransport {
             // Zero means the queue was closed: a later bind took the address
             // over. Nothing will ever arrive again.
             Poll::Ready(0) | Poll::Pending => Poll::Pending,
-            Poll::Ready(n) => {
-                self.counters.datagrams_received += n as u64;
-                self.counters.bytes_received += out[before..].iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            Poll::Ready(_) => {
+                for (_, datagram) in &out[before..] {
+                    self.counters.datagrams.received(datagram.len());
+                }
                 Poll::Ready(Ok(()))
             }
         }
     }
 
     fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> std::io::Result<()> {
-        let len = frame.iter().map(|s| s.len()).sum();
+        let len = frame_len(frame);
         if len > self.max_datagram {
             // The engine never builds such a frame; a raw caller gets UDP's answer.
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "datagram larger than the network's max_datagram"));
         }
+        // Receivers keep the datagram: one fresh buffer per frame, shared by
+        // every destination.
         let mut joined = BytesMut::with_capacity(len);
-        for s in frame {
-            joined.extend_from_slice(s);
-        }
+        join_frame(frame, &mut joined);
         let datagram = joined.freeze();
         for &addr in to {
             self.deliver(addr, &datagram);
@@ -225,12 +222,7 @@ impl Transport for MemTransport {
     }
 
     fn stats(&self, out: &mut Stats) {
-        let c = &self.counters;
-        out.add("datagrams_sent", c.datagrams_sent)
-            .add("bytes_sent", c.bytes_sent)
-            .add("datagrams_received", c.datagrams_received)
-            .add("bytes_received", c.bytes_received)
-            .add("send_drops", c.send_drops)
-            .add("no_route", c.no_route);
+        self.counters.datagrams.report(out);
+        out.add("no_route", self.counters.no_route);
     }
 }

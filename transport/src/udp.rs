@@ -16,6 +16,7 @@
 //!   layer repairs it. Other errors, such as `ECONNREFUSED` left behind by an
 //!   ICMP port-unreachable from a dead peer, are counted and ignored.
 
+use crate::counters::{frame_len, join_frame, DatagramCounters};
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::io::{self, IoSlice};
@@ -42,11 +43,7 @@ const MAX_SLICES: usize = 4;
 
 #[derive(Default)]
 struct UdpCounters {
-    datagrams_sent: u64,
-    bytes_sent: u64,
-    datagrams_received: u64,
-    bytes_received: u64,
-    send_drops: u64,
+    datagrams: DatagramCounters,
     send_errors: u64,
     recv_errors: u64,
 }
@@ -92,11 +89,8 @@ impl UdpTransport {
     fn send_one(&mut self, to: SocketAddr, slices: &[IoSlice<'_>], len: usize) {
         let result = SockRef::from(&self.socket).send_to_vectored(slices, &SockAddr::from(to));
         match result {
-            Ok(_) => {
-                self.counters.datagrams_sent += 1;
-                self.counters.bytes_sent += len as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.counters.send_drops += 1,
+            Ok(_) => self.counters.datagrams.sent(len),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.counters.datagrams.send_dropped(),
             Err(e) => {
                 self.counters.send_errors += 1;
                 tracing::debug!(error = %e, %to, "udp send failed");
@@ -138,8 +132,7 @@ impl Transport for UdpTransport {
             match self.socket.try_recv_buf_from(&mut self.recv_buf) {
                 Ok((n, from)) => {
                     got += 1;
-                    self.counters.datagrams_received += 1;
-                    self.counters.bytes_received += n as u64;
+                    self.counters.datagrams.received(n);
                     out.push((from, self.recv_buf.split_to(n).freeze()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -175,7 +168,7 @@ impl Transport for UdpTransport {
     }
 
     fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> io::Result<()> {
-        let len: usize = frame.iter().map(|s| s.len()).sum();
+        let len = frame_len(frame);
         if frame.len() <= MAX_SLICES {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             for (slot, s) in slices.iter_mut().zip(frame) {
@@ -188,9 +181,7 @@ impl Transport for UdpTransport {
         } else {
             let mut joined = std::mem::take(&mut self.join_buf);
             joined.clear();
-            for s in frame {
-                joined.extend_from_slice(s);
-            }
+            join_frame(frame, &mut joined);
             for &addr in to {
                 self.send_one(addr, &[IoSlice::new(&joined)], len);
             }
@@ -201,13 +192,8 @@ impl Transport for UdpTransport {
 
     fn stats(&self, out: &mut Stats) {
         let c = &self.counters;
-        out.add("datagrams_sent", c.datagrams_sent)
-            .add("bytes_sent", c.bytes_sent)
-            .add("datagrams_received", c.datagrams_received)
-            .add("bytes_received", c.bytes_received)
-            .add("send_drops", c.send_drops)
-            .add("send_errors", c.send_errors)
-            .add("recv_errors", c.recv_errors);
+        c.datagrams.report(out);
+        out.add("send_errors", c.send_errors).add("recv_errors", c.recv_errors);
         let sock = SockRef::from(&self.socket);
         if let Ok(n) = sock.recv_buffer_size() {
             out.add("rcvbuf_bytes", n as u64);

@@ -6,31 +6,9 @@
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use strata_stack::harness::Tag;
 use strata_stack::{Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, Props, Registry, Up};
 use strata_transport::sim::{self, check, FaultKind, Outcome, Scenario};
-
-/// Pushes a one-byte tag on the way down and checks it on the way up.
-struct Tag;
-impl Layer for Tag {
-    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
-        match ev {
-            Down::Cast(mut msg) => {
-                msg.push(&[0x7a]);
-                cx.down(Down::Cast(msg));
-            }
-            ev => cx.down(ev),
-        }
-    }
-    fn up(&mut self, cx: &mut Context<'_>, ev: Up) {
-        match ev {
-            Up::Cast { from, mut msg } => match msg.pop_with(|r| r.u8()) {
-                Ok(0x7a) => cx.up(Up::Cast { from, msg }),
-                _ => cx.drop_malformed("bad_tag"),
-            },
-            ev => cx.up(ev),
-        }
-    }
-}
 
 /// Flips one payload byte of every 5th message it passes up from another member.
 struct Corrupt(u32);

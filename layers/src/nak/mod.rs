@@ -25,7 +25,7 @@
 //!   tells a receiver that it missed the *last* message of a sender (trailing
 //!   loss, which no gap reveals), acknowledges what arrived, and lets a sender
 //!   learn that a message is **stable** (received by every member) and drop it
-//!   from its buffer. A member also sends a status early after
+//!   from its buffer; the sender's next status passes that news on. A member also sends a status early after
 //!   `max_unstable / 4` deliveries, so a fast sender's buffer drains before it
 //!   fills. A member whose acknowledgement was lost learns it from the
 //!   sender's next status (the sender's stable count is behind what it has
@@ -87,7 +87,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_stack::codec::{varint_len, DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
+use strata_stack::codec::{DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
 use strata_stack::{Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View};
 
 /// The `NAK` descriptor.
@@ -173,6 +173,24 @@ const TIMER_LEAVE: TimerKey = 2;
 /// casts stable, and one datagram may be lost.
 const FINAL_STATUS_COPIES: u8 = 3;
 
+/// Why an arrival was not kept.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum NotKept {
+    /// Delivered or held already.
+    Duplicate,
+    /// Too far ahead of the next expected message; it will be retransmitted.
+    BeyondWindow,
+}
+
+/// What an arrival did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kept {
+    /// It (and maybe held successors) went up.
+    Delivered,
+    /// It waits in the out-of-order window.
+    Held,
+}
+
 /// What one member receives on one channel from one sender.
 #[derive(Debug, Default)]
 struct Inbound {
@@ -194,13 +212,13 @@ impl Inbound {
     }
 
     /// Stores an arrival and hands `deliver` whatever became deliverable, in
-    /// order. `Err` says why it was not kept.
-    fn accept(&mut self, seq: u64, msg: Msg, window: u64, mut deliver: impl FnMut(Msg)) -> Result<(), &'static str> {
+    /// order.
+    fn accept(&mut self, seq: u64, msg: Msg, window: u64, mut deliver: impl FnMut(Msg)) -> Result<Kept, NotKept> {
         if seq < self.next {
-            return Err("duplicate");
+            return Err(NotKept::Duplicate);
         }
         if seq - self.next >= window {
-            return Err("beyond_window");
+            return Err(NotKept::BeyondWindow);
         }
         self.known = self.known.max(seq + 1);
         if seq > self.next {
@@ -209,11 +227,11 @@ impl Inbound {
                 self.early.resize(i + 1, None);
             }
             if self.early[i].is_some() {
-                return Err("duplicate");
+                return Err(NotKept::Duplicate);
             }
             self.early[i] = Some(msg);
             self.held += 1;
-            return Ok(());
+            return Ok(Kept::Held);
         }
         deliver(msg);
         self.next += 1;
@@ -225,7 +243,7 @@ impl Inbound {
             deliver(m);
             self.next += 1;
         }
-        Ok(())
+        Ok(Kept::Delivered)
     }
 
     /// The missing ranges as `(first, count)`, at most `MAX_RANGES` ranges and
@@ -350,8 +368,10 @@ pub struct Nak {
     casts_out: Outbound,
     /// Flush requests waiting for stability: (token, casts that must be stable).
     flushes: VecDeque<(u64, u64)>,
-    /// Something was delivered since the last status.
-    acks_dirty: bool,
+    /// What a status reports changed since the last one: a delivery (an
+    /// acknowledgement to give) or own casts becoming stable (news for the
+    /// others' `Up::Stable`).
+    status_dirty: bool,
     /// Deliveries since the last status.
     unacked_deliveries: usize,
     /// A peer is waiting for acknowledgements this member may hold.
@@ -393,7 +413,7 @@ impl Nak {
             me: 0,
             casts_out: Outbound::default(),
             flushes: VecDeque::new(),
-            acks_dirty: false,
+            status_dirty: false,
             unacked_deliveries: 0,
             ack_requested: false,
             window_closed: false,
@@ -425,7 +445,7 @@ impl Nak {
         self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
         self.me = self.rank.get(&cx.local()).copied().unwrap_or(usize::MAX);
         self.casts_out = Outbound::default();
-        self.acks_dirty = false;
+        self.status_dirty = false;
         self.unacked_deliveries = 0;
         self.ack_requested = false;
         cx.cancel_timer(TIMER_NAK);
@@ -460,11 +480,18 @@ impl Nak {
         }
     }
 
+    /// Whether this member holds messages others have not acknowledged.
+    fn has_unacked(&self) -> bool {
+        !self.casts_out.buffer.is_empty() || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty())
+    }
+
+    fn has_gap(&self) -> bool {
+        self.peers.iter().any(|p| p.casts_in.has_gap() || p.sends_in.has_gap())
+    }
+
     fn status_needed(&self) -> bool {
-        self.acks_dirty
-            || self.ack_requested
-            || !self.casts_out.buffer.is_empty()
-            || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty() || p.casts_in.has_gap() || p.sends_in.has_gap())
+        // Alone (or outside the view) there is nobody to tell.
+        self.peers.len() > 1 && self.me < self.peers.len() && (self.status_dirty || self.ack_requested || self.has_unacked() || self.has_gap())
     }
 
     fn arm_status(&mut self, cx: &mut Context<'_>) {
@@ -474,7 +501,7 @@ impl Nak {
     }
 
     fn arm_nak(&mut self, cx: &mut Context<'_>) {
-        if cx.timer(TIMER_NAK).is_none() && self.peers.iter().any(|p| p.casts_in.has_gap() || p.sends_in.has_gap()) {
+        if cx.timer(TIMER_NAK).is_none() && self.has_gap() {
             cx.set_timer(TIMER_NAK, cx.now() + self.retransmit);
         }
     }
@@ -542,6 +569,10 @@ impl Nak {
             }
             kind::CAST | kind::SEND | kind::NAK | kind::STATUS => {
                 let Some(&r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+                if self.me >= self.peers.len() {
+                    // A view without this member: it takes no part in the group.
+                    return cx.drop_malformed("not_in_view");
+                }
                 let epoch = match msg.pop_with(|r| r.varint()) {
                     Ok(e) => e,
                     Err(_) => return cx.drop_malformed("truncated"),
@@ -576,19 +607,19 @@ impl Nak {
             cx.up(if k == kind::CAST { Up::Cast { from, msg: m } } else { Up::Send { from, msg: m } });
         });
         match result {
-            Ok(()) => {}
-            Err("duplicate") => self.duplicates += 1,
-            Err(_) => self.beyond_window += 1,
+            Ok(Kept::Delivered) => {}
+            // Only a held arrival can raise the high-water mark.
+            Ok(Kept::Held) => self.out_of_order_max = self.out_of_order_max.max(self.held() as u64),
+            Err(NotKept::Duplicate) => self.duplicates += 1,
+            Err(NotKept::BeyondWindow) => self.beyond_window += 1,
         }
         if k == kind::CAST {
             self.delivered += delivered;
         } else {
             self.delivered_p2p += delivered;
         }
-        let held = self.held() as u64;
-        self.out_of_order_max = self.out_of_order_max.max(held);
         if delivered > 0 {
-            self.acks_dirty = true;
+            self.status_dirty = true;
             self.unacked_deliveries += delivered as usize;
             if r == self.me {
                 // Own casts come back through the loopback: this member's own
@@ -662,7 +693,7 @@ impl Nak {
         }
         rd.finish()?;
         self.status_received += 1;
-        let e = mine.expect("n equals the view size and the view holds this member");
+        let e = mine.expect("n equals the view size, and receive() checked that the view holds this member");
 
         // Its casts: trailing loss, and whether it waits for our acks.
         let peer = &mut self.peers[r];
@@ -693,6 +724,7 @@ impl Nak {
         let stable = self.peers.iter().map(|p| p.acked_casts).min().unwrap_or(0);
         if stable > self.casts_out.base {
             self.casts_out.release(stable);
+            self.status_dirty = true;
             if self.me < self.peers.len() {
                 self.peers[self.me].reported_stable = stable;
                 cx.up(Up::Stable { from: cx.local(), count: stable });
@@ -720,7 +752,7 @@ impl Nak {
         let mut msg = Msg::new(bytes::Bytes::copy_from_slice(w.as_slice()));
         push_control(&mut msg, kind::STATUS, self.epoch);
         self.status_sent += 1;
-        self.acks_dirty = false;
+        self.status_dirty = false;
         self.ack_requested = false;
         self.unacked_deliveries = 0;
         cx.down(Down::Cast(msg));
@@ -827,11 +859,11 @@ impl Layer for Nak {
                 }
             }
             TIMER_STATUS => {
-                if self.status_needed() && self.peers.len() > 1 {
+                if self.status_needed() {
                     self.send_status(cx);
                 }
                 // Keep the period while anything is outstanding.
-                if !self.casts_out.buffer.is_empty() || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty()) {
+                if self.has_unacked() {
                     cx.set_timer(TIMER_STATUS, cx.now() + self.status_period);
                 } else {
                     self.arm_status(cx);
@@ -862,11 +894,6 @@ impl Layer for Nak {
             .add("stable", self.casts_out.base)
             .add("backpressure", self.window_closed as u64);
     }
-}
-
-/// The most bytes a data header takes for sequence number `seq` in view `epoch`.
-pub fn data_header_len(epoch: u64, seq: u64) -> usize {
-    1 + varint_len(epoch) + varint_len(seq)
 }
 
 #[cfg(test)]
@@ -1017,6 +1044,70 @@ mod tests {
         let later = a.advance(Instant::from_millis(10_000));
         assert!(statuses(&later).len() <= 1, "{later:?}");
         assert_eq!(a.next_timer(), None);
+    }
+
+    #[test]
+    fn a_lost_ack_is_sent_again_when_the_sender_still_waits_and_others_learn_stability() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let sent = wire(&a.down(Down::Cast(body("m"))));
+        a.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
+        assert!(a.down(Down::Flush { token: 0 }).is_empty(), "B has not acknowledged yet");
+        b.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
+        // B's first status (its ack) is lost, and B has nothing new to say.
+        assert_eq!(statuses(&b.advance(Instant::from_millis(100))).len(), 1);
+        assert!(statuses(&b.advance(Instant::from_millis(1_000))).is_empty());
+        // A still waits: its status shows 0 stable casts while B has 1.
+        let st = statuses(&a.advance(Instant::from_millis(1_000)));
+        assert!(!st.is_empty());
+        b.up(Up::Cast { from: m(A), msg: st.last().unwrap().clone() });
+        let again = statuses(&b.advance(Instant::from_millis(1_100)));
+        assert_eq!(again.len(), 1, "B answers the sender that still waits");
+        let out = a.up(Up::Cast { from: m(B), msg: again[0].clone() });
+        assert!(out.contains(&Out::Up(Up::Flushed { token: 0 })), "{out:?}");
+        // A's next status tells B that the cast is stable everywhere.
+        let out: Vec<Out> = statuses(&a.advance(Instant::from_millis(1_200))).into_iter().flat_map(|s| b.up(Up::Cast { from: m(A), msg: s })).collect();
+        assert!(out.contains(&Out::Up(Up::Stable { from: m(A), count: 1 })), "{out:?}");
+    }
+
+    #[test]
+    fn a_member_alone_keeps_no_timer() {
+        let mut a = harness(A, 1);
+        let d = wire(&a.down(Down::Cast(body("solo"))));
+        assert_eq!(delivered(&a.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).len(), 1);
+        assert_eq!(a.stats().get("xmit_buffer"), Some(0), "stable at once");
+        assert!(a.advance(Instant::from_millis(1_000)).is_empty());
+        assert_eq!(a.next_timer(), None);
+    }
+
+    #[test]
+    fn missing_messages_are_requested_at_most_once_per_retransmit_ms() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        let d: Vec<_> = (0..2).flat_map(|_| wire(&a.down(Down::Cast(body("r"))))).collect();
+        b.up(Up::Cast { from: m(A), msg: d[1].1.clone() });
+        let requests = |out: Vec<Out>| wire(&out).into_iter().filter(|(to, _)| *to == Some(m(A))).count();
+        assert_eq!(requests(b.advance(Instant::from_millis(20))), 1);
+        assert_eq!(requests(b.advance(Instant::from_millis(39))), 0);
+        assert_eq!(requests(b.advance(Instant::from_millis(40))), 1, "asked again while the gap lasts");
+        b.up(Up::Cast { from: m(A), msg: d[0].1.clone() });
+        assert_eq!(requests(b.advance(Instant::from_millis(1_000))), 0, "no request once repaired");
+    }
+
+    #[test]
+    fn a_view_without_this_member_makes_it_drop_group_traffic() {
+        let mut a = harness(A, 2);
+        let mut c = harness(C, 3);
+        let st = statuses(&{
+            let d = wire(&a.down(Down::Cast(body("x"))));
+            a.up(Up::Cast { from: m(A), msg: d[0].1.clone() });
+            a.advance(Instant::from_millis(100))
+        });
+        let without_c = View::new(strata_stack::ViewId { counter: 0, creator: m(A) }, vec![m(A), m(B)]).unwrap();
+        c.down(Down::View(without_c));
+        let out = c.up(Up::Cast { from: m(A), msg: st[0].clone() });
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(c.dropped("not_in_view"), 1);
     }
 
     #[test]

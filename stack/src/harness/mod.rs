@@ -6,6 +6,10 @@
 //! style of openraft's engine tests). Timers are fired only by
 //! [`LayerHarness::advance`], so time is entirely in the test's hands.
 
+mod tag;
+
+pub use tag::{Tag, TAG_BYTE};
+
 use crate::context::{Context, Drops, Queued, Timers};
 use crate::event::{Down, Up};
 use crate::layer::{Layer, Stats};
