@@ -405,9 +405,14 @@ impl Stack {
     /// the size limit for casts and sends (used by layers' tests and by the
     /// runtime).
     pub fn input(&mut self, now: Instant, ev: Down) -> Result<(), Refused> {
-        if let Down::Cast(msg) | Down::Send { msg, .. } = &ev {
-            if msg.len() > self.max_message {
-                return Err(Refused::TooLarge { len: msg.len(), max: self.max_message });
+        let len = match &ev {
+            Down::Cast(msg) | Down::Send { msg, .. } => Some(msg.len()),
+            Down::StateChunk { data, .. } => Some(data.len()),
+            _ => None,
+        };
+        if let Some(len) = len {
+            if len > self.max_message {
+                return Err(Refused::TooLarge { len, max: self.max_message });
             }
             if !self.can_send() {
                 return Err(Refused::Backpressure);
@@ -423,6 +428,16 @@ impl Stack {
     /// far is stable (answered at once by a stack with no reliability layer).
     pub fn flush(&mut self, now: Instant, token: u64) {
         let _ = self.input(now, Down::Flush { token });
+    }
+
+    /// Answers [`AppEvent::StateRequest`] `token`: `Some(chunk)` sends the
+    /// next chunk of the state (at most [`Stack::max_message`] bytes,
+    /// refused with backpressure like a cast), `None` ends it.
+    pub fn provide_state(&mut self, now: Instant, token: u64, chunk: Option<Bytes>) -> Result<(), Refused> {
+        match chunk {
+            Some(data) => self.input(now, Down::StateChunk { token, data }),
+            None => self.input(now, Down::StateDone { token }),
+        }
     }
 
     /// Leaves the group.
@@ -550,6 +565,8 @@ impl Stack {
             Down::View(v) => self.view = v,
             Down::Flush { token } => self.queue.push_back(Queued::Up(1, Up::Flushed { token })),
             Down::Leave => self.queue.push_back(Queued::Up(1, Up::Left)),
+            // No membership layer asked for state: nobody to send it to.
+            Down::StateChunk { .. } | Down::StateDone { .. } => count_drop(&mut self.drops, "state_without_membership"),
         }
     }
 
@@ -565,6 +582,10 @@ impl Stack {
             Up::Lost { from, count } => AppEvent::Lost { from, count },
             Up::Problem(p) => AppEvent::Problem(p),
             Up::Left => AppEvent::Left,
+            Up::StateRequest { token, joiners } => AppEvent::StateRequest { token, joiners },
+            Up::StateBegin => AppEvent::StateBegin,
+            Up::StateChunk(data) => AppEvent::StateChunk(data),
+            Up::StateDone => AppEvent::StateDone,
         };
         self.events.push_back(ev);
     }

@@ -32,6 +32,19 @@ pub enum Down {
     },
     /// The member leaves the group.
     Leave,
+    /// A chunk of the application's state for the joiners named by the
+    /// [`Up::StateRequest`] with this token.
+    StateChunk {
+        /// The request's token.
+        token: u64,
+        /// The chunk.
+        data: Bytes,
+    },
+    /// The state for the request with this token is complete.
+    StateDone {
+        /// The request's token.
+        token: u64,
+    },
 }
 
 /// An event travelling up, from the network towards the application.
@@ -84,6 +97,23 @@ pub enum Up {
     Problem(Problem),
     /// This member has left the group.
     Left,
+    /// Members are joining: the application's state at this point of its
+    /// event stream (after every delivery of the old view, before the new
+    /// view) is to be sent to them, as [`Down::StateChunk`]s and a
+    /// [`Down::StateDone`] carrying `token`.
+    StateRequest {
+        /// Echoed in the chunks.
+        token: u64,
+        /// Who receives the state.
+        joiners: Vec<MemberId>,
+    },
+    /// This member, just admitted, starts loading the group's state: forget
+    /// any partial state loaded before.
+    StateBegin,
+    /// The next chunk of the group's state.
+    StateChunk(Bytes),
+    /// The state is complete; deliveries of the current view follow.
+    StateDone,
 }
 
 /// Something a layer or the engine reports instead of panicking or hanging.
@@ -139,4 +169,21 @@ pub enum AppEvent {
     Problem(Problem),
     /// The member has left the group.
     Left,
+    /// Members are joining: send them the application's state as of this
+    /// point in the event stream (every delivery before this event is in it,
+    /// none after), with [`Stack::provide_state`](crate::Stack::provide_state)
+    /// and this token.
+    StateRequest {
+        /// Pass it back with the state.
+        token: u64,
+        /// Who receives the state.
+        joiners: Vec<MemberId>,
+    },
+    /// This member was admitted and starts loading the group's state: drop
+    /// any partial state loaded before.
+    StateBegin,
+    /// The next chunk of the group's state.
+    StateChunk(Bytes),
+    /// The state is complete: deliveries of the current view follow.
+    StateDone,
 }

@@ -102,11 +102,18 @@ impl fmt::Display for ViewId {
 pub struct View {
     id: ViewId,
     members: Vec<MemberId>,
+    primary: bool,
 }
 
 impl View {
-    /// A view; `members` must be non-empty and free of duplicates (checked).
+    /// A primary view; `members` must be non-empty and free of duplicates (checked).
     pub fn new(id: ViewId, members: Vec<MemberId>) -> Result<Arc<View>, Malformed> {
+        View::with_primary(id, members, true)
+    }
+
+    /// A view that is primary or not: a membership layer marks the views of
+    /// a minority partition non-primary.
+    pub fn with_primary(id: ViewId, members: Vec<MemberId>, primary: bool) -> Result<Arc<View>, Malformed> {
         if members.is_empty() {
             return Err(Malformed("empty_view"));
         }
@@ -115,7 +122,7 @@ impl View {
                 return Err(Malformed("duplicate_member"));
             }
         }
-        Ok(Arc::new(View { id, members }))
+        Ok(Arc::new(View { id, members, primary }))
     }
 
     /// The first view of a group whose membership is fixed in advance: the
@@ -135,6 +142,12 @@ impl View {
     /// Members in rank order.
     pub fn members(&self) -> &[MemberId] {
         &self.members
+    }
+
+    /// Whether the view belongs to the primary partition: the one partition
+    /// that may go on delivering when the network splits (see VSYNC).
+    pub fn is_primary(&self) -> bool {
+        self.primary
     }
 
     /// How many members.
@@ -165,7 +178,7 @@ impl View {
 
 impl fmt::Debug for View {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "View({} {:?})", self.id, self.members)
+        write!(f, "View({} {:?}{})", self.id, self.members, if self.primary { "" } else { " non-primary" })
     }
 }
 
