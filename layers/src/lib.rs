@@ -10,11 +10,12 @@
 pub mod debug;
 pub mod frag;
 pub mod nak;
+pub mod vsync;
 
 use strata_stack::{LayerDescriptor, Registry};
 
 /// Every built-in layer's descriptor, in the order `strata layers` lists them.
-pub const BUILTIN: &[LayerDescriptor] = &[frag::FRAG, nak::NAK, debug::loss::LOSS];
+pub const BUILTIN: &[LayerDescriptor] = &[frag::FRAG, nak::NAK, vsync::VSYNC, debug::loss::LOSS];
 
 /// A registry holding every built-in layer. Register your own layers on it
 /// with [`Registry::register`].
