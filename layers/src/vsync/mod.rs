@@ -1142,6 +1142,12 @@ impl Vsync {
                     self.group_seen = Some(cx.now());
                 }
             }
+            // A member of this view has moved on to a newer primary view
+            // without this member: it was removed (falsely suspected, or cut
+            // off for a while), and joins again.
+            Phase::Member if self.view.contains(&from) && view > self.view.id() && primary && !members.contains(&self.local) => {
+                self.rejoin(cx, &members);
+            }
             Phase::Member if view != self.view.id() && !self.view.contains(&from) && !members.contains(&self.local) => {
                 let mine = (self.view.is_primary(), self.view.members().to_vec());
                 if Self::absorbs(mine.0, &mine.1, primary, &members) {
@@ -1184,7 +1190,11 @@ impl Vsync {
             return cx.drop_malformed("after_leave");
         }
         let Ok(k) = msg.pop_with(|r| r.u8()) else { return cx.drop_malformed("empty") };
-        self.heard(cx, &from);
+        // Sequenced traffic passed NAK's view check: proof of life in this
+        // view. (Out-of-band control proves it only when it says so.)
+        if !msg.flags().contains(MsgFlags::OOB) {
+            self.heard(cx, &from);
+        }
         match (k, cast) {
             (kind::CAST, true) => self.on_cast(cx, from, msg),
             (kind::SEND, false) => {
@@ -1226,6 +1236,9 @@ impl Vsync {
                 self.max_counter = self.max_counter.max(view.counter);
                 if self.phase != Phase::Member {
                     return;
+                }
+                if view == self.view.id() {
+                    self.heard(cx, &from);
                 }
                 if view > self.view.id() {
                     self.send_control(cx, from, &Control::ViewRequest, true);
