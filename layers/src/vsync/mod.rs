@@ -20,7 +20,9 @@
 //!   concurrently (lost requests) find each other by probing and merge.
 //! * **Failure detection.** Members cast a heartbeat every `heartbeat_ms`; a
 //!   member not heard from for `suspect_ms` is suspected, reported to the
-//!   coordinator, and removed by the next view change. A crashed member is
+//!   coordinator, and removed by the next view change. The defaults give ten
+//!   heartbeats per timeout, so that heavy loss (20%) almost never makes a
+//!   live member look dead; a member removed by mistake rejoins. A crashed member is
 //!   out of the view in about `suspect_ms` plus a few round trips.
 //! * **The flush.** The coordinator (the lowest-ranked member it does not
 //!   suspect) runs every change as a round:
@@ -92,7 +94,7 @@
 //! ## Parameters
 //! | name | default | meaning |
 //! |---|---|---|
-//! | `heartbeat_ms` | 300 | period of the heartbeat |
+//! | `heartbeat_ms` | 150 | period of the heartbeat |
 //! | `suspect_ms` | 1500 | silence after which a member is suspected |
 //! | `join_retry_ms` | 200 | period of join requests, of view retransmissions and leave requests |
 //! | `join_timeout_ms` | 1000 | silence after which a member that hears of no group founds one |
@@ -126,7 +128,7 @@ pub const VSYNC: LayerDescriptor = LayerDescriptor {
     requires: Props::RELIABLE.union(Props::FIFO),
     provides: Props::MEMBERSHIP,
     params: &[
-        ParamSpec { name: "heartbeat_ms", kind: ParamKind::U64 { min: 1, max: 600_000 }, default: "300", doc: "period of the heartbeat", wire: false },
+        ParamSpec { name: "heartbeat_ms", kind: ParamKind::U64 { min: 1, max: 600_000 }, default: "150", doc: "period of the heartbeat", wire: false },
         ParamSpec {
             name: "suspect_ms",
             kind: ParamKind::U64 { min: 2, max: 3_600_000 },
