@@ -182,6 +182,8 @@ const TIMER_ROUND: TimerKey = 4;
 
 /// Most addresses a coordinator probes per period.
 const MAX_PROBES: usize = 64;
+/// Most contacts (seeds, joiners heard of) remembered outside the view.
+const MAX_CONTACTS: usize = 1024;
 /// Most times a coordinator retransmits a view to a member that does not acknowledge it.
 const VIEW_RETRIES: u32 = 10;
 /// Most casts one fetch may ask for (a request is answered from memory, so
@@ -478,10 +480,23 @@ impl Vsync {
             return self.finish_leave(cx);
         }
         self.block(cx);
-        self.seeds.extend(contacts.iter().copied().filter(|m| *m != self.local));
+        self.add_seeds(contacts.iter().copied());
         self.group_seen = Some(cx.now());
         self.solo_below(cx);
         self.start_joining(cx);
+    }
+
+    /// Remembers contacts outside the view, up to [`MAX_CONTACTS`] (what a
+    /// stranger claims must not grow memory without bound).
+    fn add_seeds(&mut self, contacts: impl IntoIterator<Item = MemberId>) {
+        for m in contacts {
+            if self.seeds.len() >= MAX_CONTACTS {
+                break;
+            }
+            if m != self.local {
+                self.seeds.insert(m);
+            }
+        }
     }
 
     fn join_tick(&mut self, cx: &mut Context<'_>) {
@@ -1139,7 +1154,7 @@ impl Vsync {
         self.max_counter = self.max_counter.max(view.counter);
         match self.phase {
             Phase::Joining => {
-                self.seeds.extend(members.into_iter().filter(|m| *m != self.local));
+                self.add_seeds(members);
                 if primary {
                     self.group_seen = Some(cx.now());
                 }
@@ -1169,7 +1184,7 @@ impl Vsync {
     fn on_invite(&mut self, cx: &mut Context<'_>, from: MemberId, members: Vec<MemberId>, primary: bool) {
         match self.phase {
             Phase::Joining => {
-                self.seeds.extend(members.into_iter().filter(|m| *m != self.local));
+                self.add_seeds(members);
                 if primary {
                     self.group_seen = Some(cx.now());
                 }
@@ -1255,7 +1270,9 @@ impl Vsync {
                 self.max_counter = self.max_counter.max(last_counter);
                 match self.phase {
                     Phase::Joining => {
-                        self.fellow_joiners.insert(joiner, cx.now());
+                        if self.fellow_joiners.len() < MAX_CONTACTS || self.fellow_joiners.contains_key(&joiner) {
+                            self.fellow_joiners.insert(joiner, cx.now());
+                        }
                     }
                     Phase::Member if self.view.contains(&joiner) => self.repair(cx, joiner),
                     Phase::Member => {
@@ -1283,9 +1300,7 @@ impl Vsync {
                     if primary {
                         self.group_seen = Some(cx.now());
                     }
-                    if coordinator != self.local {
-                        self.seeds.insert(coordinator);
-                    }
+                    self.add_seeds([coordinator]);
                 }
             }
             Control::Leave { member: leaver } => {
