@@ -560,13 +560,22 @@ impl Vsync {
         cx.cancel_timer(TIMER_ROUND);
 
         let was_loading = self.loading;
-        self.loading = state_to.contains(&self.local);
+        let needs_state = state_to.contains(&self.local);
+        self.loading = needs_state && provider.is_some();
         if self.loading {
             // Whatever was held for the application is in the state to come.
             self.loading_queue.clear();
             self.state_provider = *provider;
         } else if was_loading {
-            // Not expected: the coordinator names every member still loading.
+            if needs_state {
+                // Every member that had the state failed before any finished
+                // loading it. The members left agree on the old view's
+                // deliveries (the flush saw to it), so they go on from an
+                // empty state plus those.
+                let what = "the group's state was lost: every member holding it failed before it was transferred; continuing from an empty state".to_string();
+                cx.up(Up::Problem(Problem { layer: "VSYNC", what }));
+                cx.up(Up::StateDone);
+            }
             self.flush_loading_queue(cx);
         }
         cx.down(Down::View(view.clone()));
