@@ -119,6 +119,8 @@ fn bad_numbers_are_refused() {
     refused(&args_with(log, &[("--linger", "-1")], &[]), &["--linger"]);
     refused(&args_with(log, &[("--linger", "NaN")], &[]), &["--linger"]);
     refused(&args_with(log, &[], &["--casts"]), &["--casts"]);
+    refused(&args_with(log, &[("--leave-after", "-1")], &[]), &["--leave-after"]);
+    refused(&args_with(log, &[("--leave-after", "soon")], &[]), &["--leave-after", "soon"]);
 }
 
 #[test]

@@ -71,6 +71,48 @@ fn linger_ends_a_run_whose_peer_never_answers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--leave-after` ends a run of fixed membership too: the node stops
+/// casting and waiting at that time, leaves, and stops with reason `left`.
+#[test]
+fn leave_after_ends_a_run_of_fixed_membership() {
+    let dir = scratch_dir("leave-after");
+    let addrs = free_addrs(2);
+    let log = dir.join("node.jsonl");
+    let began = Instant::now();
+    let out = run(&[
+        "node",
+        "--group",
+        "g",
+        "--stack",
+        "LOSS",
+        "--bind",
+        &addrs[0],
+        "--peers",
+        &addrs[1],
+        "--casts",
+        "1000000",
+        "--size",
+        "64",
+        "--rate",
+        "100",
+        "--log",
+        log.to_str().unwrap(),
+        "--linger",
+        "60",
+        "--leave-after",
+        "0.5",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(began.elapsed() < Duration::from_secs(20), "took {:?} with --leave-after 0.5", began.elapsed());
+    let lines = read_log(&log).unwrap();
+    let stop = lines.last().unwrap();
+    assert_eq!(stop["reason"], "left");
+    let sends = lines.iter().filter(|l| l["ev"] == "send").count();
+    assert!(sends > 0 && sends < 1000, "{sends} casts in half a second at 100 per second");
+    assert_eq!(lines[lines.len() - 2]["ev"], "stats");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SIGTERM ends a waiting node with stats and stop in its log.
 #[test]
 fn sigterm_writes_stats_and_stop() {

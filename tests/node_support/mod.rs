@@ -3,6 +3,8 @@
 //! (docs/strata-node.md).
 #![allow(dead_code)]
 
+pub mod vsync;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::UdpSocket;

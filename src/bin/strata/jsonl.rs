@@ -63,6 +63,13 @@ impl Line {
         self
     }
 
+    /// Adds a boolean field.
+    pub fn bool(mut self, key: &str, value: bool) -> Line {
+        self.key(key);
+        self.buf.push_str(if value { "true" } else { "false" });
+        self
+    }
+
     /// Adds a number field (`null` if it is not finite, which JSON cannot say).
     pub fn f64(mut self, key: &str, value: Option<f64>) -> Line {
         self.key(key);
@@ -128,7 +135,8 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_ev_and_t_first() {
-        let text = Line::new("deliver").str("id", "a\"b\n").u64("len", 7).f64("rate", None).strs("members", ["x", "y"]).raw("o", "{}").finish();
+        let text =
+            Line::new("deliver").str("id", "a\"b\n").u64("len", 7).f64("rate", None).strs("members", ["x", "y"]).raw("o", "{}").bool("p", false).finish();
         assert!(text.starts_with("{\"ev\":\"deliver\",\"t\":"), "{text}");
         assert!(text.ends_with("}\n") && text.matches('\n').count() == 1, "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -136,6 +144,7 @@ mod tests {
         assert_eq!(v["len"], 7);
         assert!(v["rate"].is_null());
         assert_eq!(v["members"][1], "y");
+        assert_eq!(v["p"], false);
         assert!(v["t"].as_u64().unwrap() > 0);
     }
 }

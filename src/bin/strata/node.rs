@@ -5,29 +5,42 @@
 //! 1. Validate everything before touching the network: the arguments, and the
 //!    stack string by building the stack once, dry (layers are sans-IO, so a
 //!    throw-away build costs nothing and runs every layer's own checks).
-//! 2. Bind, open the log, join; log `start`, then `view` for the initial view
-//!    (the engine emits no event for it; later views come as events).
+//! 2. Bind, open the log, join; log `start`. With fixed membership (no
+//!    layer provides `membership`) log `view` for the initial view (the
+//!    engine emits no event for it). With a membership layer (VSYNC) the
+//!    peers are seeds and every view, the first included, comes as an event.
 //! 3. Cast N payloads (on a schedule with `--rate`, else as fast as
 //!    `Group::cast` accepts) while receiving; `send` is logged before each
 //!    cast and `deliver` as each delivery is taken from the events stream.
-//! 4. Once N casts from every member of the current view were delivered,
-//!    flush (own casts stable), then wait until the group falls silent (no
-//!    datagram for three status periods, [`quiet_period`]): a peer whose
-//!    acknowledgement from this member was lost asks again, and must find it
-//!    still running. Then take the stats, leave, log `stats` and `stop`.
+//! 4. Once every member of the current view is complete (fixed membership:
+//!    N of its casts delivered; membership: N of its casts known, from
+//!    deliveries or from the state loaded on joining, [`Known`]), flush (own
+//!    casts stable). With fixed membership, then wait until the group falls
+//!    silent (no datagram for three status periods, [`quiet_period`]): a
+//!    peer whose acknowledgement from this member was lost asks again, and
+//!    must find it still running; then take the stats, leave, log `stats`
+//!    and `stop`. With a membership layer, take the stats, then leave (a
+//!    membership operation: the group installs a view without this member)
+//!    and wait for `Left`, bounded by `--linger`.
 //!
-//! Whenever `--linger` passes without a delivery or a completed cast, the
-//! node stops waiting and goes straight to `stats` and `stop` (exit 0). A
+//! With `--leave-after`, at that time after the start the node stops casting
+//! and waiting and leaves at once (reason `left`).
+//!
+//! Whenever `--linger` passes without a delivery, a view or a completed cast,
+//! the node stops waiting and goes straight to `stats` and `stop` (exit 0). A
 //! SIGINT or SIGTERM does the same and exits 128 + the signal's number.
 //! Beyond the documented fields, `stop` says why the run ended: `"reason"` is
-//! `done` (all delivered, own casts stable), `unstable` (all delivered, but
-//! the flush gave up after `--linger`), `linger` or `signal`.
-//! Everything runs on one task (the runtime's driver aside), so log lines
-//! come out in the order things happened and `t` never decreases.
+//! `done` (all delivered, own casts stable, and with a membership layer the
+//! leave completed), `unstable` (all delivered, but the flush gave up after
+//! `--linger`), `left` (`--leave-after`), `linger` or `signal`.
+//! Everything that writes the log runs on one task (the runtime's driver
+//! aside), so log lines come out in the order things happened and `t` never
+//! decreases. (State answers go out from a task of their own: they log nothing.)
 
 use crate::jsonl::{json_str, JsonLog, Line};
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,7 +52,7 @@ use std::time::Duration;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::payload;
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
-use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Registry, Stack, StackConfig, View};
+use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant as Clock;
 
@@ -77,7 +90,9 @@ pub struct NodeArgs {
     /// Where this member receives; its member id is this address.
     #[arg(long, value_name = "IP:PORT")]
     bind: SocketAddr,
-    /// The other members' addresses: the full initial membership (omit for a group of one).
+    /// The other members' addresses: the full initial membership (omit for a
+    /// group of one); with a membership layer (VSYNC), seeds: any live
+    /// members to join through (omit to found the group).
     #[arg(long, value_name = "IP:PORT,...", value_delimiter = ',')]
     peers: Vec<SocketAddr>,
     /// How many messages this member casts (every member of a run uses the same N).
@@ -95,6 +110,9 @@ pub struct NodeArgs {
     /// Give up after this many seconds without a delivery or progress (fractions allowed).
     #[arg(long, allow_negative_numbers = true, value_name = "SECS", default_value = "10", value_parser = parse_linger)]
     linger: f64,
+    /// Stop casting and leave the group this many seconds after the start (fractions allowed).
+    #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = parse_leave_after)]
+    leave_after: Option<f64>,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -112,6 +130,13 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_leave_after(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=MAX_LINGER_SECS).contains(&s) => Ok(s),
+        _ => Err(format!("expected a number of seconds from 0 to {MAX_LINGER_SECS}, got `{text}`")),
+    }
+}
+
 fn parse_linger(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_LINGER_SECS => Ok(s),
@@ -124,15 +149,22 @@ struct Plan {
     group: String,
     stack: String,
     bind: SocketAddr,
+    /// This member first, then the peers (seeds with a membership layer).
     members: Vec<MemberId>,
+    /// Whether a layer of the stack provides membership (VSYNC): the peers
+    /// are seeds, views come and go, leaving is a protocol.
+    membership: bool,
     casts: u64,
     size: usize,
     rate: Option<f64>,
     log: PathBuf,
     linger: Duration,
     /// How long the group must stay silent after the flush before this
-    /// member leaves (`None`: nobody can need anything from it).
+    /// member leaves (`None`: nobody can need anything from it, or a
+    /// membership layer makes the leave a protocol of its own).
     quiet: Option<Duration>,
+    /// `--leave-after`.
+    leave_after: Option<Duration>,
 }
 
 /// Checks what clap cannot: addresses usable as member ids, and a stack
@@ -145,7 +177,8 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     if args.bind.ip().is_unspecified() {
         return Err(format!("--bind {}: give the address peers reach this member at (it is its member id), not an unspecified address", args.bind));
     }
-    if args.bind.port() == 0 && !args.peers.is_empty() {
+    let membership = provides_membership(registry, &args.stack);
+    if args.bind.port() == 0 && !args.peers.is_empty() && !membership {
         return Err(format!("--bind {}: port 0 cannot be a member id that peers know in advance; give a port", args.bind));
     }
     let mut members = vec![MemberId::new(args.bind, 0)];
@@ -166,20 +199,32 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     let config = StackConfig { group: args.group.clone(), local: members[0], members: members.clone(), seed: 0, max_datagram: MAX_DATAGRAM };
     let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
     check_size_fits(&dry, args.size)?;
-    let quiet = (members.len() > 1).then(|| quiet_period(registry, &args.stack));
+    let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack));
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
+    let leave_after = match args.leave_after {
+        Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|e| format!("--leave-after {secs}: {e}"))?),
+        None => None,
+    };
     Ok(Plan {
         group: args.group,
         stack: args.stack,
         bind: args.bind,
         members,
+        membership,
         casts: args.casts,
         size: args.size,
         rate: args.rate,
         log: args.log,
         linger,
         quiet,
+        leave_after,
     })
+}
+
+/// Whether a layer of the stack provides membership (false for a stack
+/// string that does not resolve: the dry build reports that).
+fn provides_membership(registry: &Registry, stack: &str) -> bool {
+    registry.resolve(stack).is_ok_and(|r| r.layers.iter().any(|(desc, _)| desc.provides.contains(Props::MEMBERSHIP)))
 }
 
 /// Refuses a `--size` larger than the stack carries (one datagram without
@@ -219,11 +264,15 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, String> {
 /// Why the node stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ending {
-    /// Everything delivered, own casts stable.
+    /// Everything delivered, own casts stable (and, with a membership
+    /// layer, the leave completed).
     Done,
     /// Everything delivered, but own casts were not stable after `--linger`.
     Unstable,
-    /// `--linger` passed without progress before everything was delivered.
+    /// `--leave-after` came: the node leaves (`left` once it has).
+    Leaving,
+    /// `--linger` passed without progress before everything was delivered
+    /// (or before the group confirmed the leave).
     Linger,
     /// SIGINT or SIGTERM (the number).
     Signal(i32),
@@ -234,6 +283,7 @@ impl Ending {
         match self {
             Ending::Done => "done",
             Ending::Unstable => "unstable",
+            Ending::Leaving => "left",
             Ending::Linger => "linger",
             Ending::Signal(_) => "signal",
         }
@@ -244,10 +294,12 @@ impl Ending {
 enum Outcome<T> {
     /// The awaited future finished.
     Ready(T),
-    /// N casts from every member of the current view were delivered.
+    /// Every member of the current view is complete.
     Complete,
     /// `--linger` passed without progress.
     Linger,
+    /// `--leave-after` passed.
+    Leave,
     /// A signal arrived.
     Signal(i32),
     /// The events stream ended while deliveries were still awaited.
@@ -278,27 +330,65 @@ struct Shared {
     log: JsonLog,
     /// Deliveries logged so far.
     delivered: Cell<u64>,
-    /// When the last delivery or completed cast happened.
+    /// When the last delivery, view or completed cast happened.
     progress: Cell<Clock>,
+}
+
+/// The node's application state with a membership layer, and what it sends
+/// joiners: per sender (by address), how many of its casts this node knows
+/// were made. A delivery of `M:k` shows that M made k + 1 casts (its casts
+/// are delivered in order); a state loaded on joining tells of casts made
+/// before this member was there, which it does not deliver. The state is the
+/// JSON object of these counts.
+#[derive(Default)]
+struct Known {
+    counts: BTreeMap<String, u64>,
+}
+
+impl Known {
+    fn get(&self, member: &str) -> u64 {
+        self.counts.get(member).copied().unwrap_or(0)
+    }
+
+    fn raise(&mut self, member: &str, count: u64) {
+        let slot = self.counts.entry(member.to_string()).or_insert(0);
+        *slot = (*slot).max(count);
+    }
+
+    fn to_json(&self) -> String {
+        let object: serde_json::Map<String, serde_json::Value> = self.counts.iter().map(|(m, n)| (m.clone(), (*n).into())).collect();
+        serde_json::Value::Object(object).to_string()
+    }
 }
 
 /// Takes events, logs deliveries and views, and decides completion.
 struct Receiver<'a> {
     shared: &'a Shared,
+    group: Group,
     events: Events,
     events_open: bool,
-    view: Arc<View>,
+    /// The current view (none yet: a membership layer has not admitted this member).
+    view: Option<Arc<View>>,
+    membership: bool,
     /// Cast deliveries per sender.
     from: HashMap<MemberId, u64>,
+    /// With a membership layer: casts known per sender.
+    known: Known,
+    /// A state being loaded (chunks so far), between StateBegin and StateDone.
+    loading: Option<Vec<u8>>,
+    /// `Left` came.
+    left: bool,
     casts: u64,
     linger: Duration,
+    /// When `--leave-after` ends the run.
+    leave_at: Option<Clock>,
     signals: Signals,
 }
 
 impl Receiver<'_> {
     /// Drives `fut` while taking events, until it finishes, or (if
     /// `until_complete`) every expected delivery happened, or `--linger`
-    /// passes without progress, or a signal arrives.
+    /// passes without progress, or `--leave-after` comes, or a signal arrives.
     async fn wait<F: Future>(&mut self, fut: F, until_complete: bool) -> Result<Outcome<F::Output>, String> {
         let mut fut = pin!(fut);
         loop {
@@ -315,6 +405,7 @@ impl Receiver<'_> {
                 // Events before casts: a reader that keeps up keeps the driver taking input.
                 biased;
                 sig = self.signals.recv() => return Ok(Outcome::Signal(sig)),
+                _ = sleep_until(self.leave_at), if self.leave_at.is_some() => return Ok(Outcome::Leave),
                 ev = self.events.next(), if self.events_open => match ev {
                     Some(ev) => self.handle(ev)?,
                     None => self.events_open = false,
@@ -329,34 +420,119 @@ impl Receiver<'_> {
         }
     }
 
+    /// Takes the events left after the stream's last awaited one (after a
+    /// leave: the deliveries queued before `Left`), until it ends or `limit`.
+    async fn drain(&mut self, limit: Duration) -> Result<(), String> {
+        let until = Clock::now() + limit;
+        while self.events_open {
+            match tokio::time::timeout_at(until, self.events.next()).await {
+                Ok(Some(ev)) => self.handle(ev)?,
+                Ok(None) => self.events_open = false,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
     fn complete(&self) -> bool {
-        self.view.members().iter().all(|m| self.from.get(m).copied().unwrap_or(0) >= self.casts)
+        let Some(view) = &self.view else { return false };
+        if self.membership {
+            // A minority partition delivers nothing: it cannot be complete.
+            view.is_primary() && view.members().iter().all(|m| self.known.get(&m.to_string()) >= self.casts)
+        } else {
+            view.members().iter().all(|m| self.from.get(m).copied().unwrap_or(0) >= self.casts)
+        }
+    }
+
+    fn view_text(&self) -> String {
+        self.view.as_ref().map(|v| v.id().to_string()).unwrap_or_default()
     }
 
     fn handle(&mut self, ev: AppEvent) -> Result<(), String> {
         match ev {
             AppEvent::Deliver { from, kind: Delivery::Cast, body } => {
                 let fnv = format!("{:016x}", strata::codec::fnv1a64(&body));
+                let id = payload_id(&body);
                 let line = Line::new("deliver")
-                    .str("view", &self.view.id().to_string())
+                    .str("view", &self.view_text())
                     .str("from", &from.to_string())
-                    .str("id", &payload_id(&body))
+                    .str("id", &id)
                     .u64("len", body.len() as u64)
                     .str("fnv", &fnv);
                 self.shared.log.write(line).map_err(log_error)?;
                 self.shared.delivered.set(self.shared.delivered.get() + 1);
                 *self.from.entry(from).or_insert(0) += 1;
+                if let Some((member, k)) = payload::split_id(&id) {
+                    // Only a sender's own payloads count for it.
+                    if member == from.to_string() {
+                        self.known.raise(member, k.saturating_add(1));
+                    }
+                }
                 self.shared.progress.set(Clock::now());
             }
             AppEvent::Deliver { from, kind: Delivery::Send, body } => {
                 tracing::debug!(%from, len = body.len(), "ignored a point-to-point message");
             }
             AppEvent::View(view) => {
-                if view.id() != self.view.id() {
+                if self.view.as_ref().is_none_or(|v| v.id() != view.id()) {
                     self.shared.log.write(view_line(&view)).map_err(log_error)?;
-                    self.view = view;
+                    self.view = Some(view);
+                    self.shared.progress.set(Clock::now());
                 }
             }
+            AppEvent::Block => {
+                self.shared.log.write(Line::new("block").str("view", &self.view_text())).map_err(log_error)?;
+            }
+            AppEvent::StateRequest { token, joiners } => {
+                // The state as of this point of the stream, sent from a task
+                // of its own: the chunks may wait for the send window while
+                // this task must go on reading events.
+                let state = bytes::Bytes::from(self.known.to_json());
+                tracing::debug!(token, ?joiners, len = state.len(), "providing state");
+                let group = self.group.clone();
+                tokio::spawn(async move {
+                    let max = group.max_message().max(1);
+                    let mut at = 0;
+                    while at < state.len() {
+                        let end = (at + max).min(state.len());
+                        if let Err(e) = group.provide_state(token, state.slice(at..end)).await {
+                            tracing::debug!("state chunk not sent: {e}");
+                            return;
+                        }
+                        at = end;
+                    }
+                    if let Err(e) = group.state_done(token).await {
+                        tracing::debug!("end of state not sent: {e}");
+                    }
+                });
+            }
+            AppEvent::StateBegin => self.loading = Some(Vec::new()),
+            AppEvent::StateChunk(chunk) => match &mut self.loading {
+                Some(buf) => buf.extend_from_slice(&chunk),
+                None => tracing::warn!("a state chunk outside a state transfer"),
+            },
+            AppEvent::StateDone => {
+                let buf = self.loading.take().unwrap_or_default();
+                match serde_json::from_slice::<BTreeMap<String, u64>>(&buf) {
+                    Ok(counts) => {
+                        for (member, n) in &counts {
+                            self.known.raise(member, *n);
+                        }
+                        let mut object = String::from("{");
+                        for (i, (member, n)) in counts.iter().enumerate() {
+                            if i > 0 {
+                                object.push(',');
+                            }
+                            object.push_str(&format!("{}:{n}", json_str(member)));
+                        }
+                        object.push('}');
+                        self.shared.log.write(Line::new("state").str("view", &self.view_text()).raw("counts", &object)).map_err(log_error)?;
+                    }
+                    Err(e) => tracing::warn!(len = buf.len(), "the group's state does not parse: {e}"),
+                }
+                self.shared.progress.set(Clock::now());
+            }
+            AppEvent::Left => self.left = true,
             AppEvent::Lost { from, count } => tracing::warn!(%from, count, "the stack gave up on messages"),
             AppEvent::Problem(p) => tracing::warn!(layer = p.layer, "{}", p.what),
             AppEvent::Suspect(m) => tracing::info!(member = %m, "suspected"),
@@ -387,7 +563,7 @@ fn payload_id(body: &[u8]) -> Cow<'_, str> {
 }
 
 fn view_line(view: &View) -> Line {
-    Line::new("view").str("view", &view.id().to_string()).strs("members", view.members().iter().map(|m| m.to_string()))
+    Line::new("view").str("view", &view.id().to_string()).strs("members", view.members().iter().map(|m| m.to_string())).bool("primary", view.is_primary())
 }
 
 /// The `layers` object of the `stats` line: every layer's counters in the
@@ -428,13 +604,20 @@ fn stats_json(all: &[LayerStats]) -> String {
 
 async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String> {
     let udp = UdpTransport::bind(plan.bind).await.map_err(|e| format!("cannot bind {}: {e}", plan.bind))?;
-    // With port 0 (a group of one) the member id is the port the OS picked.
+    // With port 0 the member id is the port the OS picked.
     plan.members[0] = MemberId::new(strata::runtime::Transport::local_addr(&udp), 0);
     let log = JsonLog::create(&plan.log).map_err(|e| format!("cannot write the log {}: {e}", plan.log.display()))?;
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
     let endpoint = Endpoint::new(udp, Arc::new(registry));
     let mut cfg = JoinConfig::new(plan.group.clone(), plan.stack.clone());
-    cfg.members = plan.members.clone();
+    if plan.membership {
+        // Seeds only; a restarted process at the same address is a new member.
+        cfg.members = plan.members[1..].to_vec();
+        cfg.incarnation = incarnation();
+        cfg.state_transfer = true;
+    } else {
+        cfg.members = plan.members.clone();
+    }
     let (group, events) = endpoint.join(cfg).await.map_err(|e| e.to_string())?;
     let me = group.local();
     let me_text = me.to_string();
@@ -447,28 +630,49 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
         .str("stack", &plan.stack)
         .str("transport", "udp")
         .str("group", &plan.group)
-        .strs("peers", plan.members.iter().filter(|m| **m != me).map(|m| m.to_string()))
+        .strs("peers", plan.members[1..].iter().map(|m| m.to_string()))
         .u64("casts", plan.casts)
         .u64("size", plan.size as u64)
         .f64("rate", plan.rate)
         .f64("linger", Some(plan.linger.as_secs_f64()))
+        .f64("leave_after", plan.leave_after.map(|d| d.as_secs_f64()))
         .u64("pid", u64::from(std::process::id()));
     shared.log.write(start).map_err(log_error)?;
-    let view = group.view().await.map_err(|e| format!("the group ended at once: {e}"))?;
-    shared.log.write(view_line(&view)).map_err(log_error)?;
+    let view = if plan.membership {
+        // Views come as events, the first once the group admits this member.
+        None
+    } else {
+        let view = group.view().await.map_err(|e| format!("the group ended at once: {e}"))?;
+        shared.log.write(view_line(&view)).map_err(log_error)?;
+        Some(view)
+    };
 
-    let mut rx = Receiver { shared: &shared, events, events_open: true, view, from: HashMap::new(), casts: plan.casts, linger: plan.linger, signals };
+    let mut rx = Receiver {
+        shared: &shared,
+        group: group.clone(),
+        events,
+        events_open: true,
+        view,
+        membership: plan.membership,
+        from: HashMap::new(),
+        known: Known::default(),
+        loading: None,
+        left: false,
+        casts: plan.casts,
+        linger: plan.linger,
+        leave_at: plan.leave_after.and_then(|d| began.checked_add(d)),
+        signals,
+    };
     let mut ending = exchange(&mut rx, &endpoint, &group, &me_text, &plan).await?;
 
-    // Wrap up: stats (and leave) are best effort and bounded.
+    // Wrap up: stats first (a group that has left has none), then the leave.
     let mut layers = match tokio::time::timeout(WRAP_UP, group.stats()).await {
         Ok(Ok(stats)) => stats,
         _ => Vec::new(),
     };
-    if matches!(ending, Ending::Done | Ending::Unstable) {
-        if let Outcome::Signal(sig) = rx.wait(tokio::time::timeout(WRAP_UP, group.leave()), false).await? {
-            ending = Ending::Signal(sig);
-        }
+    rx.leave_at = None;
+    if matches!(ending, Ending::Done | Ending::Unstable | Ending::Leaving) {
+        ending = leave(&mut rx, &group, &plan, ending).await?;
     }
     if let Ok(Ok(ep)) = tokio::time::timeout(WRAP_UP, endpoint.stats()).await {
         layers.push(ep);
@@ -484,6 +688,43 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
         Ending::Signal(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// A fresh incarnation for a member of a group with a membership layer:
+/// the wall clock in microseconds, so that a restarted process is told from
+/// its earlier self.
+fn incarnation() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1).max(1)
+}
+
+/// Leaves the group. Without a membership layer the stack answers at once
+/// (best effort, bounded). With one, leaving is a view change: wait for
+/// `Left` (the group installed a view without this member) while logging
+/// the deliveries that come before it, bounded by `--linger`; if it does not
+/// come, the run ends with `linger`.
+async fn leave(rx: &mut Receiver<'_>, group: &Group, plan: &Plan, ending: Ending) -> Result<Ending, String> {
+    let limit = if plan.membership { plan.linger } else { WRAP_UP };
+    rx.shared.progress.set(Clock::now());
+    match rx.wait(tokio::time::timeout(limit, group.leave()), false).await? {
+        Outcome::Ready(Ok(Ok(()))) => {
+            // Deliveries queued before `Left` are still in the stream.
+            rx.drain(WRAP_UP).await?;
+            Ok(ending)
+        }
+        Outcome::Ready(result) if plan.membership => {
+            match result {
+                Ok(Err(e)) => tracing::warn!("leave failed: {e}"),
+                _ => tracing::warn!("the group did not confirm the leave within --linger"),
+            }
+            Ok(Ending::Linger)
+        }
+        Outcome::Linger if plan.membership => {
+            tracing::warn!("the group did not confirm the leave within --linger");
+            Ok(Ending::Linger)
+        }
+        Outcome::Signal(sig) => Ok(Ending::Signal(sig)),
+        _ => Ok(ending),
+    }
 }
 
 /// Casts, receives until complete, then flushes. Returns why it stopped.
@@ -508,12 +749,14 @@ async fn exchange(rx: &mut Receiver<'_>, endpoint: &Endpoint, group: &Group, me:
     match rx.wait(caster, false).await? {
         Outcome::Ready(result) => result?,
         Outcome::Linger => return Ok(Ending::Linger),
+        Outcome::Leave => return Ok(Ending::Leaving),
         Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
         Outcome::Complete | Outcome::Gone => {}
     }
     match rx.wait(std::future::pending::<()>(), true).await? {
         Outcome::Complete => {}
         Outcome::Linger => return Ok(Ending::Linger),
+        Outcome::Leave => return Ok(Ending::Leaving),
         Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
         Outcome::Gone => return Err("the endpoint stopped before every cast was delivered".into()),
         Outcome::Ready(()) => unreachable!("pending() never finishes"),
@@ -530,17 +773,21 @@ async fn exchange(rx: &mut Receiver<'_>, endpoint: &Endpoint, group: &Group, me:
             tracing::warn!("own casts not stable after --linger; stopping anyway");
             return Ok(Ending::Unstable);
         }
+        Outcome::Leave => return Ok(Ending::Leaving),
         Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
         Outcome::Complete | Outcome::Gone => return Ok(Ending::Unstable),
     }
     // Others may still need this member's acknowledgements (one can be lost
     // like any datagram, and is repeated only when asked for): stay until the
     // group falls silent, as a reliability layer does once everything is
-    // stable. Bounded by --linger like every wait.
+    // stable. Bounded by --linger like every wait. (Not with a membership
+    // layer: its leave is a view change that settles exactly that.)
     if let Some(quiet) = plan.quiet {
         shared.progress.set(Clock::now());
-        if let Outcome::Signal(sig) = rx.wait(settle(endpoint, quiet), false).await? {
-            return Ok(Ending::Signal(sig));
+        match rx.wait(settle(endpoint, quiet), false).await? {
+            Outcome::Signal(sig) => return Ok(Ending::Signal(sig)),
+            Outcome::Leave => return Ok(Ending::Leaving),
+            _ => {}
         }
     }
     Ok(Ending::Done)

@@ -61,6 +61,9 @@ struct GroupState {
     leaving: bool,
     /// `Left` was handed to the application: remove the group.
     gone: bool,
+    /// Whether the application answers state requests itself
+    /// ([`JoinConfig::state_transfer`]); if not, the driver does.
+    state_transfer: bool,
     shared: Arc<GroupShared>,
     /// The view `peers` was computed from.
     peers_of: Arc<View>,
@@ -103,8 +106,8 @@ impl GroupState {
 
     fn apply(&mut self, cmd: DataCmd, now: Instant, counters: &mut Counters) {
         match cmd {
-            DataCmd::Cast(_) | DataCmd::Send(..) if self.leaving => counters.casts_after_leave += 1,
-            DataCmd::Cast(_) | DataCmd::Send(..) if !self.stack.can_send() => self.parked = Some(cmd),
+            DataCmd::Cast(_) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if self.leaving => counters.casts_after_leave += 1,
+            DataCmd::Cast(_) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if !self.stack.can_send() => self.parked = Some(cmd),
             DataCmd::Cast(body) => {
                 let accepted = self.stack.cast(now, body);
                 debug_assert!(accepted.is_ok(), "can_send was checked just before");
@@ -112,6 +115,14 @@ impl GroupState {
             DataCmd::Send(to, body) => {
                 let accepted = self.stack.send(now, to, body);
                 debug_assert!(accepted.is_ok(), "can_send was checked just before");
+            }
+            DataCmd::StateChunk(token, chunk) => {
+                let accepted = self.stack.provide_state(now, token, Some(chunk));
+                debug_assert!(accepted.is_ok(), "can_send was checked just before");
+            }
+            DataCmd::StateDone(token) => {
+                let accepted = self.stack.provide_state(now, token, None);
+                debug_assert!(accepted.is_ok(), "the end of a state is never refused");
             }
             DataCmd::Flush(reply) => {
                 if self.leaving {
@@ -173,9 +184,13 @@ impl GroupState {
     }
 
     /// Moves the stack's events into the application's channel until it is
-    /// full. Returns whether the group was blocked and no longer is.
-    fn drain_events(&mut self) -> bool {
+    /// full, answering the state requests of an application that does not
+    /// take part in state transfer. Returns whether the group was blocked
+    /// and no longer is, or the stack was given input (its new transmits
+    /// and events need another round).
+    fn drain_events(&mut self, now: Instant) -> bool {
         let was_blocked = self.blocked();
+        let mut answered = false;
         loop {
             let Some(ev) = self.pending_event.take().or_else(|| self.stack.poll_event()) else { break };
             if let AppEvent::Flushed { token } = ev {
@@ -186,6 +201,18 @@ impl GroupState {
                     continue;
                 }
             }
+            if !self.state_transfer {
+                match ev {
+                    AppEvent::StateRequest { token, .. } => {
+                        // An empty state: the end, at once. Never refused.
+                        let _ = self.stack.provide_state(now, token, None);
+                        answered = true;
+                        continue;
+                    }
+                    AppEvent::StateBegin | AppEvent::StateChunk(_) | AppEvent::StateDone => continue,
+                    _ => {}
+                }
+            }
             let left = matches!(ev, AppEvent::Left);
             match self.events.try_send(ev) {
                 Ok(()) => self.gone |= left,
@@ -193,11 +220,18 @@ impl GroupState {
                     self.pending_event = Some(ev);
                     break;
                 }
-                // The application dropped its stream: events go nowhere.
-                Err(TrySendError::Closed(_)) => self.gone |= left,
+                // The application dropped its stream: events go nowhere,
+                // and nobody will answer a state request but the driver.
+                Err(TrySendError::Closed(ev)) => {
+                    self.gone |= left;
+                    if let AppEvent::StateRequest { token, .. } = ev {
+                        let _ = self.stack.provide_state(now, token, None);
+                        answered = true;
+                    }
+                }
             }
         }
-        was_blocked && !self.blocked()
+        (was_blocked && !self.blocked()) || answered
     }
 
     /// Ends the group: handles see `status`; waiting flushes and leaves are
@@ -316,7 +350,7 @@ impl<T: Transport> Driver<T> {
                 }
                 busy |= g.retry_parked(now, &mut self.counters);
                 g.drain_transmits(&mut self.transport, &mut self.counters);
-                busy |= g.drain_events();
+                busy |= g.drain_events(now);
             }
             self.remove_gone();
 
@@ -325,7 +359,7 @@ impl<T: Transport> Driver<T> {
             if self.groups.values().any(GroupState::blocked) {
                 self.wake.arm(cx.waker());
                 for g in self.groups.values_mut() {
-                    busy |= g.blocked() && g.drain_events();
+                    busy |= g.blocked() && g.drain_events(now);
                 }
                 self.remove_gone();
             }
@@ -440,6 +474,7 @@ impl<T: Transport> Driver<T> {
                 leaves: Vec::new(),
                 leaving: false,
                 gone: false,
+                state_transfer: cfg.state_transfer,
                 shared: shared.clone(),
                 peers_of,
                 peers,

@@ -1,12 +1,14 @@
-//! The tokio runtime: drives sans-IO [`Stack`]s over a real [`Transport`].
+//! The tokio runtime: drives sans-IO [`Stack`](crate::Stack)s over a real
+//! [`Transport`].
 //!
 //! An [`Endpoint`] is a handle to one driver task. The driver owns the
-//! transport and every group's [`Stack`] on that endpoint; it is the only code
-//! that reads the clock, sleeps or touches a socket. Applications talk to it
+//! transport and every group's [`Stack`](crate::Stack) on that endpoint; it is
+//! the only code that reads the clock, sleeps or touches a socket. Applications talk to it
 //! through cheap handles:
 //!
 //! - [`Endpoint::join`] builds a group's stack and returns a [`Group`] handle
-//!   (cast, send, flush, stats, view, leave) and its [`Events`] stream
+//!   (cast, send, flush, stats, view, leave, and the state-transfer answers
+//!   `provide_state` and `state_done`) and its [`Events`] stream
 //!   (deliveries, views, problems, `Left`).
 //! - Datagrams are demultiplexed by the group id in the frame header
 //!   ([`peek_group`](crate::engine::peek_group)); frames for a group this
@@ -17,23 +19,25 @@
 //! The driver waits for any of: commands from the handles, a batch of datagrams
 //! from the transport, and the earliest deadline of all its stacks (one tokio
 //! timer). After each wake it feeds the inputs to the stacks, fires due timers,
-//! then for every stack drains [`Stack::poll_transmit`] to the transport,
-//! re-arms the timer from [`Stack::poll_timeout`] and moves
-//! [`Stack::poll_event`] into the group's bounded events channel: the order the
-//! engine documents. Time is nanoseconds since the driver started.
+//! then for every stack drains
+//! [`Stack::poll_transmit`](crate::Stack::poll_transmit) to the transport,
+//! re-arms the timer from [`Stack::poll_timeout`](crate::Stack::poll_timeout)
+//! and moves [`Stack::poll_event`](crate::Stack::poll_event) into the group's
+//! bounded events channel: the order the engine documents. Time is nanoseconds since the driver started.
 //!
 //! ## Bounded buffers and backpressure
 //! Nothing a peer or the application does can grow a buffer in the runtime
 //! without bound:
 //!
-//! - **Casts.** Casts, sends, flushes and leaves of one group travel in order
-//!   through that group's bounded queue ([`CAST_QUEUE`] commands).
-//!   [`Group::cast`] resolves once its message is in that queue; it waits while
-//!   the queue is full. While a layer holds the send window closed
-//!   ([`Stack::can_send`] is false) the driver parks the one cast it could not
-//!   hand over and takes no further command of that group until the window
-//!   reopens, so the queue fills and `cast().await` waits: that is the
-//!   application's backpressure.
+//! - **Casts.** Casts, sends, state chunks, flushes and leaves of one group
+//!   travel in order through that group's bounded queue ([`CAST_QUEUE`]
+//!   commands). [`Group::cast`] resolves once its message is in that queue;
+//!   it waits while the queue is full. While a layer holds the send window
+//!   closed ([`Stack::can_send`](crate::Stack::can_send) is false) the driver
+//!   parks the one cast (or send, or state chunk) it could not hand over and
+//!   takes no further command of that group until the window reopens, so the
+//!   queue fills and `cast().await` waits: that is the application's
+//!   backpressure.
 //! - **Events.** Each group's [`Events`] channel holds `event_capacity` events.
 //!   When it is full the driver keeps the one event it could not deliver and
 //!   stops taking input for that group (its datagrams are dropped and counted
@@ -49,6 +53,38 @@
 //! group is removed once [`AppEvent::Left`] has been handed to [`Events`] (it
 //! is forwarded), after which every call on the [`Group`] returns
 //! [`GroupError::Left`] and the events stream ends after `Left`.
+//!
+//! ## Membership
+//! With a stack that has a membership layer (one whose descriptor provides
+//! [`Props::MEMBERSHIP`](crate::Props::MEMBERSHIP), such as VSYNC),
+//! [`JoinConfig::members`] are *seeds*: addresses of any live members,
+//! through which the new member joins (it founds the group if none
+//! answers). It starts outside any view; its casts are held (the stack
+//! applies backpressure) until the first [`AppEvent::View`].
+//! [`AppEvent::Block`] announces a view change: casts made after it are held
+//! and go out in the next view. A leave completes once the group has
+//! installed a view without this member ([`AppEvent::Left`]). Without a
+//! membership layer `members` is the group's fixed membership.
+//!
+//! ## State transfer
+//! When members join, one old member's stack asks for the application's
+//! state ([`AppEvent::StateRequest`]) at a point of its event stream (every
+//! delivery of the old view before it, none after), and the joiners load it
+//! ([`AppEvent::View`], [`AppEvent::StateBegin`], [`AppEvent::StateChunk`]s,
+//! [`AppEvent::StateDone`], then the deliveries of the new view).
+//!
+//! - With [`JoinConfig::state_transfer`] false (the default) the driver
+//!   answers every request itself with an empty state, and none of those four
+//!   state events reaches [`Events`]: an application without state joins as
+//!   if there were no state transfer.
+//! - With it true they are forwarded. The member asked answers with
+//!   [`Group::provide_state`] for each chunk (at most [`Group::max_message`]
+//!   bytes) and [`Group::state_done`] once, both with the request's token.
+//!   They travel in order through the group's command queue with its casts,
+//!   under the same flow control: a chunk (or end of state) met by a closed
+//!   send window is parked and the queue waits, exactly like a cast. A
+//!   joiner drops any partial state when [`AppEvent::StateBegin`] comes again
+//!   (a new view started before its state was complete).
 
 mod driver;
 
@@ -101,20 +137,30 @@ pub struct JoinConfig {
     pub stack: String,
     /// This member's incarnation (0 for static membership).
     pub incarnation: u64,
-    /// The initial membership (static for now), this member included or not.
+    /// With a membership layer in the stack: seeds, the addresses of any
+    /// live members to join through (none: found the group; incarnations are
+    /// ignored for routing). Without one: the group's fixed membership, this
+    /// member included or not.
     pub members: Vec<MemberId>,
     /// Seeds the layers' random numbers.
     pub seed: u64,
     /// How many events the [`Events`] channel holds before the driver stops
     /// taking input for the group (at least 1).
     pub event_capacity: usize,
+    /// Whether the application takes part in state transfer (see the module
+    /// docs): `true` forwards [`AppEvent::StateRequest`],
+    /// [`AppEvent::StateBegin`], [`AppEvent::StateChunk`] and
+    /// [`AppEvent::StateDone`] and expects [`Group::provide_state`] and
+    /// [`Group::state_done`] answers; `false` (the default) has the driver
+    /// answer every request with an empty state and forward none of them.
+    pub state_transfer: bool,
 }
 
 impl JoinConfig {
-    /// A configuration with incarnation 0, no other members, seed 0 and room
-    /// for 1024 events.
+    /// A configuration with incarnation 0, no other members, seed 0, room
+    /// for 1024 events and no state transfer.
     pub fn new(group: impl Into<String>, stack: impl Into<String>) -> Self {
-        JoinConfig { group: group.into(), stack: stack.into(), incarnation: 0, members: Vec::new(), seed: 0, event_capacity: 1024 }
+        JoinConfig { group: group.into(), stack: stack.into(), incarnation: 0, members: Vec::new(), seed: 0, event_capacity: 1024, state_transfer: false }
     }
 }
 
@@ -218,6 +264,8 @@ pub(crate) enum DataCmd {
     Send(MemberId, Bytes),
     Flush(oneshot::Sender<()>),
     Leave(oneshot::Sender<()>),
+    StateChunk(u64, Bytes),
+    StateDone(u64),
 }
 
 /// What the driver hands back for a successful join.
@@ -417,6 +465,22 @@ impl Group {
         rx.await.map_err(|_| self.error())
     }
 
+    /// Sends the next chunk of the application's state in answer to
+    /// [`AppEvent::StateRequest`] `token` (see the module docs; needs
+    /// [`JoinConfig::state_transfer`]). Queued in order with casts and flow
+    /// controlled like them: resolves once the chunk is in the group's queue.
+    /// A chunk larger than [`Group::max_message`] is refused at once.
+    pub async fn provide_state(&self, token: u64, chunk: Bytes) -> Result<(), GroupError> {
+        self.check_size(&chunk)?;
+        self.submit(DataCmd::StateChunk(token, chunk)).await
+    }
+
+    /// Ends the state for [`AppEvent::StateRequest`] `token`, after the
+    /// chunks queued before it (see [`Group::provide_state`]).
+    pub async fn state_done(&self, token: u64) -> Result<(), GroupError> {
+        self.submit(DataCmd::StateDone(token)).await
+    }
+
     /// All layers' stats, bottom first, then the engine's
     /// ([`Stack::stats`](crate::Stack::stats) and
     /// [`Stack::engine_stats`](crate::Stack::engine_stats)).
@@ -426,7 +490,10 @@ impl Group {
         rx.await.map_err(|_| GroupError::Closed)?.ok_or_else(|| self.error())
     }
 
-    /// The current view at the bottom of the stack.
+    /// The current view at the bottom of the stack. With a membership layer,
+    /// until the group admits this member that is the engine's initial view
+    /// (this member and its seeds), not a view of the group: wait for
+    /// [`AppEvent::View`] instead.
     pub async fn view(&self) -> Result<Arc<View>, GroupError> {
         let (tx, rx) = oneshot::channel();
         self.inner.control.send(Control::View(self.inner.key, tx)).await.map_err(|_| GroupError::Closed)?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use strata_stack::runtime::{Events, Group};
-use strata_stack::{AppEvent, Context, Delivery, Down, Layer, LayerDescriptor, MemberId, ParamKind, ParamSpec, Props, Registry, Up};
+use strata_stack::{AppEvent, Context, Delivery, Down, Layer, LayerDescriptor, MemberId, Msg, ParamKind, ParamSpec, Props, Registry, Up};
 use strata_transport::payload;
 
 /// The longest any test waits for an event before it fails (a safety net
@@ -94,10 +94,59 @@ pub const PACE: LayerDescriptor = LayerDescriptor {
     build: |p| Ok(Box::new(Pace { pause_ms: p.u64("pause_ms") })),
 };
 
+/// Plays a membership layer's part in state transfer, driven by messages:
+/// - its own cast `ask:TOKEN` is delivered, then followed by
+///   `StateRequest { token: TOKEN }`;
+/// - the answers are turned into casts: a chunk into `chunk:TOKEN:` and the
+///   chunk's bytes, the end into `state-done:TOKEN`;
+/// - a cast `load` (from anyone) is delivered, then followed by `StateBegin`,
+///   `StateChunk("s1")`, `StateChunk("s2")`, `StateDone`.
+struct Ask;
+impl Layer for Ask {
+    fn up(&mut self, cx: &mut Context<'_>, ev: Up) {
+        let Up::Cast { from, msg } = &ev else { return cx.up(ev) };
+        let (from, body) = (*from, msg.body().clone());
+        cx.up(ev);
+        if from == cx.local() {
+            if let Some(token) = body.strip_prefix(b"ask:").and_then(|t| std::str::from_utf8(t).ok()?.parse().ok()) {
+                cx.up(Up::StateRequest { token, joiners: vec![from] });
+            }
+        }
+        if &body[..] == b"load" {
+            cx.up(Up::StateBegin);
+            cx.up(Up::StateChunk(Bytes::from_static(b"s1")));
+            cx.up(Up::StateChunk(Bytes::from_static(b"s2")));
+            cx.up(Up::StateDone);
+        }
+    }
+    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
+        match ev {
+            Down::StateChunk { token, data } => {
+                let mut body = format!("chunk:{token}:").into_bytes();
+                body.extend_from_slice(&data);
+                cx.down(Down::Cast(Msg::new(Bytes::from(body))));
+            }
+            Down::StateDone { token } => cx.down(Down::Cast(Msg::new(Bytes::from(format!("state-done:{token}"))))),
+            ev => cx.down(ev),
+        }
+    }
+}
+
+/// `ASK`: state requests and state loading driven by messages (see `Ask`).
+pub const ASK: LayerDescriptor = LayerDescriptor {
+    name: "ASK",
+    summary: "test: `ask:TOKEN` asks this member for its state, `load` makes it load one; answers become casts",
+    requires: Props::NONE,
+    provides: Props::NONE,
+    params: &[],
+    max_header_len: |_| 0,
+    build: |_| Ok(Box::new(Ask)),
+};
+
 /// A registry of the test layers.
 pub fn test_registry() -> Arc<Registry> {
     let mut r = Registry::new();
-    for d in [PASS, GATE, PACE] {
+    for d in [PASS, GATE, PACE, ASK] {
         r.register(d).expect("test layer names are unique");
     }
     Arc::new(r)
