@@ -456,6 +456,7 @@ impl Vsync {
         self.loading_queue.clear();
         self.providing.clear();
         self.fellow_joiners.clear();
+        self.suspects.clear();
         self.merge_into = None;
         self.departing = false;
         cx.cancel_timer(TIMER_HEARTBEAT);
@@ -542,7 +543,10 @@ impl Vsync {
         self.senders = members.iter().map(|&m| Sender::new(m)).collect();
         self.last_heard = vec![now; members.len()];
         self.sent = 0;
-        self.suspects.retain(|m| view.contains(m));
+        // Members that flushed for this view are alive: only suspicions of
+        // members that took no part carry over.
+        let flushed: Vec<MemberId> = self.accepted.as_ref().map(|a| a.flushed.clone()).unwrap_or_default();
+        self.suspects.retain(|m| view.contains(m) && !flushed.contains(m));
         self.joiners.retain(|m| !view.contains(m));
         self.leavers.retain(|m| view.contains(m));
         self.promised = None;
@@ -885,6 +889,10 @@ impl Vsync {
                     .next()
             })
             .collect();
+        if let Outcome::Install { id, .. } = &decided.outcome {
+            // A later round (a minority's, after this one is cut off) must not reuse the counter.
+            self.max_counter = self.max_counter.max(id.counter);
+        }
         tracing::debug!(member = %self.local, ballot = round.ballot.number, outcome = ?decided.outcome, cut = ?decided.cut, "decided");
         let c = Control::Cut { ballot: round.ballot, accepted: decided.clone(), holders };
         for &p in &decided.flushed {
@@ -921,10 +929,10 @@ impl Vsync {
         for &m in &to {
             self.send_control(cx, m, &msg, true);
         }
-        let removed = match &decided.outcome {
-            Outcome::Install { members, .. } => !members.contains(&self.local),
-            Outcome::Dissolve { .. } => true,
-        };
+        // A coordinator that leaves stays to repeat the view to whoever
+        // missed it; after a dissolve, members that missed it adopt it in
+        // their own round once they miss this member.
+        let removed = matches!(&decided.outcome, Outcome::Install { members, .. } if !members.contains(&self.local));
         if removed && !to.is_empty() {
             // Stay long enough to repeat the view to whoever missed it.
             self.departing = true;
@@ -964,7 +972,11 @@ impl Vsync {
         if from != ballot.coordinator || !participants.contains(&self.local) || participants.iter().any(|m| !self.rank.contains_key(m)) {
             return cx.drop_malformed("bad_flush");
         }
-        if self.promised.is_some_and(|p| p >= ballot) {
+        if let Some(promised) = self.promised.filter(|p| *p >= ballot) {
+            if promised > ballot {
+                // Tell the new coordinator to retry above what was promised.
+                self.send_control(cx, from, &Control::Reject { promised }, false);
+            }
             return cx.drop_malformed("stale_ballot");
         }
         self.promised = Some(ballot);
@@ -1041,6 +1053,9 @@ impl Vsync {
             return;
         }
         p.flushed = true;
+        if let Outcome::Install { id, .. } = &d.outcome {
+            self.max_counter = self.max_counter.max(id.counter);
+        }
         self.accepted = Some(d.clone());
         let ballot = p.ballot;
         self.send_control(cx, ballot.coordinator, &Control::FlushOk { ballot }, false);
@@ -1085,6 +1100,7 @@ impl Vsync {
         match self.phase {
             Phase::Left => {}
             Phase::Joining => match outcome {
+                Outcome::Install { id, .. } if id.counter <= self.view.id().counter => cx.drop_malformed("stale_view"),
                 Outcome::Install { id, members, .. } if members.contains(&self.local) => {
                     let id = *id;
                     let outcome = outcome.clone();
@@ -1105,10 +1121,10 @@ impl Vsync {
                 }
                 let outcome = outcome.clone();
                 let flushed_for_it = self.accepted.as_ref().is_some_and(|a| a.outcome == outcome);
-                let excludes_me = match &outcome {
-                    Outcome::Install { members, .. } => !members.contains(&self.local),
-                    Outcome::Dissolve { .. } => true,
-                };
+                // Only the primary partition can remove this member; a
+                // minority's view, or a dissolve this member took no part
+                // in, says nothing about it.
+                let excludes_me = matches!(&outcome, Outcome::Install { members, primary: true, .. } if !members.contains(&self.local));
                 if flushed_for_it || excludes_me {
                     if let Outcome::Install { id, .. } = &outcome {
                         let id = *id;
@@ -1339,6 +1355,12 @@ impl Vsync {
             Control::Cut { ballot, accepted, holders } if member => self.on_cut(cx, from, ballot, accepted, holders),
             Control::Fetch { sender, from: first, to } if member => self.on_fetch(cx, from, sender, first, to),
             Control::FlushOk { ballot } if member => self.on_flush_ok(cx, from, ballot),
+            Control::Reject { promised } if member => {
+                self.max_ballot = self.max_ballot.max(promised.number);
+                if self.round.as_ref().is_some_and(|r| r.ballot < promised && r.decided.is_none()) {
+                    self.start_round(cx);
+                }
+            }
             Control::View { .. } => self.on_view(cx, from, c),
             Control::ViewAck { id } => {
                 if self.view_msg.as_ref().is_some_and(|m| matches!(m, Control::View { outcome: Outcome::Install { id: i, .. }, .. } if *i == id))

@@ -75,6 +75,9 @@ pub(super) enum Control {
     Suspect(Vec<MemberId>),
     /// Reliable, coordinator to participants: a round starts; block.
     Flush { ballot: Ballot, view: ViewId, participants: Vec<MemberId> },
+    /// Reliable, participant to a coordinator whose round it will not answer:
+    /// it promised a higher ballot (the coordinator retries above it).
+    Reject { promised: Ballot },
     /// Reliable, participant to coordinator: what it holds.
     FlushState { ballot: Ballot, sent: u64, loading: bool, available: Vec<u64>, accepted: Option<Accepted> },
     /// Reliable, coordinator to participants: the decided outcome and cut.
