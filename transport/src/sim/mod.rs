@@ -18,9 +18,22 @@
 //! it delivered ([`Entry`]) and its final [`Stack::stats`]; the
 //! [`check`] module decides whether a property held.
 //!
-//! Member `i` (from 0) is `MemberId::sim(i)`; membership is static: every
-//! stack starts with the full member list. See `docs/simulator.md` for the
-//! scenario line and the environment variables.
+//! Member `i` (from 0) is `MemberId::sim(i)`. Every stack is built with the
+//! full member list in `StackConfig::members`: the membership of a stack
+//! without a membership layer, the seeds (contact points) of one with VSYNC.
+//! A member with a `join(i)@T` fault is built at `T`; one with `leave(i)@T`
+//! calls [`Stack::leave`] then and is dropped once it reports `Left`.
+//!
+//! ## The application
+//! Each member runs a small application whose state is its *knowledge*:
+//! the set of message ids ([`MsgId`]) it delivered. On
+//! `AppEvent::StateRequest` it encodes its knowledge ([`encode_knowledge`])
+//! and hands it to [`Stack::provide_state`] in chunks of [`STATE_CHUNK`]
+//! bytes, keeping what backpressure refuses for its next step; a completed
+//! state load (`StateBegin`, `StateChunk`*, `StateDone`) *replaces* its
+//! knowledge with the loaded set ([`Entry::StateLoaded`]).
+//!
+//! See `docs/simulator.md` for the scenario line and the environment variables.
 
 pub mod check;
 pub mod net;
@@ -34,12 +47,12 @@ pub use net::NetStats;
 pub use scenario::{Fault, FaultKind, Ranges, Scenario, ScenarioError};
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::fnv1a64;
-use strata_stack::{AppEvent, BuildError, Delivery, Dest, Instant, LayerStats, MemberId, Registry, Rng, Stack, StackConfig, View};
+use strata_stack::{AppEvent, BuildError, Delivery, Dest, Instant, LayerStats, MemberId, Refused, Registry, Rng, Stack, StackConfig, View};
 
 /// The environment variable holding a scenario line to replay.
 pub const REPLAY_ENV: &str = "STRATA_SIM_REPLAY";
@@ -53,6 +66,14 @@ pub const MAX_OVERRUN: Duration = Duration::from_secs(300);
 /// Inputs one run may process before it is cut short (a guard against a
 /// stack that never goes quiet, e.g. a timer re-armed at the same instant).
 pub const MAX_STEPS: u64 = 20_000_000;
+
+/// The most bytes of state the application passes in one
+/// [`Stack::provide_state`] call (less if the stack carries less).
+pub const STATE_CHUNK: usize = 512;
+
+/// A message id: the sender's display form and the index of its cast, as
+/// payloads spell them.
+pub type MsgId = (String, u64);
 
 /// The member with index `i`.
 pub fn member(i: u16) -> MemberId {
@@ -108,6 +129,46 @@ pub enum Entry {
         /// The view.
         view: Arc<View>,
     },
+    /// A view change started (`AppEvent::Block`).
+    Block {
+        /// When.
+        at: Instant,
+    },
+    /// The member was asked for its state (`AppEvent::StateRequest`) and
+    /// queued its knowledge as of this point for [`Stack::provide_state`].
+    StateRequest {
+        /// When.
+        at: Instant,
+        /// The request's token.
+        token: u64,
+        /// Who receives the state.
+        joiners: Vec<MemberId>,
+        /// How many message ids the state holds.
+        known: usize,
+    },
+    /// The member starts loading the group's state (`AppEvent::StateBegin`):
+    /// anything loaded since an earlier `StateBegin` is discarded.
+    StateBegin {
+        /// When.
+        at: Instant,
+    },
+    /// The state finished loading (`AppEvent::StateDone`): the member's
+    /// knowledge is now exactly `known`.
+    StateLoaded {
+        /// When.
+        at: Instant,
+        /// Chunks received since the last `StateBegin`.
+        chunks: usize,
+        /// Their bytes.
+        bytes: usize,
+        /// The loaded knowledge.
+        known: Arc<BTreeSet<MsgId>>,
+    },
+    /// The member left the group (`AppEvent::Left`); its stack is dropped.
+    Left {
+        /// When.
+        at: Instant,
+    },
     /// Any other event (problem, lost messages, suspicion...), as debug text.
     Other {
         /// When.
@@ -115,6 +176,22 @@ pub enum Entry {
         /// What.
         what: String,
     },
+}
+
+impl Entry {
+    /// When it happened.
+    pub fn at(&self) -> Instant {
+        match self {
+            Entry::Deliver(d) => d.at,
+            Entry::View { at, .. }
+            | Entry::Block { at }
+            | Entry::StateRequest { at, .. }
+            | Entry::StateBegin { at }
+            | Entry::StateLoaded { at, .. }
+            | Entry::Left { at }
+            | Entry::Other { at, .. } => *at,
+        }
+    }
 }
 
 /// One cast a member's stack accepted.
@@ -137,15 +214,19 @@ pub struct MemberLog {
     pub id: MemberId,
     /// Its display form, as payload ids spell it.
     pub name: String,
+    /// When its stack was built: at 0, at its `join(i)@T`, or never (`None`).
+    pub started_at: Option<Instant>,
     /// When it crashed, if it did.
     pub crashed_at: Option<Instant>,
+    /// When its stack reported `Left` (after a `leave(i)@T`), if it did.
+    pub left_at: Option<Instant>,
     /// The casts its stack accepted, in order (`casts[k].k == k`).
     pub casts: Vec<CastRecord>,
     /// How many casts the stack refused with backpressure (each was retried).
     pub backpressured: u64,
     /// Every event it delivered, in order.
     pub log: Vec<Entry>,
-    /// Its layers' counters at the end of the run (or at its crash), bottom first.
+    /// Its layers' counters at the end of the run (or when it crashed or left), bottom first.
     pub stats: Vec<LayerStats>,
     /// The engine's counters at the same moment.
     pub engine: LayerStats,
@@ -160,9 +241,39 @@ impl MemberLog {
         })
     }
 
-    /// Whether it was alive at the end of the run.
+    /// Whether it was running at the end of the run: started, neither
+    /// crashed nor left.
     pub fn alive(&self) -> bool {
-        self.crashed_at.is_none()
+        self.started_at.is_some() && self.crashed_at.is_none() && self.left_at.is_none()
+    }
+
+    /// The views it installed, in order, with when.
+    pub fn views(&self) -> impl Iterator<Item = (Instant, &Arc<View>)> {
+        self.log.iter().filter_map(|e| match e {
+            Entry::View { at, view } => Some((*at, view)),
+            _ => None,
+        })
+    }
+
+    /// The last view it installed.
+    pub fn last_view(&self) -> Option<&Arc<View>> {
+        self.views().last().map(|(_, v)| v)
+    }
+
+    /// Its knowledge at the end of its log: every message id it delivered,
+    /// where a completed state load replaces what came before.
+    pub fn knowledge(&self) -> BTreeSet<MsgId> {
+        let mut known = BTreeSet::new();
+        for e in &self.log {
+            match e {
+                Entry::Deliver(Delivered { id: Some(id), .. }) => {
+                    known.insert(id.clone());
+                }
+                Entry::StateLoaded { known: loaded, .. } => known = (**loaded).clone(),
+                _ => {}
+            }
+        }
+        known
     }
 
     /// Counter `counter` of the layer named `layer`, if both exist.
@@ -224,6 +335,59 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Every member's log in short: one line per view, block, state event,
+    /// leave and other event, with the deliveries between them counted (and
+    /// listed by id if `deliveries` is set), then its layers' final counters
+    /// and drops. For reading a failed run.
+    pub fn timeline(&self, deliveries: bool) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for m in &self.members {
+            let _ = writeln!(
+                out,
+                "== {} started={:?} crashed={:?} left={:?} casts={} backpressured={}",
+                m.name,
+                m.started_at,
+                m.crashed_at,
+                m.left_at,
+                m.casts.len(),
+                m.backpressured
+            );
+            let mut run: Vec<String> = Vec::new();
+            let flush = |out: &mut String, run: &mut Vec<String>| {
+                if !run.is_empty() {
+                    let list = if deliveries { format!(": {}", run.join(" ")) } else { String::new() };
+                    let _ = writeln!(out, "    ({} deliveries{list})", run.len());
+                    run.clear();
+                }
+            };
+            for e in &m.log {
+                let line = match e {
+                    Entry::Deliver(d) => {
+                        run.push(d.id.as_ref().map(|(s, k)| format!("{s}:{k}")).unwrap_or_else(|| "?".into()));
+                        continue;
+                    }
+                    Entry::View { view, .. } => format!("view {view:?}"),
+                    Entry::Block { .. } => "block".into(),
+                    Entry::StateRequest { token, joiners, known, .. } => format!("state request {token} for {joiners:?}: {known} ids"),
+                    Entry::StateBegin { .. } => "state begin".into(),
+                    Entry::StateLoaded { chunks, bytes, known, .. } => format!("state loaded: {} ids in {chunks} chunks ({bytes} bytes)", known.len()),
+                    Entry::Left { .. } => "left".into(),
+                    Entry::Other { what, .. } => what.clone(),
+                };
+                flush(&mut out, &mut run);
+                let _ = writeln!(out, "  {:?} {line}", e.at());
+            }
+            flush(&mut out, &mut run);
+            for l in &m.stats {
+                let _ = writeln!(out, "  [{}] {:?} dropped={:?}", l.name, l.counters.entries, l.dropped);
+            }
+        }
+        out
+    }
+}
+
 /// An incremental FNV-1a hash of the run.
 struct Digest(u64);
 
@@ -239,10 +403,51 @@ impl Digest {
     }
 }
 
+/// Encodes a knowledge set as the application's state: one `member k`
+/// line per id.
+pub fn encode_knowledge(known: &BTreeSet<MsgId>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (m, k) in known {
+        out.extend_from_slice(format!("{m} {k}\n").as_bytes());
+    }
+    out
+}
+
+/// Decodes what [`encode_knowledge`] wrote.
+pub fn decode_knowledge(data: &[u8]) -> Result<BTreeSet<MsgId>, String> {
+    let text = std::str::from_utf8(data).map_err(|e| format!("the state is not UTF-8: {e}"))?;
+    let mut known = BTreeSet::new();
+    for line in text.split_terminator('\n') {
+        let id = line.rsplit_once(' ').and_then(|(m, k)| Some((m.to_string(), k.parse::<u64>().ok()?)));
+        match id {
+            Some(id) => known.insert(id),
+            None => return Err(format!("bad state line `{line}`")),
+        };
+    }
+    Ok(known)
+}
+
+/// One member's application: its knowledge and the state it owes joiners.
+#[derive(Default)]
+struct App {
+    known: BTreeSet<MsgId>,
+    /// The state being loaded since the last `StateBegin`, and its chunks.
+    loading: Vec<u8>,
+    chunks: usize,
+    /// The chunks (then `None`, the end) of the state for `outbox_token`
+    /// that the stack has not taken yet.
+    outbox: VecDeque<Option<Bytes>>,
+    outbox_token: u64,
+    /// Views seen since that request: its own view comes next; at a second,
+    /// the request is stale and the rest is dropped.
+    outbox_views: u32,
+}
+
 /// The state [`run`] shares between its steps, split so that one member's
 /// stack and the network can be borrowed at once.
 struct World {
     nodes: Vec<Option<Stack>>,
+    apps: Vec<App>,
     logs: Vec<MemberLog>,
     index: BTreeMap<MemberId, usize>,
     net: net::Net,
@@ -250,9 +455,31 @@ struct World {
 }
 
 impl World {
-    /// Hands everything member `i`'s stack has to give to the network and its log.
+    /// Hands everything member `i`'s stack has to give to the network and
+    /// its application, and passes the application's pending state chunks
+    /// to the stack, until neither has anything more; drops the stack once
+    /// it reported `Left`.
     fn drain(&mut self, now: Instant, i: usize) {
-        let Some(stack) = self.nodes[i].as_mut() else { return };
+        let Some(mut stack) = self.nodes[i].take() else { return };
+        loop {
+            self.transmits(now, i, &mut stack);
+            while let Some(ev) = stack.poll_event() {
+                self.event(now, i, &stack, ev);
+            }
+            if !self.provide_state(now, i, &mut stack) {
+                break;
+            }
+        }
+        if self.logs[i].left_at.is_some() {
+            self.logs[i].stats = stack.stats();
+            self.logs[i].engine = stack.engine_stats();
+            self.digest.u64(0x1_0200 + i as u64);
+        } else {
+            self.nodes[i] = Some(stack);
+        }
+    }
+
+    fn transmits(&mut self, now: Instant, i: usize, stack: &mut Stack) {
         while let Some(tx) = stack.poll_transmit() {
             let data = tx.msg.to_bytes();
             self.net.stats.transmits += 1;
@@ -277,29 +504,109 @@ impl World {
                 },
             }
         }
-        while let Some(ev) = stack.poll_event() {
-            self.digest.u64(0xE0 + i as u64);
-            self.digest.u64(now.as_nanos());
-            let entry = match ev {
-                AppEvent::Deliver { from, kind, body } => {
-                    let (id, intact) = workload::inspect(&body);
-                    let d = Delivered { at: now, from, kind, id, len: body.len(), hash: fnv1a64(&body), intact };
-                    self.digest.bytes(from.to_string().as_bytes());
-                    self.digest.u64(d.hash);
-                    Entry::Deliver(d)
+    }
+
+    /// Member `i`'s application handles one event.
+    fn event(&mut self, now: Instant, i: usize, stack: &Stack, ev: AppEvent) {
+        self.digest.u64(0xE0 + i as u64);
+        self.digest.u64(now.as_nanos());
+        let app = &mut self.apps[i];
+        let entry = match ev {
+            AppEvent::Deliver { from, kind, body } => {
+                let (id, intact) = workload::inspect(&body);
+                if let Some(id) = &id {
+                    app.known.insert(id.clone());
                 }
-                AppEvent::View(view) => {
-                    self.digest.bytes(format!("{view:?}").as_bytes());
-                    Entry::View { at: now, view }
+                let d = Delivered { at: now, from, kind, id, len: body.len(), hash: fnv1a64(&body), intact };
+                self.digest.bytes(from.to_string().as_bytes());
+                self.digest.u64(d.hash);
+                Entry::Deliver(d)
+            }
+            AppEvent::View(view) => {
+                self.digest.bytes(format!("{view:?}").as_bytes());
+                app.outbox_views += 1;
+                if app.outbox_views > 1 {
+                    app.outbox.clear();
                 }
-                other => {
-                    let what = format!("{other:?}");
-                    self.digest.bytes(what.as_bytes());
-                    Entry::Other { at: now, what }
+                Entry::View { at: now, view }
+            }
+            AppEvent::Block => {
+                self.digest.bytes(b"Block");
+                Entry::Block { at: now }
+            }
+            AppEvent::StateRequest { token, joiners } => {
+                let state = encode_knowledge(&app.known);
+                self.digest.bytes(format!("StateRequest {token} {joiners:?}").as_bytes());
+                self.digest.u64(fnv1a64(&state));
+                let size = STATE_CHUNK.min(stack.max_message()).max(1);
+                app.outbox = state.chunks(size).map(|c| Some(Bytes::copy_from_slice(c))).chain([None]).collect();
+                app.outbox_token = token;
+                app.outbox_views = 0;
+                Entry::StateRequest { at: now, token, joiners, known: app.known.len() }
+            }
+            AppEvent::StateBegin => {
+                self.digest.bytes(b"StateBegin");
+                app.loading.clear();
+                app.chunks = 0;
+                Entry::StateBegin { at: now }
+            }
+            AppEvent::StateChunk(data) => {
+                self.digest.bytes(b"StateChunk");
+                self.digest.u64(fnv1a64(&data));
+                app.loading.extend_from_slice(&data);
+                app.chunks += 1;
+                return;
+            }
+            AppEvent::StateDone => {
+                self.digest.bytes(b"StateDone");
+                self.digest.u64(fnv1a64(&app.loading));
+                let (chunks, bytes) = (app.chunks, app.loading.len());
+                let loaded = decode_knowledge(&std::mem::take(&mut app.loading));
+                app.chunks = 0;
+                app.known = match loaded {
+                    Ok(known) => known,
+                    Err(e) => {
+                        self.logs[i].log.push(Entry::Other { at: now, what: format!("the loaded state is undecodable ({e}); knowledge set to empty") });
+                        BTreeSet::new()
+                    }
+                };
+                Entry::StateLoaded { at: now, chunks, bytes, known: Arc::new(app.known.clone()) }
+            }
+            AppEvent::Left => {
+                self.digest.bytes(b"Left");
+                self.logs[i].left_at = Some(now);
+                Entry::Left { at: now }
+            }
+            other => {
+                let what = format!("{other:?}");
+                self.digest.bytes(what.as_bytes());
+                Entry::Other { at: now, what }
+            }
+        };
+        self.logs[i].log.push(entry);
+    }
+
+    /// Passes member `i`'s pending state chunks to its stack until it refuses
+    /// one; whether it took any.
+    fn provide_state(&mut self, now: Instant, i: usize, stack: &mut Stack) -> bool {
+        let app = &mut self.apps[i];
+        let mut took = false;
+        while let Some(chunk) = app.outbox.front() {
+            match stack.provide_state(now, app.outbox_token, chunk.clone()) {
+                Ok(()) => {
+                    self.digest.u64(0x1_0300 + i as u64);
+                    app.outbox.pop_front();
+                    took = true;
                 }
-            };
-            self.logs[i].log.push(entry);
+                Err(Refused::Backpressure) => break,
+                Err(e) => {
+                    self.logs[i].log.push(Entry::Other { at: now, what: format!("the stack refused a state chunk: {e}; the rest of the state is dropped") });
+                    app.outbox.clear();
+                    break;
+                }
+            }
         }
+        took
     }
 
     fn crash(&mut self, now: Instant, i: usize) {
@@ -307,8 +614,28 @@ impl World {
             self.logs[i].stats = stack.stats();
             self.logs[i].engine = stack.engine_stats();
             self.logs[i].crashed_at = Some(now);
+            self.apps[i].outbox.clear();
             self.digest.u64(0xC0 + i as u64);
         }
+    }
+
+    /// Builds member `i`'s stack at `now`.
+    fn start(&mut self, registry: &Registry, scenario: &Scenario, i: usize, now: Instant) -> Result<(), SimError> {
+        let ids: Vec<MemberId> = (0..scenario.members).map(member).collect();
+        let id = ids[i];
+        let mut config = StackConfig::new(GROUP, id, ids);
+        config.seed = scenario.seed;
+        let stack = Stack::new(registry, &scenario.stack, config, now).map_err(|error| SimError::Build {
+            member: id,
+            stack: scenario.stack.clone(),
+            error: Box::new(error),
+        })?;
+        self.nodes[i] = Some(stack);
+        self.logs[i].started_at = Some(now);
+        if now > Instant::ZERO {
+            self.digest.u64(0x1_0100 + i as u64);
+        }
+        Ok(())
     }
 }
 
@@ -322,33 +649,36 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
     let mut workload_rng = master.fork();
     let mut world = World {
         nodes: Vec::with_capacity(n),
+        apps: Vec::with_capacity(n),
         logs: Vec::with_capacity(n),
         index: ids.iter().enumerate().map(|(i, m)| (*m, i)).collect(),
         net: net::Net::new(scenario, net_rng),
         digest: Digest(0xcbf2_9ce4_8422_2325),
     };
     let mut casters = Vec::with_capacity(n);
-    for &id in &ids {
-        let mut config = StackConfig::new(GROUP, id, ids.clone());
-        config.seed = scenario.seed;
-        let stack = Stack::new(registry, &scenario.stack, config, Instant::ZERO).map_err(|error| SimError::Build {
-            member: id,
-            stack: scenario.stack.clone(),
-            error: Box::new(error),
-        })?;
+    for (i, &id) in ids.iter().enumerate() {
         let empty = LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() };
         world.logs.push(MemberLog {
             id,
             name: id.to_string(),
+            started_at: None,
             crashed_at: None,
+            left_at: None,
             casts: Vec::new(),
             backpressured: 0,
             log: Vec::new(),
             stats: Vec::new(),
             engine: empty,
         });
-        world.nodes.push(Some(stack));
-        casters.push(workload::Caster::new(scenario, id.to_string(), &mut workload_rng));
+        world.nodes.push(None);
+        world.apps.push(App::default());
+        let start = Instant::ZERO + scenario.join_time(i as u16).unwrap_or_default();
+        casters.push(workload::Caster::new(scenario, id.to_string(), &mut workload_rng, start));
+    }
+    for i in 0..n {
+        if scenario.join_time(i as u16).is_none() {
+            world.start(registry, scenario, i, Instant::ZERO)?;
+        }
     }
     for i in 0..n {
         world.drain(Instant::ZERO, i);
@@ -362,6 +692,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
     let mut now = Instant::ZERO;
     let mut quiet_from = None;
     let mut truncated = None;
+    let mut out_of_steps = false;
     let mut steps = 0u64;
     loop {
         if quiet_from.is_none() && casters.iter().all(|c| c.next_at.is_none()) {
@@ -372,7 +703,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             faults.get(next_fault).map(|f| Instant::ZERO + f.at),
             world.net.next_arrival(),
             world.nodes.iter().filter_map(|s| s.as_ref()?.poll_timeout()).min(),
-            casters.iter().filter_map(|c| c.next_at).min(),
+            casters.iter().filter_map(workload::Caster::due).min(),
         ];
         let limit = end.unwrap_or(hard_end);
         let t = match wakeups.iter().flatten().min() {
@@ -388,6 +719,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
         steps += 1;
         if steps > MAX_STEPS {
             truncated = Some(format!("more than {MAX_STEPS} inputs by {t:?} (a stack that never goes quiet?)"));
+            out_of_steps = true;
             break;
         }
         now = t;
@@ -395,10 +727,24 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             match &f.kind {
                 FaultKind::Crash(i) => {
                     world.crash(now, usize::from(*i));
-                    casters[usize::from(*i)].stop();
+                    world.logs[usize::from(*i)].backpressured += casters[usize::from(*i)].stop(now);
                 }
                 FaultKind::Partition(sets) => world.net.partition(n, sets),
                 FaultKind::Heal => world.net.heal(),
+                FaultKind::Join(i) => {
+                    let i = usize::from(*i);
+                    world.start(registry, scenario, i, now)?;
+                    world.drain(now, i);
+                }
+                FaultKind::Leave(i) => {
+                    let i = usize::from(*i);
+                    world.logs[i].backpressured += casters[i].stop(now);
+                    if let Some(stack) = world.nodes[i].as_mut() {
+                        world.digest.u64(0x1_0400 + i as u64);
+                        stack.leave(now);
+                        world.drain(now, i);
+                    }
+                }
             }
             next_fault += 1;
             continue;
@@ -409,6 +755,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
                 Some(stack) => {
                     world.net.stats.arrived += 1;
                     stack.handle_datagram(now, d.data);
+                    world.logs[d.to].backpressured += casters[d.to].wake(now);
                     world.drain(now, d.to);
                 }
             }
@@ -418,10 +765,11 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             if let Some(stack) = world.nodes[i].as_mut() {
                 stack.handle_timeout(now);
             }
+            world.logs[i].backpressured += casters[i].wake(now);
             world.drain(now, i);
             continue;
         }
-        if let Some(i) = casters.iter().position(|c| c.next_at.is_some_and(|d| d <= now)) {
+        if let Some(i) = casters.iter().position(|c| c.due().is_some_and(|d| d <= now)) {
             cast(&mut world, &mut casters[i], now, i);
             continue;
         }
@@ -432,13 +780,17 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             world.logs[i].stats = stack.stats();
             world.logs[i].engine = stack.engine_stats();
         }
+        if !out_of_steps {
+            // The attempts a parked caster skipped up to the end.
+            world.logs[i].backpressured += casters[i].parked_attempts_until(now);
+        }
     }
     Ok(Outcome { scenario: scenario.clone(), members: world.logs, net: world.net.stats, quiet_from, end: now, steps, digest: world.digest.0, truncated })
 }
 
 fn cast(world: &mut World, caster: &mut workload::Caster, now: Instant, i: usize) {
     let Some(stack) = world.nodes[i].as_mut() else {
-        caster.stop();
+        caster.stop(now);
         return;
     };
     let payload: Bytes = caster.payload();

@@ -5,6 +5,8 @@
 //! ```text
 //! seed=42 members=4 stack=FRAG:NAK loss=0.2 dup=0.05 reorder=0.1 delay_us=100..2000 casts=30
 //!   size=1..65536 interval_us=500 quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,heal@400ms
+//! seed=7 members=5 stack=FRAG:NAK:VSYNC casts=40 interval_us=10000 quiet_ms=10000
+//!   faults=join(4)@1200ms,leave(2)@1500ms,crash(0)@1400ms
 //! ```
 //! (one line in reality). Fields may come in any order; a missing field
 //! takes its default ([`Scenario::default`]). A stack string containing
@@ -38,6 +40,13 @@ pub enum FaultKind {
     Partition(Vec<Vec<u16>>),
     /// Ends the partition.
     Heal,
+    /// The member's stack is built at this time instead of at the start:
+    /// before it, the member does not exist (datagrams to it vanish, counted
+    /// like those to a crashed member) and its workload starts then.
+    Join(u16),
+    /// The member's application calls `Stack::leave` and stops casting; once
+    /// the stack reports `Left`, the stack is dropped.
+    Leave(u16),
 }
 
 /// Everything that decides one simulated run.
@@ -99,8 +108,8 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ScenarioError> {
 }
 
 impl Scenario {
-    /// Whether the run has no crash and no partition: the runs on which
-    /// completeness and empty buffers are required.
+    /// Whether the run has no crash, partition, join or leave: the runs on
+    /// which completeness and empty buffers are required.
     pub fn is_fault_free(&self) -> bool {
         self.faults.iter().all(|f| f.kind == FaultKind::Heal)
     }
@@ -108,6 +117,16 @@ impl Scenario {
     /// Whether member `i` is crashed by some fault.
     pub fn crashes(&self, i: u16) -> bool {
         self.faults.iter().any(|f| f.kind == FaultKind::Crash(i))
+    }
+
+    /// When member `i` joins (`join(i)@T`), if it starts late.
+    pub fn join_time(&self, i: u16) -> Option<Duration> {
+        self.faults.iter().find(|f| f.kind == FaultKind::Join(i)).map(|f| f.at)
+    }
+
+    /// When member `i` is told to leave (`leave(i)@T`), if it is.
+    pub fn leave_time(&self, i: u16) -> Option<Duration> {
+        self.faults.iter().find(|f| f.kind == FaultKind::Leave(i)).map(|f| f.at)
     }
 
     /// The faults sorted by time (stable, so equal times keep their written order).
@@ -135,7 +154,9 @@ impl Scenario {
         }
         for f in &self.faults {
             match &f.kind {
-                FaultKind::Crash(i) if *i >= self.members => return err(format!("crash({i}) names no member (members={})", self.members)),
+                FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) if *i >= self.members => {
+                    return err(format!("{} names no member (members={})", f.kind, self.members))
+                }
                 FaultKind::Partition(sets) => {
                     let mut seen = Vec::new();
                     for &i in sets.iter().flatten() {
@@ -149,6 +170,26 @@ impl Scenario {
                     }
                 }
                 _ => {}
+            }
+        }
+        for i in 0..self.members {
+            let of = |kind: FaultKind| self.faults.iter().filter(move |f| f.kind == kind).map(|f| f.at);
+            for (what, kind) in [("join", FaultKind::Join(i)), ("leave", FaultKind::Leave(i))] {
+                if of(kind).count() > 1 {
+                    return err(format!("{what}({i}) appears more than once (a member joins and leaves at most once)"));
+                }
+            }
+            if let Some(join) = self.join_time(i) {
+                for (what, at) in of(FaultKind::Crash(i)).map(|t| ("crash", t)).chain(self.leave_time(i).map(|t| ("leave", t))) {
+                    if at <= join {
+                        return err(format!("{what}({i})@{} is not after join({i})@{}: the member does not exist yet", fmt_duration(at), fmt_duration(join)));
+                    }
+                }
+            }
+            if let Some(leave) = self.leave_time(i) {
+                if let Some(crash) = of(FaultKind::Crash(i)).find(|&c| c <= leave) {
+                    return err(format!("leave({i})@{} comes after crash({i})@{}: a crashed member cannot leave", fmt_duration(leave), fmt_duration(crash)));
+                }
             }
         }
         Ok(())
@@ -191,6 +232,8 @@ impl fmt::Display for FaultKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FaultKind::Crash(i) => write!(f, "crash({i})"),
+            FaultKind::Join(i) => write!(f, "join({i})"),
+            FaultKind::Leave(i) => write!(f, "leave({i})"),
             FaultKind::Heal => write!(f, "heal"),
             FaultKind::Partition(sets) => {
                 let sets: Vec<String> = sets.iter().map(|s| s.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".")).collect();
@@ -217,11 +260,15 @@ impl FromStr for Fault {
             FaultKind::Heal
         } else if let Some(i) = inner("crash") {
             FaultKind::Crash(index(i)?)
+        } else if let Some(i) = inner("join") {
+            FaultKind::Join(index(i)?)
+        } else if let Some(i) = inner("leave") {
+            FaultKind::Leave(index(i)?)
         } else if let Some(sets) = inner("partition") {
             let sets = sets.split('|').map(|set| if set.is_empty() { Ok(Vec::new()) } else { set.split('.').map(index).collect() });
             FaultKind::Partition(sets.collect::<Result<_, _>>()?)
         } else {
-            return err(format!("unknown fault `{kind}`: expected crash(i), partition(a.b|c.d) or heal"));
+            return err(format!("unknown fault `{kind}`: expected crash(i), join(i), leave(i), partition(a.b|c.d) or heal"));
         };
         Ok(Fault { at, kind })
     }
@@ -382,10 +429,31 @@ pub struct Ranges {
     /// so that one case stays fast: runs with many members and large
     /// messages get fewer casts.
     pub budget_bytes: u64,
-    /// Whether to generate crashes and partitions (with heals).
+    /// Whether to generate crashes and partitions (with heals) the FRAG:NAK
+    /// way: up to two, of any member, at any time of the workload.
     pub faults: bool,
     /// The quiet period of every scenario.
     pub quiet_ms: u64,
+    /// The time between one member's casts, drawn uniformly in µs; `None`
+    /// draws the FRAG:NAK mix (bursts of 0–1 ms up to 5–6 ms).
+    pub interval_us: Option<(u64, u64)>,
+    /// Membership faults (below) fall from this time on (ms): a membership
+    /// layer needs a while to form the group, and faults before that hit
+    /// no traffic.
+    pub settle_ms: u64,
+    /// Most members that start late (`join(i)@T`, a quarter of them while the
+    /// group forms, the rest during the traffic). At least one member starts at 0.
+    pub max_joins: u16,
+    /// Most members told to leave (`leave(i)@T`).
+    pub max_leaves: u16,
+    /// Most crashes (`crash(i)@T`). Crashes, leaves and the minority of a
+    /// partition together always stay fewer than half the members that start
+    /// at 0, so that a majority survives; the first crash is often the first
+    /// coordinator (the lowest member that starts at 0), and a second one
+    /// often comes while the group handles the first.
+    pub max_crashes: u16,
+    /// Whether to split a minority off (`partition(..)@T`) and heal it later.
+    pub partitions: bool,
 }
 
 impl Ranges {
@@ -404,7 +472,43 @@ impl Ranges {
             budget_bytes: 6_000_000,
             faults: false,
             quiet_ms: 5000,
+            interval_us: None,
+            settle_ms: 0,
+            max_joins: 0,
+            max_leaves: 0,
+            max_crashes: 0,
+            partitions: false,
         }
+    }
+
+    /// The ranges of the VSYNC property: 2..=8 members, loss up to 20%,
+    /// duplication up to 5%, reordering up to 10%, payloads of 1 B..=8 KiB,
+    /// a cast every 1–20 ms, up to two late joiners, one leaver, three
+    /// crashes and one partition with its heal, from 1.1 s on (VSYNC forms
+    /// the group after its 1 s `join_timeout_ms`), and a quiet period of
+    /// 10 s: long enough to suspect a crashed member (1.5 s), rejoin a
+    /// healed minority (probes every 1 s) and transfer state.
+    pub fn vsync(stack: impl Into<String>) -> Ranges {
+        Ranges {
+            max_loss: 0.20,
+            max_dup: 0.05,
+            max_reorder: 0.10,
+            size: (1, 8192),
+            budget_bytes: 3_000_000,
+            quiet_ms: 10_000,
+            interval_us: Some((1000, 20_000)),
+            settle_ms: 1100,
+            max_joins: 2,
+            max_leaves: 1,
+            max_crashes: 3,
+            partitions: true,
+            ..Ranges::new(stack)
+        }
+    }
+
+    /// Whether any membership fault (join, leave, counted crashes, partitions) is drawn.
+    fn membership_faults(&self) -> bool {
+        self.max_joins > 0 || self.max_leaves > 0 || self.max_crashes > 0 || self.partitions
     }
 }
 
@@ -446,7 +550,10 @@ impl Scenario {
         let casts = rng.between(1, u64::from(affordable)) as u32;
         let delay_lo = rng.between(20, 500);
         let delay_us = (delay_lo, delay_lo + rng.between(0, 3000));
-        let interval_us = [0, 100, 1000, 5000][rng.below(4) as usize] + rng.below(1000);
+        let interval_us = match r.interval_us {
+            None => [0, 100, 1000, 5000][rng.below(4) as usize] + rng.below(1000),
+            Some((lo, hi)) => rng.between(lo, hi.max(lo)),
+        };
         let mut s = Scenario {
             seed,
             members,
@@ -477,11 +584,109 @@ impl Scenario {
                 }
             }
         }
+        if r.membership_faults() {
+            s.membership_faults(rng, r);
+        }
         s
     }
 
+    /// Draws the joins, crashes, partition and leaves of [`Ranges`] (see its fields).
+    fn membership_faults(&mut self, rng: &mut Rng, r: &Ranges) {
+        let n = self.members;
+        let ms = Duration::from_millis;
+        let settle = r.settle_ms;
+        // The traffic runs for about casts * interval once the group formed.
+        let span = (self.interval_us.saturating_mul(u64::from(self.casts)) / 1000).max(500);
+        let during = |rng: &mut Rng| ms(rng.between(settle, settle + span));
+        // Members not yet crashed or leaving (a late joiner may crash or leave after its join).
+        let mut free: Vec<u16> = (0..n).collect();
+        let take = |rng: &mut Rng, free: &mut Vec<u16>| free.remove(rng.below(free.len() as u64) as usize);
+
+        // Late joiners; at least one member starts at 0.
+        let mut joined: Vec<(u16, Duration)> = Vec::new();
+        if r.max_joins > 0 && n > 1 && rng.below(2) == 0 {
+            let mut starters: Vec<u16> = (0..n).collect();
+            for _ in 0..rng.between(1, u64::from(r.max_joins.min(n - 1))) {
+                let i = take(rng, &mut starters);
+                let at = if rng.below(4) == 0 { ms(rng.between(1, settle.max(1))) } else { during(rng) };
+                joined.push((i, at));
+                self.faults.push(Fault { at, kind: FaultKind::Join(i) });
+            }
+        }
+        let founders = n - joined.len() as u16;
+        // Crashes, leaves and a partition's minority take members away from
+        // the primary: keep them fewer than half the founders.
+        let mut budget = founders.saturating_sub(1) / 2;
+        let join_of = |i: u16| joined.iter().find(|(j, _)| *j == i).map(|(_, at)| *at);
+        // A late joiner's fault comes after its join.
+        let after_join = |rng: &mut Rng, i: u16, at: Duration| match join_of(i) {
+            Some(j) if at <= j => j + ms(rng.between(1, 2000)),
+            _ => at,
+        };
+
+        if r.max_crashes > 0 && budget > 0 && rng.below(3) != 0 {
+            let crashes = rng.between(1, u64::from(r.max_crashes.min(budget))) as u16;
+            budget -= crashes;
+            let mut first = None;
+            for c in 0..crashes {
+                // The first coordinator: the lowest member that starts at 0.
+                let coordinator = (0..n).find(|i| join_of(*i).is_none()).filter(|i| free.contains(i));
+                let i = match coordinator {
+                    Some(i) if c == 0 && rng.below(2) == 0 => {
+                        free.retain(|m| *m != i);
+                        i
+                    }
+                    _ => take(rng, &mut free),
+                };
+                let at = match first {
+                    // A second crash while the group handles the first: right
+                    // away (both are suspected together), or once the first
+                    // is suspected (1.5 s), i.e. during the flush.
+                    Some(t) => match rng.below(4) {
+                        0 | 1 => t + ms(rng.between(0, 300)),
+                        2 => t + ms(rng.between(1500, 1800)),
+                        _ => during(rng),
+                    },
+                    None => during(rng),
+                };
+                let at = after_join(rng, i, at);
+                first = first.or(Some(at));
+                self.faults.push(Fault { at, kind: FaultKind::Crash(i) });
+            }
+        }
+        if r.partitions && budget > 0 && n > 1 && rng.below(3) == 0 {
+            let size = rng.between(1, u64::from(budget)) as u16;
+            budget -= size;
+            let mut minority = Vec::new();
+            let mut others: Vec<u16> = (0..n).collect();
+            for _ in 0..size {
+                minority.push(take(rng, &mut others));
+            }
+            minority.sort_unstable();
+            let at = during(rng);
+            self.faults.push(Fault { at, kind: FaultKind::Partition(vec![others, minority]) });
+            self.faults.push(Fault { at: at + ms(rng.between(200, 5000)), kind: FaultKind::Heal });
+        }
+        // A leave is clean (the leaver takes part in the flush), so without
+        // crashes or partitions any member but the last may leave.
+        let calm = !self.faults.iter().any(|f| matches!(f.kind, FaultKind::Crash(_) | FaultKind::Partition(_)));
+        let leaves = if calm { founders.saturating_sub(1) } else { budget };
+        if r.max_leaves > 0 && leaves > 0 && rng.below(3) == 0 {
+            for _ in 0..rng.between(1, u64::from(r.max_leaves.min(leaves))) {
+                if free.is_empty() {
+                    break;
+                }
+                let i = take(rng, &mut free);
+                let at = during(rng);
+                let at = after_join(rng, i, at);
+                self.faults.push(Fault { at, kind: FaultKind::Leave(i) });
+            }
+        }
+    }
+
     /// Simpler scenarios to try when this one fails, simplest first: fewer
-    /// faults, fewer members, fewer casts, smaller payloads, less loss,
+    /// faults (a partition goes with its heal; a heal is never dropped
+    /// alone), fewer members, fewer casts, smaller payloads, less loss,
     /// duplication and reordering. The seed stays.
     pub fn shrink(&self) -> Vec<Scenario> {
         let mut out = Vec::new();
@@ -490,9 +695,24 @@ impl Scenario {
                 out.push(s);
             }
         };
-        for i in 0..self.faults.len() {
+        // A partition goes with the heal that ends it; a heal alone stays
+        // (dropping it would turn a healed split into a permanent one).
+        let in_order = self.faults_in_order();
+        for (n, f) in in_order.iter().enumerate() {
+            if f.kind == FaultKind::Heal {
+                continue;
+            }
+            let mut drop = vec![f];
+            if matches!(f.kind, FaultKind::Partition(_)) {
+                let next_split = in_order[n + 1..].iter().find(|g| matches!(g.kind, FaultKind::Partition(_) | FaultKind::Heal));
+                drop.extend(next_split.filter(|g| g.kind == FaultKind::Heal));
+            }
             let mut s = self.clone();
-            s.faults.remove(i);
+            for d in drop {
+                if let Some(k) = s.faults.iter().position(|g| g == d) {
+                    s.faults.remove(k);
+                }
+            }
             push(s);
         }
         if self.members > 2 {
@@ -525,7 +745,7 @@ impl Scenario {
     fn with_members(&self, members: u16) -> Scenario {
         let mut s = Scenario { members, ..self.clone() };
         s.faults.retain_mut(|f| match &mut f.kind {
-            FaultKind::Crash(i) => *i < members,
+            FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) => *i < members,
             FaultKind::Partition(sets) => {
                 for set in sets.iter_mut() {
                     set.retain(|i| *i < members);
@@ -577,6 +797,85 @@ mod tests {
     }
 
     #[test]
+    fn joins_and_leaves_round_trip_and_are_validated() {
+        let line = "seed=7 members=5 stack=FRAG:NAK:VSYNC loss=0 dup=0 reorder=0 delay_us=100..1000 casts=40 size=1..1000 interval_us=10000 \
+                    quiet_ms=10000 faults=join(4)@1200ms,leave(2)@1500ms,crash(0)@1400ms,crash(4)@2s";
+        let s: Scenario = line.parse().unwrap();
+        assert_eq!(s.faults[0], Fault { at: Duration::from_millis(1200), kind: FaultKind::Join(4) });
+        assert_eq!(s.faults[1].kind, FaultKind::Leave(2));
+        assert_eq!((s.join_time(4), s.join_time(0), s.leave_time(2)), (Some(Duration::from_millis(1200)), None, Some(Duration::from_millis(1500))));
+        assert_eq!(s.to_string(), line.replace("@2s", "@2000ms"));
+        assert!(!s.is_fault_free());
+        let e = |l: &str| l.parse::<Scenario>().unwrap_err().0;
+        assert!(e("members=3 faults=join(3)@1ms").contains("join(3) names no member"));
+        assert!(e("members=3 faults=leave(5)@1ms").contains("leave(5) names no member"));
+        assert!(e("faults=join(1)@1ms,join(1)@2ms").contains("join(1) appears more than once"));
+        assert!(e("faults=leave(1)@1ms,leave(1)@2ms").contains("leave(1) appears more than once"));
+        assert!(e("faults=join(1)@5ms,leave(1)@5ms").contains("leave(1)@5ms is not after join(1)@5ms"));
+        assert!(e("faults=join(1)@5ms,crash(1)@4ms").contains("crash(1)@4ms is not after join(1)@5ms"));
+        assert!(e("faults=crash(1)@4ms,leave(1)@5ms").contains("leave(1)@5ms comes after crash(1)@4ms"));
+        assert!(e("faults=part(1)@1ms").contains("join(i), leave(i)"));
+        // A crash after a leave is fine (it may hit the member while it leaves).
+        "faults=join(1)@1ms,leave(1)@5ms,crash(1)@6ms".parse::<Scenario>().unwrap();
+        // Shrinking to fewer members drops their joins and leaves.
+        let small = s.with_members(2);
+        assert!(small.faults.iter().all(|f| !matches!(f.kind, FaultKind::Join(_) | FaultKind::Leave(_))), "{small}");
+        small.validate().unwrap();
+    }
+
+    #[test]
+    fn the_frag_nak_generator_is_unchanged() {
+        // Pinned: the first scenarios `Ranges::new` draws from seed 1 (the
+        // FRAG:NAK property's distribution must not move when fields are added).
+        let mut rng = Rng::new(1);
+        let r = Ranges { faults: true, ..Ranges::new("FRAG:NAK") };
+        let lines: Vec<String> = (0..3).map(|_| Scenario::generate(&mut rng, &r).to_string()).collect();
+        assert_eq!(lines, PINNED_FRAG_NAK);
+    }
+
+    #[test]
+    fn generated_vsync_scenarios_keep_a_majority_and_cover_every_fault() {
+        let mut rng = Rng::new(2);
+        let r = Ranges::vsync("FRAG:NAK:VSYNC");
+        let (mut joins, mut leaves, mut partitions, mut coordinator_crashes, mut second_crashes, mut crashes) = (0, 0, 0, 0, 0, 0);
+        for _ in 0..1000 {
+            let s = Scenario::generate(&mut rng, &r);
+            s.validate().unwrap_or_else(|e| panic!("{e}: {s}"));
+            assert_eq!(s.to_string().parse::<Scenario>().unwrap(), s);
+            assert!((2..=8).contains(&s.members) && s.loss <= 0.2 && s.quiet_ms == 10_000 && (1000..=20_000).contains(&s.interval_us), "{s}");
+            let count = |p: fn(&FaultKind) -> bool| s.faults.iter().filter(|f| p(&f.kind)).count();
+            let founders = usize::from(s.members) - count(|k| matches!(k, FaultKind::Join(_)));
+            let c = count(|k| matches!(k, FaultKind::Crash(_)));
+            let minority: usize = s.faults.iter().map(|f| if let FaultKind::Partition(sets) = &f.kind { sets[1].len() } else { 0 }).sum();
+            let l = count(|k| matches!(k, FaultKind::Leave(_)));
+            assert!(founders >= 1, "{s}");
+            if c + minority > 0 {
+                assert!(2 * (c + minority + l) < founders, "fewer than half the founders may go: {s}");
+            } else {
+                assert!(l < founders, "{s}");
+            }
+            assert_eq!(count(|k| matches!(k, FaultKind::Partition(_))), count(|k| *k == FaultKind::Heal), "{s}");
+            let coordinator = (0..s.members).find(|i| s.join_time(*i).is_none()).unwrap();
+            let crash_times: Vec<Duration> = s.faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash(_))).map(|f| f.at).collect();
+            joins += count(|k| matches!(k, FaultKind::Join(_)));
+            leaves += l;
+            partitions += usize::from(minority > 0);
+            crashes += c;
+            coordinator_crashes += usize::from(s.crashes(coordinator));
+            second_crashes +=
+                usize::from(crash_times.len() >= 2 && crash_times[1] >= crash_times[0] && crash_times[1] <= crash_times[0] + Duration::from_millis(300));
+            for smaller in s.shrink() {
+                smaller.validate().unwrap_or_else(|e| panic!("{e}: {smaller} from {s}"));
+                let splits = smaller.faults.iter().filter(|f| matches!(f.kind, FaultKind::Partition(_))).count();
+                let heals = smaller.faults.iter().filter(|f| f.kind == FaultKind::Heal).count();
+                assert_eq!(splits, heals, "a shrink keeps each partition with its heal: {smaller} from {s}");
+            }
+        }
+        assert!(joins > 200 && leaves > 50 && partitions > 50 && crashes > 300, "{joins} {leaves} {partitions} {crashes}");
+        assert!(coordinator_crashes > 150 && second_crashes > 30, "{coordinator_crashes} {second_crashes}");
+    }
+
+    #[test]
     fn generated_scenarios_stay_in_range_and_round_trip() {
         let mut rng = Rng::new(1);
         let r = Ranges { faults: true, ..Ranges::new("FRAG:NAK") };
@@ -593,4 +892,10 @@ mod tests {
             }
         }
     }
+
+    const PINNED_FRAG_NAK: [&str; 3] = [
+        "seed=12966619160104079557 members=5 stack=FRAG:NAK loss=0.166 dup=0.096 reorder=0.134 delay_us=355..785 casts=16 size=1..64 interval_us=381 quiet_ms=5000 faults=crash(2)@6ms",
+        "seed=845232928428614080 members=2 stack=FRAG:NAK loss=0.257 dup=0.099 reorder=0 delay_us=313..1362 casts=20 size=1..65536 interval_us=311 quiet_ms=5000 faults=crash(1)@2ms,crash(1)@1ms",
+        "seed=7084622563335324071 members=5 stack=FRAG:NAK loss=0.154 dup=0.042 reorder=0 delay_us=257..2164 casts=1 size=1..65536 interval_us=538 quiet_ms=5000 faults=partition(1.3|0.2.4)@1ms,heal@2ms",
+    ];
 }

@@ -3,9 +3,15 @@
 //! [`crate::payload`].
 //!
 //! Member `i` casts `casts` messages, the first at a random offset within one
-//! interval, each next one an interval after the previous one was accepted.
+//! interval of its start (0, or its `join(i)@T`), each next one an interval
+//! after the previous one was accepted.
 //! A cast refused with `Refused::Backpressure` is retried after [`RETRY`] with the same
-//! payload: the workload never drops a cast. Sizes are drawn log-uniformly
+//! payload: the workload never drops a cast. (A refused cast leaves the
+//! stack untouched, and only an input to the stack can reopen it, so the
+//! simulator *parks* a refused caster until its stack gets an input and
+//! then retries at the next point of the same [`RETRY`] grid, counting the
+//! attempts it skipped as refused: the same run as retrying every
+//! [`RETRY`], without the steps.) Sizes are drawn log-uniformly
 //! from the scenario's range, so a range of 1..=65536 gives tiny, medium and
 //! large payloads alike. Each member draws from its own random stream, so
 //! cutting the number of casts leaves the other members' sizes alone.
@@ -29,18 +35,22 @@ pub(crate) struct Caster {
     pub next_at: Option<Instant>,
     /// The payload being retried after backpressure, if any.
     pending: Option<Bytes>,
+    /// Refused, and its stack has had no input since: the attempt due at
+    /// `next_at` (and those after it on the [`RETRY`] grid) would be refused too.
+    pub parked: bool,
     total: u64,
     interval: Duration,
     size: (usize, usize),
 }
 
 impl Caster {
-    pub fn new(s: &Scenario, name: String, rng: &mut Rng) -> Caster {
+    /// The casts of the member named `name`, which starts at `start`.
+    pub fn new(s: &Scenario, name: String, rng: &mut Rng, start: Instant) -> Caster {
         let mut rng = rng.fork();
         let interval = Duration::from_micros(s.interval_us);
-        let first = Instant::ZERO + Duration::from_micros(rng.below(s.interval_us.max(1)));
+        let first = start + Duration::from_micros(rng.below(s.interval_us.max(1)));
         let next_at = (s.casts > 0).then_some(first);
-        Caster { rng, name, next_k: 0, next_at, pending: None, total: u64::from(s.casts), interval, size: s.size }
+        Caster { rng, name, next_k: 0, next_at, pending: None, parked: false, total: u64::from(s.casts), interval, size: s.size }
     }
 
     /// The payload of the cast due now (the same one again after backpressure).
@@ -61,14 +71,46 @@ impl Caster {
         self.next_at = (self.next_k < self.total).then(|| now + self.interval);
     }
 
-    /// The cast due now was refused; try again later.
+    /// The cast due now was refused; try again later (parked until the stack gets an input).
     pub fn refused(&mut self, now: Instant) {
         self.next_at = Some(now + RETRY);
+        self.parked = true;
     }
 
-    /// Stops casting (the member crashed).
-    pub fn stop(&mut self) {
+    /// When to try next, unless parked.
+    pub fn due(&self) -> Option<Instant> {
+        self.next_at.filter(|_| !self.parked)
+    }
+
+    /// The member's stack got an input at `now`: unparks the caster, moving
+    /// its next attempt to the first [`RETRY`] grid point at or after `now`.
+    /// Returns how many attempts (grid points before `now`) were skipped.
+    pub fn wake(&mut self, now: Instant) -> u64 {
+        if !std::mem::replace(&mut self.parked, false) {
+            return 0;
+        }
+        let Some(due) = self.next_at else { return 0 };
+        let behind = now.saturating_since(due).as_nanos();
+        let step = RETRY.as_nanos();
+        let skipped = behind.div_ceil(step) as u64;
+        self.next_at = Some(due + RETRY * skipped as u32);
+        skipped
+    }
+
+    /// Attempts a parked caster would have made up to and including `end`.
+    pub fn parked_attempts_until(&self, end: Instant) -> u64 {
+        match self.next_at.filter(|_| self.parked) {
+            Some(due) if due <= end => (end.saturating_since(due).as_nanos() / RETRY.as_nanos()) as u64 + 1,
+            _ => 0,
+        }
+    }
+
+    /// Stops casting at `now` (the member crashed or leaves). Returns the
+    /// attempts a parked caster skipped before `now`.
+    pub fn stop(&mut self, now: Instant) -> u64 {
+        let skipped = self.wake(now);
         self.next_at = None;
+        skipped
     }
 }
 

@@ -4,9 +4,15 @@
 //!
 //! Safety properties ([`SAFETY`]) must hold in every run, faults or not.
 //! Liveness ([`completeness`]) and empty buffers ([`buffers`]) are required
-//! only of fault-free runs (no crash, no partition), after the quiet period:
-//! without a membership layer a survivor may keep messages for a crashed
-//! member forever, legitimately.
+//! only of fault-free runs (no crash, partition, join or leave), after the
+//! quiet period: without a membership layer a survivor may keep messages
+//! for a crashed member forever, legitimately.
+//!
+//! A stack with a membership layer (VSYNC) is held to
+//! [`VIRTUAL_SYNCHRONY`]: the safety properties, FIFO, [`view_agreement`],
+//! [`virtual_synchrony`] and, once the group settles in a primary view,
+//! [`vsync_liveness`]. These read the views, state loads and knowledge
+//! (the set of message ids a member delivered or loaded) in the logs.
 
 pub mod buffers;
 pub mod completeness;
@@ -14,8 +20,14 @@ pub mod fifo;
 pub mod integrity;
 pub mod no_creation;
 pub mod no_duplication;
+pub mod view_agreement;
+pub mod virtual_synchrony;
+pub mod vsync_liveness;
 
-use super::Outcome;
+use super::{Entry, MemberLog, MsgId, Outcome};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use strata_stack::{Instant, View};
 
 /// A named property.
 #[derive(Copy, Clone, Debug)]
@@ -38,11 +50,21 @@ pub const FIFO: Check = Check { name: "fifo", run: fifo::check };
 pub const COMPLETENESS: Check = Check { name: "completeness", run: completeness::check };
 /// Retransmission, out-of-order and reassembly buffers are empty at the end.
 pub const BUFFERS: Check = Check { name: "empty buffers", run: buffers::check };
+/// Members agree on each view, install views in order and skip none.
+pub const VIEW_AGREEMENT: Check = Check { name: "view agreement", run: view_agreement::check };
+/// Members that go from one view to the same next view know the same
+/// messages, and each message is delivered in the same view everywhere.
+pub const VIRTUAL_SYNCHRONY_CHECK: Check = Check { name: "virtual synchrony", run: virtual_synchrony::check };
+/// Once the group ends primary, the live members end in one view of
+/// exactly themselves, knowing the same messages, every live cast among them.
+pub const VSYNC_LIVENESS: Check = Check { name: "vsync liveness", run: vsync_liveness::check };
 
 /// What every stack must satisfy, whatever it claims.
 pub const SAFETY: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION];
 /// What a reliable FIFO stack (FRAG:NAK) must satisfy.
 pub const RELIABLE_FIFO: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, COMPLETENESS, BUFFERS];
+/// What a virtually synchronous stack (FRAG:NAK:VSYNC) must satisfy.
+pub const VIRTUAL_SYNCHRONY: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS];
 
 /// Runs `checks` in order; the first failure is returned as `<name> violated: <message>`.
 pub fn run(outcome: &Outcome, checks: &[Check]) -> Result<(), String> {
@@ -58,4 +80,82 @@ pub(crate) fn id_text(id: &Option<(String, u64)>) -> String {
         Some((m, k)) => format!("{m}:{k}"),
         None => "<no id>".into(),
     }
+}
+
+/// One view as one member lived it.
+#[derive(Clone, Debug)]
+pub struct Epoch<'a> {
+    /// The view.
+    pub view: &'a Arc<View>,
+    /// When the member installed it.
+    pub at: Instant,
+    /// The member's knowledge when it installed the view: every message id
+    /// it delivered before, a completed state load replacing what came
+    /// before the load.
+    pub known: BTreeSet<MsgId>,
+    /// Whether the member was still loading state when it left this view
+    /// (a `StateBegin` in it with no `StateDone` after it), so its knowledge
+    /// in this view is incomplete.
+    pub loading: bool,
+    /// Whether the member joined this view rather than moving into it from
+    /// its previous view: the view is followed at once by `StateBegin`
+    /// (state transfer) and the member was not already loading state at the
+    /// end of its previous view (a member still loading is sent the state
+    /// again in the next view, and does move). A member's first view, a
+    /// rejoin after a dissolved minority view or after being removed, are
+    /// joins; a founder's first view is neither (it has no predecessor).
+    pub joined: bool,
+}
+
+/// The views member `m` installed, in order, with its knowledge at each.
+pub fn epochs(m: &MemberLog) -> Vec<Epoch<'_>> {
+    let mut out: Vec<Epoch<'_>> = Vec::new();
+    let mut known = BTreeSet::new();
+    let mut loading = false;
+    for (n, e) in m.log.iter().enumerate() {
+        match e {
+            Entry::View { at, view } => {
+                if let Some(last) = out.last_mut() {
+                    last.loading = loading;
+                }
+                let state_follows = matches!(m.log.get(n + 1), Some(Entry::StateBegin { .. }));
+                out.push(Epoch { view, at: *at, known: known.clone(), loading: false, joined: state_follows && !loading });
+            }
+            Entry::Deliver(d) => {
+                if let Some(id) = &d.id {
+                    known.insert(id.clone());
+                }
+            }
+            Entry::StateBegin { .. } => loading = true,
+            Entry::StateLoaded { known: loaded, .. } => {
+                known = (**loaded).clone();
+                loading = false;
+            }
+            _ => {}
+        }
+    }
+    if let Some(last) = out.last_mut() {
+        last.loading = loading;
+    }
+    out
+}
+
+/// Member names, comma-separated.
+pub(crate) fn names(members: &[strata_stack::MemberId]) -> String {
+    members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// A view as failures print it: `id [members]`, plus ` non-primary` if it is not primary.
+pub(crate) fn view_text(v: &View) -> String {
+    format!("{} [{}]{}", v.id(), names(v.members()), if v.is_primary() { "" } else { " non-primary" })
+}
+
+/// The ids in `a` but not in `b`, at most 10, as text.
+pub(crate) fn missing(a: &BTreeSet<MsgId>, b: &BTreeSet<MsgId>) -> String {
+    let diff: Vec<String> = a.difference(b).map(|(m, k)| format!("{m}:{k}")).collect();
+    if diff.is_empty() {
+        return "none".into();
+    }
+    let more = if diff.len() > 10 { format!(",... ({} in all)", diff.len()) } else { String::new() };
+    format!("{}{more}", diff[..diff.len().min(10)].join(","))
 }

@@ -1,0 +1,565 @@
+//! The properties of the `FRAG:NAK:VSYNC` stack, checked on random simulated
+//! runs and on named scenarios.
+//!
+//! With 2..=8 members, up to 20% loss, crashes of fewer than half the
+//! members (often the first coordinator, sometimes a second one while the
+//! group handles the first), members joining during the traffic, leaving,
+//! and a minority partitioned off and healed, the run satisfies
+//! `check::VIRTUAL_SYNCHRONY`: integrity, no duplication, no creation,
+//! FIFO, view agreement, virtual synchrony (members moving from one view to
+//! the same next one know the same messages; state transfer replaces a
+//! joiner's knowledge) and, once the group settles in a primary view,
+//! liveness (every live member in one view of exactly the live members,
+//! knowing the same messages, every live member's cast among them).
+//!
+//! The tests at the end build `Outcome`s by hand and show that each
+//! membership check catches the violation it exists for.
+//!
+//! `STRATA_SIM_CASES` sets how many random scenarios the property runs; a
+//! failure prints `STRATA_SIM_REPLAY='<scenario>'`, and running this file
+//! with that variable set replays the scenario and prints every member's
+//! timeline (see docs/simulator.md).
+
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+use std::cell::Cell;
+use std::fmt;
+use std::time::Instant as WallClock;
+use strata_stack::Rng;
+use strata_transport::sim::{self, check, Entry, Outcome, Ranges, Scenario};
+
+const STACK: &str = "FRAG:NAK:VSYNC";
+/// Cases when `STRATA_SIM_CASES` is unset: a run takes about 6 ms in the
+/// test profile (about 70 ms before the simulator parked refused casters),
+/// so the property takes a couple of seconds when it passes.
+const DEFAULT_CASES: u64 = 200;
+/// Shrink rounds after a failure (each round runs up to ~20 candidates).
+const MAX_SHRINK_ROUNDS: u32 = 25;
+
+fn registry() -> strata_stack::Registry {
+    strata_layers::builtin()
+}
+
+#[derive(Clone)]
+struct Arb(Scenario);
+
+impl fmt::Debug for Arb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", sim::replay_line(&self.0))
+    }
+}
+
+impl Arbitrary for Arb {
+    fn arbitrary(g: &mut Gen) -> Self {
+        Arb(Scenario::generate(&mut Rng::new(u64::arbitrary(g)), &Ranges::vsync(STACK)))
+    }
+    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
+        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
+        if rounds >= MAX_SHRINK_ROUNDS {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.0.shrink().into_iter().map(Arb))
+    }
+}
+
+thread_local! {
+    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
+    static REPORTED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn property(s: Arb) -> TestResult {
+    match sim::run_checked(&registry(), &s.0, check::VIRTUAL_SYNCHRONY) {
+        Ok(_) => TestResult::passed(),
+        Err(msg) => {
+            if !REPORTED.with(|r| r.replace(true)) {
+                eprintln!("first failure, before shrinking:\n{msg}\n");
+            }
+            TestResult::error(msg)
+        }
+    }
+}
+
+#[test]
+fn vsync_is_virtually_synchronous_and_live_under_crashes_joins_leaves_and_partitions() {
+    let cases = sim::cases_from_env(DEFAULT_CASES);
+    let started = WallClock::now();
+    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property as fn(Arb) -> TestResult);
+    eprintln!("vsync: {cases} scenarios in {:.2?}", started.elapsed());
+}
+
+/// Runs `line` with every check; on failure panics with the replay line,
+/// the failure and every member's timeline.
+fn run_named(name: &str, line: &str) -> Outcome {
+    let s: Scenario = line.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let started = WallClock::now();
+    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if let Err(e) = check::run(&o, check::VIRTUAL_SYNCHRONY) {
+        panic!("{name} failed:\n{}\n{e}\n(run: {})\n{}", sim::replay_line(&s), o.summary(), o.timeline(false));
+    }
+    eprintln!("{name}: ok in {:.2?}: {}", started.elapsed(), o.summary());
+    o
+}
+
+/// Member `i`'s log.
+fn log(o: &Outcome, i: usize) -> &sim::MemberLog {
+    &o.members[i]
+}
+
+/// When member `i` installed its last view.
+fn last_view_at(o: &Outcome, i: usize) -> strata_stack::Instant {
+    log(o, i).views().last().map(|(at, _)| at).expect("installed a view")
+}
+
+#[test]
+fn coordinator_crash_mid_traffic() {
+    let o = run_named(
+        "coordinator crash",
+        "seed=101 members=5 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 faults=crash(0)@1300ms",
+    );
+    let v = log(&o, 1).last_view().unwrap();
+    assert!(!v.contains(&sim::member(0)) && v.len() == 4 && v.is_primary(), "{v:?}");
+    assert_eq!(v.coordinator(), sim::member(1), "the next member takes over: {v:?}");
+}
+
+#[test]
+fn second_crash_during_the_view_change() {
+    // Member 0 (the coordinator) crashes; about 1.5 s later member 1
+    // suspects it and starts the flush; member 1 crashes during that flush,
+    // and member 2 must finish the change.
+    let o = run_named(
+        "second crash during the view change",
+        "seed=101 members=5 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 \
+         faults=crash(0)@1300ms,crash(1)@2801ms",
+    );
+    let m1 = log(&o, 1);
+    let crashed = m1.crashed_at.unwrap();
+    let last_block = m1.log.iter().rev().find(|e| matches!(e, Entry::Block { .. })).map(Entry::at);
+    let last_view = m1.views().last().map(|(at, _)| at).unwrap();
+    assert!(
+        last_block.is_some_and(|b| b > last_view && b <= crashed),
+        "member 1 should crash during its flush (after a Block, before the next view); adjust the crash time:\n{}",
+        o.timeline(false)
+    );
+    let v = log(&o, 2).last_view().unwrap();
+    assert!(v.len() == 3 && v.coordinator() == sim::member(2) && v.is_primary(), "{v:?}");
+}
+
+#[test]
+fn join_during_traffic_transfers_state() {
+    let o = run_named(
+        "join during traffic",
+        "seed=103 members=4 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 faults=join(3)@1250ms",
+    );
+    let joiner = log(&o, 3);
+    assert!(joiner.log.iter().all(|e| e.at() >= joiner.started_at.unwrap()));
+    // Its first event is its first view, then the state, then deliveries.
+    assert!(matches!(joiner.log[0], Entry::View { .. }) && matches!(joiner.log[1], Entry::StateBegin { .. }), "{:?}", &joiner.log[..2]);
+    let Some(Entry::StateLoaded { known, chunks, .. }) = joiner.log.iter().find(|e| matches!(e, Entry::StateLoaded { .. })) else {
+        panic!("the joiner never loaded state:\n{}", o.timeline(false))
+    };
+    assert!(*chunks >= 2 && !known.is_empty(), "the state should need several chunks: {chunks} chunks, {} ids", known.len());
+    let requests: Vec<usize> = o
+        .members
+        .iter()
+        .flat_map(|m| m.log.iter())
+        .filter_map(|e| match e {
+            Entry::StateRequest { joiners, known, .. } if joiners.contains(&sim::member(3)) => Some(*known),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, vec![known.len()], "one old member provided the state the joiner loaded");
+    assert_eq!(o.members.iter().filter(|m| m.knowledge().len() == 160).count(), 4, "everyone knows all 4x40 casts");
+}
+
+#[test]
+fn clean_leave() {
+    let o = run_named(
+        "clean leave",
+        "seed=104 members=4 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 faults=leave(2)@1300ms",
+    );
+    let leaver = log(&o, 2);
+    let left = leaver.left_at.expect("member 2 left");
+    assert!(matches!(leaver.log.last(), Some(Entry::Left { .. })), "Left is the leaver's last event");
+    assert!(leaver.casts.len() < 40 && leaver.casts.iter().all(|c| c.at < left));
+    for i in [0, 1, 3] {
+        let v = log(&o, i).last_view().unwrap();
+        assert!(!v.contains(&sim::member(2)) && v.len() == 3, "{v:?}");
+        // The leaver's casts were flushed before it went.
+        let known = log(&o, i).knowledge();
+        assert!(leaver.casts.iter().all(|c| known.contains(&(leaver.name.clone(), c.k))), "member {i} lacks some of the leaver's casts");
+    }
+}
+
+#[test]
+fn partition_3_2_heals_and_the_minority_rejoins() {
+    let o = run_named(
+        "partition 3|2 then heal",
+        "seed=105 members=5 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 \
+         faults=partition(0.1.2|3.4)@1300ms,heal@4000ms",
+    );
+    for i in [3, 4] {
+        let m = log(&o, i);
+        assert!(m.views().any(|(_, v)| !v.is_primary()), "member {i} never installed a non-primary view:\n{}", o.timeline(false));
+        assert!(m.log.iter().any(|e| matches!(e, Entry::StateLoaded { at, .. } if *at > strata_stack::Instant::ZERO + std::time::Duration::from_millis(4000))));
+        assert_eq!(log(&o, i).last_view(), log(&o, 0).last_view());
+    }
+    // Nothing is delivered in a non-primary view.
+    for m in &o.members {
+        let mut primary = true;
+        for e in &m.log {
+            match e {
+                Entry::View { view, .. } => primary = view.is_primary(),
+                Entry::Deliver(d) => assert!(primary, "{} delivered {:?} at {:?} in a non-primary view", m.name, d.id, d.at),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn four_members_started_together_form_one_group() {
+    let o = run_named(
+        "four started together",
+        "seed=106 members=4 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=20 size=1..4000 interval_us=10000 quiet_ms=10000 faults=none",
+    );
+    let all = log(&o, 0).last_view().unwrap().clone();
+    assert_eq!(all.len(), 4);
+    for i in 1..4 {
+        let views: Vec<_> = log(&o, i).views().map(|(_, v)| v.id()).collect();
+        assert_eq!(views, vec![all.id()], "member {i} joined the one group straight away");
+    }
+    assert!(last_view_at(&o, 3) < strata_stack::Instant::ZERO + std::time::Duration::from_millis(1500));
+}
+
+#[test]
+fn vsync_runs_replay_byte_for_byte() {
+    let s: Scenario = "seed=107 members=5 stack=FRAG:NAK:VSYNC loss=0.1 dup=0.02 reorder=0.05 delay_us=100..2000 casts=25 size=1..8192 interval_us=8000 \
+                       quiet_ms=8000 faults=join(4)@1200ms,crash(0)@1400ms,leave(2)@1500ms"
+        .parse()
+        .unwrap();
+    let a = sim::run(&registry(), &s).unwrap();
+    let b = sim::run(&registry(), &s).unwrap();
+    assert!(a.members[4].log.iter().any(|e| matches!(e, Entry::StateLoaded { .. })), "{}", a.timeline(false));
+    assert_eq!(a.digest, b.digest, "same scenario, different runs:\n{}\n{}", a.summary(), b.summary());
+    for (x, y) in a.members.iter().zip(&b.members) {
+        assert_eq!(x.log, y.log);
+        assert_eq!((x.started_at, x.crashed_at, x.left_at), (y.started_at, y.crashed_at, y.left_at));
+    }
+}
+
+/// Replays the scenario in `STRATA_SIM_REPLAY` with `check::VIRTUAL_SYNCHRONY`
+/// and prints every member's timeline (deliveries listed if
+/// `STRATA_SIM_VERBOSE` is set); passes with a note when the variable is unset.
+#[test]
+fn replay_from_env_if_set() {
+    let Some(parsed) = sim::replay_from_env() else {
+        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
+        return;
+    };
+    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
+    let started = WallClock::now();
+    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", o.timeline(std::env::var_os("STRATA_SIM_VERBOSE").is_some()));
+    match check::run(&o, check::VIRTUAL_SYNCHRONY) {
+        Ok(()) => eprintln!("replayed in {:.2?}, every check passed: {}", started.elapsed(), o.summary()),
+        Err(e) => panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary()),
+    }
+}
+
+/// Outcomes built by hand, to show that each membership check catches the
+/// violation it exists for (and passes a correct history).
+mod hand_built {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use strata_stack::codec::fnv1a64;
+    use strata_stack::{Delivery, Instant, LayerStats, MemberId, View, ViewId};
+    use strata_transport::sim::{CastRecord, Delivered, MemberLog, NetStats};
+
+    fn t(ms: u64) -> Instant {
+        Instant::ZERO + Duration::from_millis(ms)
+    }
+
+    fn name(i: u16) -> String {
+        sim::member(i).to_string()
+    }
+
+    fn payload(i: u16, k: u64) -> bytes::Bytes {
+        strata_transport::payload::make(&name(i), k, 40)
+    }
+
+    fn view(counter: u64, creator: u16, members: &[u16], primary: bool) -> Arc<View> {
+        let id = ViewId { counter, creator: sim::member(creator) };
+        View::with_primary(id, members.iter().map(|&i| sim::member(i)).collect(), primary).unwrap()
+    }
+
+    /// Member `i`, started at 0, whose stack accepted `casts` casts, with `log`.
+    fn member(i: u16, casts: u64, log: Vec<Entry>) -> MemberLog {
+        let casts = (0..casts)
+            .map(|k| {
+                let p = payload(i, k);
+                CastRecord { k, at: t(1000 + k), len: p.len(), hash: fnv1a64(&p) }
+            })
+            .collect();
+        MemberLog {
+            id: sim::member(i),
+            name: name(i),
+            started_at: Some(Instant::ZERO),
+            crashed_at: None,
+            left_at: None,
+            casts,
+            backpressured: 0,
+            log,
+            stats: Vec::new(),
+            engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
+        }
+    }
+
+    fn v(ms: u64, view: &Arc<View>) -> Entry {
+        Entry::View { at: t(ms), view: view.clone() }
+    }
+
+    /// Member `from`'s cast `k`, delivered at `ms`.
+    fn d(ms: u64, from: u16, k: u64) -> Entry {
+        let p = payload(from, k);
+        Entry::Deliver(Delivered {
+            at: t(ms),
+            from: sim::member(from),
+            kind: Delivery::Cast,
+            id: Some((name(from), k)),
+            len: p.len(),
+            hash: fnv1a64(&p),
+            intact: true,
+        })
+    }
+
+    fn loaded(ms: u64, ids: &[(u16, u64)]) -> Entry {
+        let known: BTreeSet<sim::MsgId> = ids.iter().map(|&(i, k)| (name(i), k)).collect();
+        Entry::StateLoaded { at: t(ms), chunks: 1, bytes: 0, known: Arc::new(known) }
+    }
+
+    fn outcome(members: Vec<MemberLog>) -> Outcome {
+        let n = members.len() as u16;
+        Outcome {
+            scenario: Scenario { members: n, stack: STACK.into(), ..Scenario::default() },
+            members,
+            net: NetStats::default(),
+            quiet_from: Some(t(2000)),
+            end: t(12_000),
+            steps: 0,
+            digest: 0,
+            truncated: None,
+        }
+    }
+
+    /// A correct history: 0 and 1 form V2 = {0,1}, both cast one message;
+    /// 2 joins in V3 and loads the state; all end in V3.
+    fn good() -> Outcome {
+        let v1 = view(1, 0, &[0], true);
+        let v2 = view(2, 0, &[0, 1], true);
+        let v3 = view(3, 0, &[0, 1, 2], true);
+        outcome(vec![
+            member(
+                0,
+                1,
+                vec![
+                    v(1000, &v1),
+                    v(1000, &v2),
+                    d(1001, 0, 0),
+                    d(1002, 1, 0),
+                    Entry::StateRequest { at: t(1500), token: 0, joiners: vec![sim::member(2)], known: 2 },
+                    v(1500, &v3),
+                ],
+            ),
+            member(1, 1, vec![v(1000, &v2), Entry::StateBegin { at: t(1000) }, loaded(1000, &[]), d(1002, 0, 0), d(1003, 1, 0), v(1500, &v3)]),
+            member(2, 0, vec![v(1500, &v3), Entry::StateBegin { at: t(1500) }, loaded(1510, &[(0, 0), (1, 0)])]),
+        ])
+    }
+
+    fn fails(o: &Outcome, check: check::Check, needles: &[&str]) {
+        let e = (check.run)(o).expect_err(check.name);
+        for n in needles {
+            assert!(e.contains(n), "{} failure lacks `{n}`: {e}", check.name);
+        }
+        assert!(check::run(o, check::VIRTUAL_SYNCHRONY).is_err());
+    }
+
+    #[test]
+    fn a_correct_history_passes_every_check() {
+        check::run(&good(), check::VIRTUAL_SYNCHRONY).unwrap();
+        let names: Vec<&str> = check::VIRTUAL_SYNCHRONY.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["integrity", "no duplication", "no creation", "fifo", "view agreement", "virtual synchrony", "vsync liveness"]);
+    }
+
+    #[test]
+    fn view_agreement_catches_two_versions_of_one_view() {
+        let mut o = good();
+        // Member 1 installs view 2@0 with a different member list.
+        o.members[1].log[0] = v(1000, &view(2, 0, &[1, 0], true));
+        fails(&o, check::VIEW_AGREEMENT, &["view 2@10.0.0.0:7000", "10.0.0.0:7000", "10.0.0.1:7000", "installed at 1.000000000s"]);
+        // ... or the same list, but non-primary.
+        let mut o = good();
+        o.members[1].log[0] = v(1000, &view(2, 0, &[0, 1], false));
+        fails(&o, check::VIEW_AGREEMENT, &["non-primary"]);
+    }
+
+    #[test]
+    fn view_agreement_catches_counters_that_do_not_increase() {
+        let mut o = good();
+        let again = view(2, 0, &[0, 1], true);
+        o.members[0].log.push(v(1600, &again));
+        fails(&o, check::VIEW_AGREEMENT, &["10.0.0.0:7000 installed view 2@10.0.0.0:7000", "at 1.600000000s", "strictly increase"]);
+    }
+
+    #[test]
+    fn view_agreement_catches_a_skipped_view_but_not_a_rejoin() {
+        // Member 1 goes from 2@0 to 4@0, skipping 3@0 that it belongs to.
+        let mut o = good();
+        let v4 = view(4, 0, &[0, 1, 2], true);
+        o.members[1].log[5] = v(1500, &v4);
+        o.members[0].log.push(v(1700, &v4));
+        o.members[2].log.push(v(1700, &v4));
+        fails(&o, check::VIEW_AGREEMENT, &["10.0.0.0:7000 installed view 2@10.0.0.0:7000 then 3@10.0.0.0:7000", "but 10.0.0.1:7000", "then 4@10.0.0.0:7000"]);
+        // A member that is not in the skipped view is not bound by it: 1
+        // removed from 3@0 = {0,2} rejoins in 4@0 with state transfer.
+        let v1 = view(1, 0, &[0], true);
+        let v2 = view(2, 0, &[0, 1, 2], true);
+        let v3 = view(3, 0, &[0, 2], true);
+        let o = outcome(vec![
+            member(0, 0, vec![v(1000, &v1), v(1000, &v2), v(1500, &v3), v(1700, &v4)]),
+            member(
+                1,
+                0,
+                vec![v(1000, &v2), Entry::StateBegin { at: t(1000) }, loaded(1000, &[]), v(1700, &v4), Entry::StateBegin { at: t(1700) }, loaded(1701, &[])],
+            ),
+            member(2, 0, vec![v(1000, &v2), Entry::StateBegin { at: t(1000) }, loaded(1000, &[]), v(1500, &v3), v(1700, &v4)]),
+        ]);
+        check::run(&o, check::VIRTUAL_SYNCHRONY).unwrap();
+        // And a member that *joins* 4@0 straight from 2@0 (its minority view
+        // dissolved, say) is not the one moving from 2@0 to 4@0.
+        let mut o = o;
+        o.members[1].log.truncate(3);
+        o.members[1].log.extend([v(1700, &v4), Entry::StateBegin { at: t(1700) }, loaded(1701, &[])]);
+        check::view_agreement::check(&o).unwrap();
+    }
+
+    #[test]
+    fn virtual_synchrony_catches_different_knowledge_across_a_change() {
+        // Member 1 misses 0's cast in 2@0 yet moves to 3@0 with member 0.
+        let mut o = good();
+        o.members[1].log.remove(3);
+        fails(
+            &o,
+            check::VIRTUAL_SYNCHRONY_CHECK,
+            &["10.0.0.0:7000 and 10.0.0.1:7000 both went from view 2@10.0.0.0:7000 to view 3@10.0.0.0:7000", "only 10.0.0.0:7000 knew 10.0.0.0:7000:0"],
+        );
+    }
+
+    #[test]
+    fn virtual_synchrony_skips_a_member_still_loading_and_replaces_knowledge_on_load() {
+        // Member 1 never finished loading in 2@0: its knowledge there is not compared.
+        let mut o = good();
+        o.members[1].log.remove(2);
+        o.members[1].log.remove(2);
+        check::virtual_synchrony::check(&o).unwrap();
+        // A completed load replaces knowledge: member 1 loads {1:0} (not
+        // what 0 knows) and misses 0's cast; now the sets differ.
+        let mut o = good();
+        o.members[1].log[2] = loaded(1000, &[(1, 5)]);
+        fails(&o, check::VIRTUAL_SYNCHRONY_CHECK, &["only 10.0.0.1:7000 knew 10.0.0.1:7000:5"]);
+    }
+
+    #[test]
+    fn virtual_synchrony_catches_a_message_delivered_in_two_views() {
+        // Member 0 delivers its cast in 1@0; member 1, which joins 2@0 (and
+        // loads a state without it), delivers it again in 2@0.
+        let v1 = view(1, 0, &[0], true);
+        let v2 = view(2, 0, &[0, 1], true);
+        let o = outcome(vec![
+            member(0, 1, vec![v(1000, &v1), d(1001, 0, 0), v(1500, &v2)]),
+            member(1, 0, vec![v(1500, &v2), Entry::StateBegin { at: t(1500) }, loaded(1501, &[]), d(1600, 0, 0)]),
+        ]);
+        fails(
+            &o,
+            check::VIRTUAL_SYNCHRONY_CHECK,
+            &[
+                "10.0.0.0:7000:0 was delivered by 10.0.0.0:7000 at 1.001000000s in view 1@10.0.0.0:7000",
+                "by 10.0.0.1:7000 at 1.600000000s in view 2@10.0.0.0:7000",
+            ],
+        );
+        // Delivered outside any view, too.
+        let mut o = o;
+        o.members[1].log = vec![d(1600, 0, 0)];
+        fails(&o, check::VIRTUAL_SYNCHRONY_CHECK, &["outside any view"]);
+    }
+
+    #[test]
+    fn liveness_catches_members_that_end_apart() {
+        let mut o = good();
+        o.members[2].log.push(v(1800, &view(4, 2, &[2], true)));
+        fails(&o, check::VSYNC_LIVENESS, &["10.0.0.2:7000 ends in view 4@10.0.0.2:7000", "but 10.0.0.0:7000 ends in view 3@10.0.0.0:7000"]);
+    }
+
+    #[test]
+    fn liveness_catches_a_final_view_that_is_not_the_live_members() {
+        let mut o = good();
+        o.members[2].crashed_at = Some(t(1900));
+        fails(&o, check::VSYNC_LIVENESS, &["the live members end in view 3@10.0.0.0:7000", "live members are [10.0.0.0:7000,10.0.0.1:7000]"]);
+    }
+
+    #[test]
+    fn liveness_catches_different_knowledge_and_a_lost_cast() {
+        let mut o = good();
+        o.members[2].log[2] = loaded(1510, &[(0, 0)]);
+        fails(
+            &o,
+            check::VSYNC_LIVENESS,
+            &["10.0.0.0:7000 and 10.0.0.2:7000 end in view 3@10.0.0.0:7000 knowing different messages", "only 10.0.0.0:7000 knows 10.0.0.1:7000:0"],
+        );
+        // Member 1's stack accepted a second cast that nobody delivered.
+        let mut o = good();
+        let p = payload(1, 1);
+        o.members[1].casts.push(CastRecord { k: 1, at: t(1400), len: p.len(), hash: fnv1a64(&p) });
+        fails(&o, check::VSYNC_LIVENESS, &["1 casts of live 10.0.0.1:7000 are not known", "10.0.0.1:7000:1", "accepted at 1.400000000s"]);
+    }
+
+    #[test]
+    fn liveness_catches_a_member_still_loading_and_a_leave_that_never_ends() {
+        let mut o = good();
+        o.members[2].log.truncate(2);
+        fails(&o, check::VSYNC_LIVENESS, &["10.0.0.2:7000 is still loading state at the end", "StateBegin at 1.500000000s"]);
+        let mut o = good();
+        o.scenario.faults = vec![sim::Fault { at: Duration::from_millis(1800), kind: sim::FaultKind::Leave(2) }];
+        fails(&o, check::VSYNC_LIVENESS, &["10.0.0.2:7000 was told to leave at 1.8s but never got Left"]);
+        // Once it left (and the others installed a view without it), all is well.
+        o.members[2].left_at = Some(t(1900));
+        o.members[2].log.push(Entry::Left { at: t(1900) });
+        let v4 = view(4, 0, &[0, 1], true);
+        o.members[0].log.push(v(1900, &v4));
+        o.members[1].log.push(v(1900, &v4));
+        check::run(&o, check::VIRTUAL_SYNCHRONY).unwrap();
+    }
+
+    #[test]
+    fn liveness_is_not_required_when_no_live_member_ends_primary() {
+        // Members 0 and 1 end in non-primary views of their own, knowing nothing alike.
+        let v1 = view(1, 0, &[0, 1], true);
+        let o = outcome(vec![
+            member(0, 1, vec![v(1000, &v1), d(1001, 0, 0), v(3000, &view(2, 0, &[0], false))]),
+            member(1, 1, vec![v(1000, &v1), d(1001, 1, 0), v(3000, &view(2, 1, &[1], false))]),
+        ]);
+        check::vsync_liveness::check(&o).unwrap();
+        // Nor while a partition holds at the end: member 2 is cut off for good.
+        let mut o = good();
+        o.members[2].log.push(v(3000, &view(4, 2, &[2], false)));
+        o.scenario.faults = vec![sim::Fault { at: Duration::from_millis(1600), kind: sim::FaultKind::Partition(vec![vec![0, 1], vec![2]]) }];
+        check::vsync_liveness::check(&o).unwrap();
+        o.scenario.faults.push(sim::Fault { at: Duration::from_millis(1700), kind: sim::FaultKind::Heal });
+        fails(&o, check::VSYNC_LIVENESS, &["10.0.0.2:7000 ends in view 4@10.0.0.2:7000 [10.0.0.2:7000] non-primary"]);
+        // ... and a truncated run where some member ends primary fails.
+        let mut o = good();
+        o.truncated = Some("stuck".into());
+        fails(&o, check::VSYNC_LIVENESS, &["cut short: stuck"]);
+        let _ = MemberId::sim(0);
+    }
+}
