@@ -28,6 +28,9 @@ use strata_stack::Rng;
 use strata_transport::sim::{self, check, Entry, Outcome, Ranges, Scenario};
 
 const STACK: &str = "FRAG:NAK:VSYNC";
+/// The same with `merge=true`: minorities keep working and views merge on
+/// heal. A quarter of the generated scenarios use it.
+const MERGE_STACK: &str = "FRAG:NAK:VSYNC(merge=true)";
 /// Cases when `STRATA_SIM_CASES` is unset: a run takes about 6 ms in the
 /// test profile (about 70 ms before the simulator parked refused casters),
 /// so the property takes a couple of seconds when it passes.
@@ -50,7 +53,8 @@ impl fmt::Debug for Arb {
 
 impl Arbitrary for Arb {
     fn arbitrary(g: &mut Gen) -> Self {
-        Arb(Scenario::generate(&mut Rng::new(u64::arbitrary(g)), &Ranges::vsync(STACK)))
+        let stack = if u8::arbitrary(g) % 4 == 0 { MERGE_STACK } else { STACK };
+        Arb(Scenario::generate(&mut Rng::new(u64::arbitrary(g)), &Ranges::vsync(stack)))
     }
     fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
         let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
@@ -76,6 +80,24 @@ fn property(s: Arb) -> TestResult {
             TestResult::error(msg)
         }
     }
+}
+
+#[test]
+fn merge_mode_minority_keeps_working_and_merges_on_heal() {
+    let o = run_named(
+        "merge",
+        "seed=2 members=5 stack=FRAG:NAK:VSYNC(merge=true) loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=50000 quiet_ms=10000 \
+         faults=partition(0.1.2|3.4)@1300ms,heal@4000ms",
+    );
+    // The minority installed a non-primary view and delivered in it.
+    let minority = &o.members[3];
+    let epochs = check::epochs(minority);
+    let np = epochs.iter().position(|e| !e.view.is_primary()).expect("a non-primary view at the minority");
+    let delivered_in_np =
+        minority.log.iter().filter(|e| matches!(e, Entry::Deliver(d) if d.at >= epochs[np].at && epochs.get(np + 1).is_none_or(|n| d.at < n.at))).count();
+    assert!(delivered_in_np > 0, "with merge=true the minority keeps delivering");
+    let last = minority.last_view().expect("views");
+    assert!(last.is_primary() && last.len() == 5, "merged back into one view: {last:?}");
 }
 
 #[test]
