@@ -51,16 +51,19 @@
 //!
 //! ## Header
 //! ```text
-//!  data:    | kind u8 | view varint | seq varint | payload ...
+//!  data:    | kind u8 | view u32 | seq varint | payload ...
 //!  oob:     | kind u8 | payload ...
-//!  nak:     | kind u8 | view varint | channel u8 | ranges varint | (first varint, count varint)* |
-//!  status:  | kind u8 | view varint | sent varint | stable varint | entries varint |
+//!  nak:     | kind u8 | view u32 | channel u8 | ranges varint | (first varint, count varint)* |
+//!  status:  | kind u8 | view u32 | sent varint | stable varint | entries varint |
 //!           |   (cast_received, sends_received, sends_made, sends_stable) varint* per member in rank order |
 //! ```
-//! `view` is the counter of the view the message belongs to: traffic of
-//! another view is dropped (an older view's is stale; a newer view's is
-//! retransmitted once this member installs it). A data header is 3 bytes for
-//! the first 128 messages of a view and at most 21.
+//! `view` names the view the message belongs to: a 32-bit hash of its whole
+//! id (counter and creator), since two views with the same counter can exist
+//! at once (two sides of a partition, two groups founded concurrently) and
+//! may share a member. Traffic of another view is dropped (an older view's
+//! is stale; a newer view's is retransmitted once this member installs it).
+//! A data header is 6 bytes for the first 128 messages of a view and at most
+//! 15.
 //!
 //! ## Parameters
 //! | name | default | meaning |
@@ -88,7 +91,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::{DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
-use strata_stack::{Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View};
+use strata_stack::{
+    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View, ViewId,
+};
 
 /// The `NAK` descriptor.
 pub const NAK: LayerDescriptor = LayerDescriptor {
@@ -140,7 +145,7 @@ pub const NAK: LayerDescriptor = LayerDescriptor {
             wire: false,
         },
     ],
-    max_header_len: |_| 1 + 2 * MAX_VARINT_LEN,
+    max_header_len: |_| 1 + 4 + MAX_VARINT_LEN,
     build: |p| Ok(Box::new(Nak::new(p))),
 };
 
@@ -358,8 +363,8 @@ pub struct Nak {
     max_xmit_msgs: u64,
     max_xmit_bytes: usize,
 
-    /// The counter of the current view, carried in every header.
-    epoch: u64,
+    /// The current view's tag ([`view_tag`]), carried in every header.
+    epoch: u32,
     /// Members in rank order.
     peers: Vec<Peer>,
     rank: HashMap<MemberId, usize>,
@@ -440,7 +445,7 @@ impl Nak {
     /// The membership layer above flushes before it installs a view, so
     /// nothing unstable is forgotten.
     fn install(&mut self, cx: &mut Context<'_>, view: &Arc<View>) {
-        self.epoch = view.id().counter;
+        self.epoch = view_tag(view.id());
         self.peers = view.members().iter().map(|&m| Peer::new(m)).collect();
         self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
         self.me = self.rank.get(&cx.local()).copied().unwrap_or(usize::MAX);
@@ -458,7 +463,7 @@ impl Nak {
     }
 
     fn tag(&self, channel: Channel, seq: u64) -> u64 {
-        ((self.epoch & 0xff_ffff) << 40) | ((seq & ((1 << 39) - 1)) << 1) | channel as u64
+        ((u64::from(self.epoch) & 0xff_ffff) << 40) | ((seq & ((1 << 39) - 1)) << 1) | channel as u64
     }
 
     fn unstable(&self) -> usize {
@@ -573,12 +578,12 @@ impl Nak {
                     // A view without this member: it takes no part in the group.
                     return cx.drop_malformed("not_in_view");
                 }
-                let epoch = match msg.pop_with(|r| r.varint()) {
+                let epoch = match msg.pop_with(|r| r.u32()) {
                     Ok(e) => e,
                     Err(_) => return cx.drop_malformed("truncated"),
                 };
                 if epoch != self.epoch {
-                    return cx.drop_malformed(if epoch < self.epoch { "old_view" } else { "future_view" });
+                    return cx.drop_malformed("other_view");
                 }
                 let result = match k {
                     kind::CAST | kind::SEND => self.data(cx, r, k, msg),
@@ -789,15 +794,24 @@ impl Nak {
     }
 }
 
-fn push_data(msg: &mut Msg, k: u8, epoch: u64, seq: u64) {
+/// The tag of a view in NAK's headers: a 32-bit hash of its whole id.
+pub fn view_tag(id: ViewId) -> u32 {
     let mut w = Writer::new();
-    w.u8(k).varint(epoch).varint(seq);
+    w.varint(id.counter);
+    id.creator.encode(&mut w);
+    let h = strata_stack::codec::fnv1a64(w.as_slice());
+    (h ^ (h >> 32)) as u32
+}
+
+fn push_data(msg: &mut Msg, k: u8, epoch: u32, seq: u64) {
+    let mut w = Writer::new();
+    w.u8(k).u32(epoch).varint(seq);
     msg.push_writer(&w);
 }
 
-fn push_control(msg: &mut Msg, k: u8, epoch: u64) {
+fn push_control(msg: &mut Msg, k: u8, epoch: u32) {
     let mut w = Writer::new();
-    w.u8(k).varint(epoch);
+    w.u8(k).u32(epoch);
     msg.push_writer(&w);
 }
 
@@ -916,6 +930,19 @@ mod tests {
         View::initial((0..n).map(m).collect()).unwrap()
     }
 
+    /// The tag of the harnesses' initial view (counter 0, created by m(0)).
+    fn tag0() -> u32 {
+        view_tag(view(1).id())
+    }
+
+    /// A header of kind `k` in the initial view, then `rest`.
+    fn hdr(k: u8, rest: &[u8]) -> Vec<u8> {
+        let mut v = vec![k];
+        v.extend_from_slice(&tag0().to_be_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
     fn harness_with(at: u16, members: u16, set: &[(&'static str, u64)]) -> LayerHarness {
         let mut p = Params::defaults(NAK.params).unwrap();
         for (name, v) in set {
@@ -961,7 +988,7 @@ mod tests {
         let mut a = harness(A, 2);
         let out = a.down(Down::Cast(body("hello")));
         let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("{out:?}") };
-        assert_eq!(sent.head(), &[kind::CAST, 0, 0]);
+        assert_eq!(sent.head(), &hdr(kind::CAST, &[0])[..]);
         assert_eq!(sent.tag(), Some(a_tag(0)));
         assert_eq!(sent.body().as_ref(), b"hello");
         let out = a.up(Up::Cast { from: m(A), msg: sent.clone() });
@@ -970,7 +997,7 @@ mod tests {
     }
 
     fn a_tag(seq: u64) -> u64 {
-        seq << 1
+        ((u64::from(tag0()) & 0xff_ffff) << 40) | seq << 1
     }
 
     #[test]
@@ -988,7 +1015,7 @@ mod tests {
         let requests: Vec<_> = wire(&out).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
         assert_eq!(requests.len(), 1, "{out:?}");
         // kind, view, channel 0, one range: (0, 1).
-        assert_eq!(requests[0].1.front(), &[kind::NAK, 0, 0, 1, 0, 1]);
+        assert_eq!(requests[0].1.front(), &hdr(kind::NAK, &[0, 1, 0, 1])[..]);
         let answer = a.up(Up::Send { from: m(B), msg: requests[0].1.clone() });
         let resent = wire(&answer);
         assert_eq!(resent.len(), 1);
@@ -1160,12 +1187,12 @@ mod tests {
         let out: Vec<Out> = ["s0", "s1"].iter().flat_map(|t| a.down(Down::Send { to: m(B), msg: body(t) })).collect();
         let d = wire(&out);
         assert!(d.iter().all(|(to, _)| *to == Some(m(B))));
-        assert_eq!(d[0].1.front()[..3], [kind::SEND, 0, 0]);
+        assert_eq!(d[0].1.front()[..6], hdr(kind::SEND, &[0])[..]);
         // s0 lost, and the trailing one too: B learns of both from A's status.
         let st = statuses(&a.advance(Instant::from_millis(100)));
         b.up(Up::Cast { from: m(A), msg: st[0].clone() });
         let req: Vec<_> = wire(&b.advance(Instant::from_millis(120))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
-        assert_eq!(req[0].1.front(), &[kind::NAK, 0, 1, 1, 0, 2], "channel 1, range (0, 2)");
+        assert_eq!(req[0].1.front(), &hdr(kind::NAK, &[1, 1, 0, 2])[..], "channel 1, range (0, 2)");
         let resent = wire(&a.up(Up::Send { from: m(B), msg: req[0].1.clone() }));
         assert_eq!(resent.len(), 2);
         let got: Vec<_> = resent.into_iter().flat_map(|(_, msg)| delivered(&b.up(Up::Send { from: m(A), msg }))).collect();
@@ -1231,7 +1258,7 @@ mod tests {
             a.down(Down::Cast(body("x")));
         }
         let mut req = Msg::new(Bytes::from_static(&[0, 1, 0, 10]));
-        push_control(&mut req, kind::NAK, 0);
+        push_control(&mut req, kind::NAK, tag0());
         assert_eq!(wire(&a.up(Up::Send { from: m(B), msg: req.clone() })).len(), 3);
         let mut a = harness_with(A, 2, &[("max_xmit_bytes", 1)]);
         for _ in 0..10 {
@@ -1248,16 +1275,16 @@ mod tests {
             (m(A), vec![99], "unknown_kind"),
             (m(A), vec![kind::CAST], "truncated"),
             (m(A), vec![kind::CAST, 0], "truncated"),
-            (m(A), vec![kind::CAST, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "varint_overflow"),
-            (m(9), vec![kind::CAST, 0, 0], "not_member"),
-            (m(A), vec![kind::CAST, 5, 0], "future_view"),
-            (m(A), vec![kind::NAK, 0, 7, 0], "bad_channel"),
-            (m(A), vec![kind::NAK, 0, 0, 65], "too_many_ranges"),
-            (m(A), vec![kind::NAK, 0, 0, 2, 0, 1], "truncated"),
-            (m(A), vec![kind::STATUS, 0, 0, 0, 100], "status_too_long"),
-            (m(A), vec![kind::STATUS, 0, 0, 0, 2], "status_wrong_size"),
-            (m(A), vec![kind::STATUS, 0, 0, 0, 3, 0, 0], "truncated"),
-            (m(B), vec![kind::SEND, 0, 0], "send_to_self"),
+            (m(A), hdr(kind::CAST, &[0xff; 11]), "varint_overflow"),
+            (m(9), hdr(kind::CAST, &[0]), "not_member"),
+            (m(A), vec![kind::CAST, 5, 5, 5, 5, 0], "other_view"),
+            (m(A), hdr(kind::NAK, &[7, 0]), "bad_channel"),
+            (m(A), hdr(kind::NAK, &[0, 65]), "too_many_ranges"),
+            (m(A), hdr(kind::NAK, &[0, 2, 0, 1]), "truncated"),
+            (m(A), hdr(kind::STATUS, &[0, 0, 100]), "status_too_long"),
+            (m(A), hdr(kind::STATUS, &[0, 0, 2]), "status_wrong_size"),
+            (m(A), hdr(kind::STATUS, &[0, 0, 3, 0, 0]), "truncated"),
+            (m(B), hdr(kind::SEND, &[0]), "send_to_self"),
         ];
         for (from, bytes, reason) in cases {
             let before = b.dropped(reason);
@@ -1276,13 +1303,13 @@ mod tests {
             w.varint(0).varint(0).varint(u64::MAX).varint(0);
         }
         let mut st = Msg::new(Bytes::copy_from_slice(w.as_slice()));
-        push_control(&mut st, kind::STATUS, 0);
+        push_control(&mut st, kind::STATUS, tag0());
         b.up(Up::Cast { from: m(A), msg: st });
         let out = b.advance(Instant::from_millis(20));
         let reqs = wire(&out);
         assert_eq!(reqs.len(), 2, "one request per channel: {out:?}");
         for (_, r) in reqs {
-            let mut rd = Reader::new(&r.front()[2..]);
+            let mut rd = Reader::new(&r.front()[5..]);
             let _channel = rd.u8().unwrap();
             assert_eq!(rd.varint().unwrap(), 1);
             assert_eq!((rd.varint().unwrap(), rd.varint().unwrap()), (0, 50));
@@ -1304,6 +1331,22 @@ mod tests {
     }
 
     #[test]
+    fn views_with_the_same_counter_but_another_creator_do_not_mix() {
+        // Two sides of a partition may both install a view numbered 1 and
+        // share a member: traffic of one is not the other's.
+        let ours = View::new(strata_stack::ViewId { counter: 1, creator: m(A) }, vec![m(A), m(B)]).unwrap();
+        let theirs = View::new(strata_stack::ViewId { counter: 1, creator: m(B) }, vec![m(B), m(A)]).unwrap();
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        a.down(Down::View(ours));
+        b.down(Down::View(theirs));
+        let sent = wire(&b.down(Down::Cast(body("other side"))));
+        let out = a.up(Up::Cast { from: m(B), msg: sent[0].1.clone() });
+        assert!(delivered(&out).is_empty());
+        assert_eq!(a.dropped("other_view"), 1);
+    }
+
+    #[test]
     fn a_new_view_restarts_sequence_numbers_and_drops_old_traffic() {
         let mut a = harness(A, 2);
         let old = wire(&a.down(Down::Cast(body("old"))));
@@ -1312,10 +1355,13 @@ mod tests {
         b.down(Down::View(v1.clone()));
         a.down(Down::View(v1));
         b.up(Up::Cast { from: m(A), msg: old[0].1.clone() });
-        assert_eq!(b.dropped("old_view"), 1);
+        assert_eq!(b.dropped("other_view"), 1);
         let out = a.down(Down::Cast(body("new")));
         let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
-        assert_eq!(sent.head(), &[kind::CAST, 1, 0]);
+        let mut expected = vec![kind::CAST];
+        expected.extend_from_slice(&view_tag(strata_stack::ViewId { counter: 1, creator: m(A) }).to_be_bytes());
+        expected.push(0);
+        assert_eq!(sent.head(), &expected[..]);
         assert_eq!(a.stats().get("xmit_buffer"), Some(1));
     }
 }
