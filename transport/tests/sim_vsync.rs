@@ -91,7 +91,7 @@ fn merge_mode_minority_keeps_working_and_merges_on_heal() {
     );
     // The minority installed a non-primary view and delivered in it.
     let minority = &o.members[3];
-    let epochs = check::epochs(minority);
+    let epochs = check::epochs(&o, minority);
     let np = epochs.iter().position(|e| !e.view.is_primary()).expect("a non-primary view at the minority");
     let delivered_in_np =
         minority.log.iter().filter(|e| matches!(e, Entry::Deliver(d) if d.at >= epochs[np].at && epochs.get(np + 1).is_none_or(|n| d.at < n.at))).count();

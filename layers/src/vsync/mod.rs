@@ -204,6 +204,10 @@ enum Phase {
 #[derive(Debug)]
 struct Sender {
     id: MemberId,
+    /// Casts NAK has passed up (the next one is this sender's cast number
+    /// `received`). It can trail `delivered` when a flush fetched casts
+    /// from a holder first.
+    received: u64,
     /// Casts delivered upwards.
     delivered: u64,
     /// Casts known delivered at every member; `kept` starts here.
@@ -218,7 +222,7 @@ struct Sender {
 
 impl Sender {
     fn new(id: MemberId) -> Self {
-        Sender { id, delivered: 0, stable: 0, kept: VecDeque::new(), held: VecDeque::new() }
+        Sender { id, received: 0, delivered: 0, stable: 0, kept: VecDeque::new(), held: VecDeque::new() }
     }
 
     fn available(&self) -> u64 {
@@ -299,8 +303,9 @@ pub struct Vsync {
     view_msg: Option<Control>,
     view_unacked: BTreeSet<MemberId>,
     view_retries: u32,
-    /// This member has sent the view that removes it and leaves once it is acknowledged.
-    departing: bool,
+    /// The outcome that removes this coordinator, which it announced and
+    /// acts on once every member acknowledged it (or the retries ran out).
+    departing: Option<Outcome>,
     last_repair: HashMap<MemberId, Instant>,
 
     joining_since: Instant,
@@ -360,7 +365,7 @@ impl Vsync {
             view_msg: None,
             view_unacked: BTreeSet::new(),
             view_retries: 0,
-            departing: false,
+            departing: None,
             last_repair: HashMap::new(),
             joining_since: Instant::ZERO,
             group_seen: None,
@@ -458,7 +463,7 @@ impl Vsync {
         self.fellow_joiners.clear();
         self.suspects.clear();
         self.merge_into = None;
-        self.departing = false;
+        self.departing = None;
         cx.cancel_timer(TIMER_HEARTBEAT);
         cx.cancel_timer(TIMER_PROBE);
         cx.cancel_timer(TIMER_ROUND);
@@ -540,6 +545,8 @@ impl Vsync {
         self.ever_member = true;
         self.view = view.clone();
         self.rank = members.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+        // Casts still held belonged to no cut: nobody delivers them.
+        self.beyond_cut += self.senders.iter().map(|s| s.held.len() as u64).sum::<u64>();
         self.senders = members.iter().map(|&m| Sender::new(m)).collect();
         self.last_heard = vec![now; members.len()];
         self.sent = 0;
@@ -578,6 +585,8 @@ impl Vsync {
                 // empty state plus those.
                 let what = "the group's state was lost: every member holding it failed before it was transferred; continuing from an empty state".to_string();
                 cx.up(Up::Problem(Problem { layer: "VSYNC", what }));
+                // Begin again (drop any chunks received), then end: empty.
+                cx.up(Up::StateBegin);
                 cx.up(Up::StateDone);
             }
             self.flush_loading_queue(cx);
@@ -681,29 +690,58 @@ impl Vsync {
             return self.emit(cx, Up::Cast { from, msg });
         }
         let Some(&r) = self.rank.get(&from).filter(|_| self.phase == Phase::Member) else { return cx.drop_malformed("cast_not_member") };
-        if let Some(p) = &self.participation {
-            let departing = !p.participants.contains(&from);
-            match &p.decided {
-                None if departing => {
-                    // Reported already: whether it is delivered is the cut's decision.
-                    self.senders[r].held.push_back(msg);
-                    return;
-                }
-                Some(d) if self.senders[r].delivered >= d.cut[r] => {
-                    self.beyond_cut += 1;
-                    return cx.drop_malformed("beyond_cut");
-                }
-                _ => {}
-            }
+        let s = &mut self.senders[r];
+        let seq = s.received;
+        s.received += 1;
+        if seq < s.delivered + s.held.len() as u64 {
+            // Delivered already: fetched from a holder during a flush.
+            return cx.drop_malformed("fetched_before");
+        }
+        if !s.held.is_empty() || !self.may_deliver(r) {
+            self.senders[r].held.push_back(msg);
+            return;
         }
         self.deliver(cx, r, msg);
         self.check_flushed(cx);
     }
 
+    /// Whether the next cast of sender `r` may be delivered now. During a
+    /// round, a departing sender's casts wait for the cut (this member
+    /// reported what it had); once a cut is decided, nothing past it is
+    /// delivered; and a cut this member flushed to binds it until a later
+    /// round decides otherwise. Casts that may not be delivered are held, in
+    /// order behind `delivered`, so `available` is what this member can hand
+    /// on.
+    fn may_deliver(&self, r: usize) -> bool {
+        let s = &self.senders[r];
+        if let Some(p) = &self.participation {
+            match &p.decided {
+                Some(d) => return s.delivered < d.cut[r],
+                None if !p.participants.contains(&s.id) => return false,
+                None => {}
+            }
+        }
+        self.accepted.as_ref().is_none_or(|a| s.delivered < a.cut[r])
+    }
+
+    /// Delivers what sender `r`'s held casts may now be.
+    fn release_held(&mut self, cx: &mut Context<'_>, r: usize) {
+        while !self.senders[r].held.is_empty() && self.may_deliver(r) {
+            let Some(msg) = self.senders[r].held.pop_front() else { break };
+            self.deliver(cx, r, msg);
+        }
+    }
+
     fn deliver(&mut self, cx: &mut Context<'_>, r: usize, msg: Msg) {
+        let own = self.senders[r].id == self.local;
         let s = &mut self.senders[r];
         s.delivered += 1;
-        s.kept.push_back(msg.clone());
+        // Kept for members that lack it when its sender departs; a member
+        // never serves its own casts (it is either a participant, whose
+        // casts NAK delivers, or gone).
+        if !own {
+            s.kept.push_back(msg.clone());
+        }
         let from = s.id;
         self.delivered += 1;
         self.emit(cx, Up::Cast { from, msg });
@@ -779,7 +817,7 @@ impl Vsync {
     // ---- view changes: the coordinator's side ---------------------------------
 
     fn maybe_change(&mut self, cx: &mut Context<'_>) {
-        if !self.is_coordinator() || self.departing {
+        if !self.is_coordinator() || self.departing.is_some() {
             return;
         }
         if let Some(round) = &self.round {
@@ -934,15 +972,11 @@ impl Vsync {
         // their own round once they miss this member.
         let removed = matches!(&decided.outcome, Outcome::Install { members, .. } if !members.contains(&self.local));
         if removed && !to.is_empty() {
-            // Stay long enough to repeat the view to whoever missed it.
-            self.departing = true;
-            self.view_unacked = to;
-            self.view_retries = 0;
+            self.departing = Some(decided.outcome);
             self.view_msg = Some(msg);
-            cx.set_timer(TIMER_RETRY, cx.now() + self.join_retry);
-            return;
+        } else {
+            self.apply(cx, &decided.outcome, msg);
         }
-        self.apply(cx, &decided.outcome, msg);
         self.view_unacked = to;
         self.view_retries = 0;
         if !self.view_unacked.is_empty() {
@@ -982,15 +1016,11 @@ impl Vsync {
         self.promised = Some(ballot);
         self.max_ballot = self.max_ballot.max(ballot.number);
         self.block(cx);
-        // Senders held back by an earlier round that this one keeps.
-        for (r, m) in self.view.members().to_vec().into_iter().enumerate() {
-            if participants.contains(&m) {
-                while let Some(msg) = self.senders[r].held.pop_front() {
-                    self.deliver(cx, r, msg);
-                }
-            }
-        }
         self.participation = Some(Participation { ballot, participants, decided: None, flushed: false });
+        // Senders held back by an earlier round that this one keeps.
+        for r in 0..self.senders.len() {
+            self.release_held(cx, r);
+        }
         let c = Control::FlushState {
             ballot,
             sent: self.sent,
@@ -1023,12 +1053,7 @@ impl Vsync {
             p.decided = Some(decided.clone());
         }
         for (r, holder) in holders.into_iter().enumerate() {
-            while self.senders[r].delivered < decided.cut[r] {
-                let Some(msg) = self.senders[r].held.pop_front() else { break };
-                self.deliver(cx, r, msg);
-            }
-            self.beyond_cut += self.senders[r].held.len() as u64;
-            self.senders[r].held.clear();
+            self.release_held(cx, r);
             let s = &self.senders[r];
             if s.delivered < decided.cut[r] && !participants.contains(&s.id) {
                 match holder {
@@ -1154,7 +1179,7 @@ impl Vsync {
     }
 
     fn probe_tick(&mut self, cx: &mut Context<'_>) {
-        if self.is_coordinator() && !self.departing {
+        if self.is_coordinator() && self.departing.is_none() {
             let targets: Vec<MemberId> = self
                 .seeds
                 .iter()
@@ -1187,14 +1212,17 @@ impl Vsync {
             // A member of this view has moved on to a newer primary view
             // without this member: it was removed (falsely suspected, or cut
             // off for a while), and joins again.
-            Phase::Member if self.view.contains(&from) && view > self.view.id() && primary && !members.contains(&self.local) => {
+            // (A strictly higher counter: a view with the same counter is a
+            // concurrent one, founded or decided elsewhere, which the merge
+            // rules below handle.)
+            Phase::Member if self.view.contains(&from) && view.counter > self.view.id().counter && primary && !members.contains(&self.local) => {
                 self.rejoin(cx, &members);
             }
             Phase::Member if view != self.view.id() && !self.view.contains(&from) && !members.contains(&self.local) => {
                 let mine = (self.view.is_primary(), self.view.members().to_vec());
                 if Self::absorbs(mine.0, &mine.1, primary, &members) {
                     if self.may_merge(mine.0) {
-                        let c = Control::Invite { view: self.view.id(), members: mine.1, primary: mine.0 };
+                        let c = Control::Invite { members: mine.1, primary: mine.0 };
                         self.send_control(cx, from, &c, true);
                     }
                 } else if self.may_merge(primary) && self.is_coordinator() && self.merge_into.is_none() && self.round.is_none() {
@@ -1363,12 +1391,10 @@ impl Vsync {
             }
             Control::View { .. } => self.on_view(cx, from, c),
             Control::ViewAck { id } => {
-                if self.view_msg.as_ref().is_some_and(|m| matches!(m, Control::View { outcome: Outcome::Install { id: i, .. }, .. } if *i == id))
-                    || self.departing
-                {
+                if self.view_msg.as_ref().is_some_and(|m| matches!(m, Control::View { outcome: Outcome::Install { id: i, .. }, .. } if *i == id)) {
                     self.view_unacked.remove(&from);
-                    if self.departing && self.view_unacked.is_empty() {
-                        self.finish_leave_or_rejoin(cx);
+                    if self.view_unacked.is_empty() {
+                        self.finish_departure(cx);
                     }
                 }
             }
@@ -1388,22 +1414,17 @@ impl Vsync {
                 }
             }
             Control::Probe { view, members, primary } => self.on_probe(cx, from, view, members, primary),
-            Control::Invite { members, primary, .. } => self.on_invite(cx, from, members, primary),
+            Control::Invite { members, primary } => self.on_invite(cx, from, members, primary),
             _ => cx.drop_malformed("control_not_member"),
         }
     }
 
-    /// A coordinator that removed itself has repeated its last view enough.
-    fn finish_leave_or_rejoin(&mut self, cx: &mut Context<'_>) {
-        self.departing = false;
+    /// A coordinator that removed itself has repeated its last view enough:
+    /// it goes (leaves, or joins again if it was removed without asking).
+    fn finish_departure(&mut self, cx: &mut Context<'_>) {
         self.view_unacked.clear();
-        match self.view_msg.clone() {
-            Some(msg @ Control::View { .. }) => {
-                let Control::View { outcome, .. } = &msg else { return };
-                let outcome = outcome.clone();
-                self.apply(cx, &outcome, msg);
-            }
-            _ => self.finish_leave(cx),
+        if let (Some(outcome), Some(msg)) = (self.departing.take(), self.view_msg.clone()) {
+            self.apply(cx, &outcome, msg);
         }
     }
 
@@ -1419,8 +1440,8 @@ impl Vsync {
                 }
             }
         }
-        if self.departing && self.view_unacked.is_empty() {
-            return self.finish_leave_or_rejoin(cx);
+        if self.view_unacked.is_empty() && self.departing.is_some() {
+            return self.finish_departure(cx);
         }
         if self.leaving && self.phase == Phase::Member {
             self.request_leave(cx);
@@ -1536,6 +1557,7 @@ impl Layer for Vsync {
             .add("kept", self.senders.iter().map(|s| s.kept.len() as u64).sum())
             .add("held", self.senders.iter().map(|s| s.held.len() as u64).sum::<u64>() + self.loading_queue.len() as u64)
             .add("queued", self.queued.len() as u64)
+            .add("contacts", self.seeds.len() as u64)
             .add("state_chunks_sent", self.state_chunks_sent)
             .add("state_chunks_received", self.state_chunks_received)
             .add("blocked", u64::from(self.blocked));

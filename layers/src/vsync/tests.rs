@@ -173,6 +173,40 @@ fn forged_and_stale_control_is_dropped_and_counted() {
     assert_eq!(h.view().id(), before.id(), "nothing changed the view");
 }
 
+#[test]
+fn strangers_cannot_grow_the_contact_list_without_bound() {
+    let me = MemberId::sim(0);
+    let mut h = harness(me, &[MemberId::sim(1)]);
+    for i in 0..3000u16 {
+        let stranger = MemberId::sim(1000 + i);
+        let members: Vec<MemberId> = (0..8).map(|j| MemberId::sim(10_000 + i * 8 + j)).collect();
+        let view = ViewId { counter: 1, creator: stranger };
+        control_from(&mut h, stranger, &Control::Probe { view, members, primary: false }, false);
+        control_from(&mut h, stranger, &Control::Join { joiner: stranger, last_counter: 0 }, false);
+    }
+    let contacts = h.stats().get("contacts").unwrap();
+    assert!(contacts <= MAX_CONTACTS as u64, "{contacts} contacts remembered");
+    // Join requests go to the bounded contact list, not to every name heard.
+    let out = h.advance(Instant::ZERO + Duration::from_millis(250));
+    let sends = out.iter().filter(|o| matches!(o, Out::Down(Down::Send { .. }))).count();
+    assert!(sends <= MAX_CONTACTS, "{sends} join requests in one round");
+}
+
+#[test]
+fn a_fetch_for_more_than_the_limit_is_refused() {
+    let me = MemberId::sim(0);
+    let peer = MemberId::sim(1);
+    let mut h = harness(me, &[]);
+    // Admit `peer`, so that it is a member that may ask.
+    let out = control_from(&mut h, peer, &Control::Join { joiner: peer, last_counter: 0 }, false);
+    let rest = loop_back(&mut h, me, out);
+    assert!(views(&rest).iter().any(|v| v.contains(&peer)));
+    let c = Control::Fetch { sender: me, from: 0, to: MAX_FETCH + 1 };
+    let out = h.up(Up::Send { from: peer, msg: wire::control(&c, false) });
+    assert!(out.is_empty());
+    assert_eq!(h.dropped("bad_fetch"), 1);
+}
+
 quickcheck! {
     fn random_packets_never_panic_or_change_the_view(packets: Vec<(u8, bool, Vec<u8>)>) -> bool {
         let me = MemberId::sim(0);

@@ -99,7 +99,7 @@ pub(super) enum Control {
     /// founded concurrently).
     Probe { view: ViewId, members: Vec<MemberId>, primary: bool },
     /// Out of band, answer to a probe from a view that should be absorbed: join us.
-    Invite { view: ViewId, members: Vec<MemberId>, primary: bool },
+    Invite { members: Vec<MemberId>, primary: bool },
 }
 
 /// A control message ready to go down (flagged out of band when `oob`).

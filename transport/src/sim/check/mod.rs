@@ -25,9 +25,9 @@ pub mod virtual_synchrony;
 pub mod vsync_liveness;
 
 use super::{Entry, MemberLog, MsgId, Outcome};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use strata_stack::{Instant, View};
+use strata_stack::{Instant, View, ViewId};
 
 /// A named property.
 #[derive(Copy, Clone, Debug)]
@@ -99,27 +99,55 @@ pub struct Epoch<'a> {
     pub loading: bool,
     /// Whether the member joined this view rather than moving into it from
     /// its previous view: the view is followed at once by `StateBegin`
-    /// (state transfer) and the member was not already loading state at the
-    /// end of its previous view (a member still loading is sent the state
-    /// again in the next view, and does move). A member's first view, a
+    /// (state transfer) and the member's previous view is not the one the
+    /// view was decided in ([`predecessors`]; a member still loading state
+    /// is sent it again in the next view, and does move). A member's first view, a
     /// rejoin after a dissolved minority view or after being removed, are
     /// joins; a founder's first view is neither (it has no predecessor).
     pub joined: bool,
 }
 
-/// The views member `m` installed, in order, with its knowledge at each.
-pub fn epochs(m: &MemberLog) -> Vec<Epoch<'_>> {
-    let mut out: Vec<Epoch<'_>> = Vec::new();
+/// For each view, the view it was decided in, as seen by a member that
+/// moved into it without a state transfer (an old member of the group).
+pub fn predecessors(o: &Outcome) -> BTreeMap<ViewId, ViewId> {
+    let mut out = BTreeMap::new();
+    for m in &o.members {
+        let mut prev: Option<ViewId> = None;
+        for (n, e) in m.log.iter().enumerate() {
+            if let Entry::View { view, .. } = e {
+                let state_follows = matches!(m.log.get(n + 1), Some(Entry::StateBegin { .. }));
+                if let (Some(p), false) = (prev, state_follows) {
+                    out.insert(view.id(), p);
+                }
+                prev = Some(view.id());
+            }
+        }
+    }
+    out
+}
+
+/// The views member `m` of run `o` installed, in order, with its knowledge at each.
+pub fn epochs<'a>(o: &Outcome, m: &'a MemberLog) -> Vec<Epoch<'a>> {
+    let predecessors = predecessors(o);
+    let mut out: Vec<Epoch<'a>> = Vec::new();
     let mut known = BTreeSet::new();
     let mut loading = false;
     for (n, e) in m.log.iter().enumerate() {
         match e {
             Entry::View { at, view } => {
+                let prev = out.last().map(|e| e.view.id());
                 if let Some(last) = out.last_mut() {
                     last.loading = loading;
                 }
+                // State follows a view both for a joiner and for a member
+                // still loading that moves on; a member moved if its previous
+                // view is the one the view was decided in.
                 let state_follows = matches!(m.log.get(n + 1), Some(Entry::StateBegin { .. }));
-                out.push(Epoch { view, at: *at, known: known.clone(), loading: false, joined: state_follows && !loading });
+                let moved = match predecessors.get(&view.id()) {
+                    Some(p) => prev == Some(*p),
+                    None => loading,
+                };
+                out.push(Epoch { view, at: *at, known: known.clone(), loading: false, joined: state_follows && !moved });
             }
             Entry::Deliver(d) => {
                 if let Some(id) = &d.id {

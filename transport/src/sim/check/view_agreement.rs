@@ -68,9 +68,9 @@ pub fn check(o: &Outcome) -> Result<(), String> {
     }
     // Which (member, view) installations were joins.
     let b_joined: BTreeMap<(&str, ViewId), bool> =
-        o.members.iter().flat_map(|m| epochs(m).into_iter().map(move |e| ((m.name.as_str(), e.view.id()), e.joined))).collect();
+        o.members.iter().flat_map(|m| epochs(o, m).into_iter().map(move |e| ((m.name.as_str(), e.view.id()), e.joined))).collect();
     for (m, (a, _, _)) in o.members.iter().zip(&sequences) {
-        for pair in epochs(m).windows(2) {
+        for pair in epochs(o, m).windows(2) {
             if pair[1].joined {
                 continue;
             }

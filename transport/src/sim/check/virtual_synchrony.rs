@@ -33,7 +33,7 @@ fn same_knowledge_across_each_change(o: &Outcome) -> Result<(), String> {
     // knowledge: its name, when it installed W, its knowledge then.
     let mut seen: BTreeMap<(ViewId, ViewId), (&str, Instant, BTreeSet<MsgId>)> = BTreeMap::new();
     for m in &o.members {
-        let epochs = epochs(m);
+        let epochs = epochs(o, m);
         for pair in epochs.windows(2) {
             let (v, w) = (&pair[0], &pair[1]);
             if v.loading || w.joined {

@@ -69,7 +69,7 @@ pub fn check(o: &Outcome) -> Result<(), String> {
         ));
     }
     for m in &live {
-        if epochs(m).last().is_some_and(|e| e.loading) {
+        if epochs(o, m).last().is_some_and(|e| e.loading) {
             let begin = m.log.iter().rev().find(|e| matches!(e, Entry::StateBegin { .. })).map(Entry::at);
             return Err(format!(
                 "{} is still loading state at the end (StateBegin at {:?}, no StateDone after it by {:?}) in view {}: its deliveries wait behind the load",
