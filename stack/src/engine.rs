@@ -29,8 +29,8 @@
 use crate::codec::{fnv1a64, Reader, Writer};
 use crate::context::{count_drop, Context, Drops, Queued, Timers};
 use crate::event::{AppEvent, Delivery, Down, Problem, Up};
-use crate::layer::{Layer, Stats, TimerKey};
-use crate::msg::Msg;
+use crate::layer::{Layer, Props, Stats, TimerKey};
+use crate::msg::{Msg, Order};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::spec::{SpecError, SpecErrorKind};
@@ -91,6 +91,12 @@ pub enum Refused {
     /// [`Stack::can_send`]).
     #[error("the stack's send window is full; retry after it drains")]
     Backpressure,
+    /// The cast asked for an order no layer of the stack provides.
+    #[error("this stack does not provide {order:?} order")]
+    OrderUnavailable {
+        /// The order asked for.
+        order: Order,
+    },
     /// The message is larger than the stack carries ([`Stack::max_message`]).
     #[error("a {len}-byte message exceeds the stack's limit of {max} bytes")]
     TooLarge {
@@ -185,6 +191,8 @@ pub struct Stack {
     counters: EngineCounters,
     frame_cast: Writer,
     frame_send: Writer,
+    /// What the layers provide together (`None` for a stack built from bare layers).
+    provides: Option<Props>,
 }
 
 impl fmt::Debug for Stack {
@@ -210,7 +218,10 @@ impl Stack {
         if total >= config.max_datagram {
             return Err(SpecError::new(SpecErrorKind::HeadersTooLarge { total, limit: config.max_datagram }, spec, 0).into());
         }
-        Stack::assemble(layers, config, resolved.canonical(), resolved.fingerprint(), now)
+        let provides = resolved.layers.iter().fold(Props::NONE, |p, (d, _)| p.union(d.provides));
+        let mut stack = Stack::assemble(layers, config, resolved.canonical(), resolved.fingerprint(), now)?;
+        stack.provides = Some(provides);
+        Ok(stack)
     }
 
     /// Builds a stack from layers constructed by the caller, outside any
@@ -280,6 +291,7 @@ impl Stack {
             counters: EngineCounters::default(),
             frame_cast: frame(FLAG_CAST),
             frame_send: frame(0),
+            provides: None,
             group: config.group,
         };
         for p in 1..=stack.slots.len() {
@@ -387,6 +399,29 @@ impl Stack {
     /// Casts `body` to the group.
     pub fn cast(&mut self, now: Instant, body: Bytes) -> Result<(), Refused> {
         self.input(now, Down::Cast(Msg::new(body)))
+    }
+
+    /// Casts `body` asking for `order` (see [`Order`]): refused with
+    /// [`Refused::OrderUnavailable`] unless a layer of the stack provides
+    /// that order (a stack built by [`Stack::from_layers`] accepts any).
+    pub fn cast_ordered(&mut self, now: Instant, body: Bytes, order: Order) -> Result<(), Refused> {
+        self.check_order(order)?;
+        let mut msg = Msg::new(body);
+        msg.flags_mut().set_order(Some(order));
+        self.input(now, Down::Cast(msg))
+    }
+
+    /// Whether this stack provides `order`.
+    pub fn check_order(&self, order: Order) -> Result<(), Refused> {
+        let needs = match order {
+            Order::Fifo => Props::FIFO,
+            Order::Causal => Props::CAUSAL,
+            Order::Total => Props::TOTAL,
+        };
+        match self.provides {
+            Some(p) if !p.contains(needs) => Err(Refused::OrderUnavailable { order }),
+            _ => Ok(()),
+        }
     }
 
     /// Sends `body` to one member.
@@ -567,6 +602,8 @@ impl Stack {
             Down::Leave => self.queue.push_back(Queued::Up(1, Up::Left)),
             // No membership layer asked for state: nobody to send it to.
             Down::StateChunk { .. } | Down::StateDone { .. } => count_drop(&mut self.drops, "state_without_membership"),
+            // No reliability layer to recover with (the membership layer requires one).
+            Down::Recover { .. } => count_drop(&mut self.drops, "recover_without_reliability"),
         }
     }
 

@@ -45,6 +45,20 @@ pub enum Down {
         /// The request's token.
         token: u64,
     },
+    /// Sent by the membership layer during a flush to the reliability layer:
+    /// obtain the casts of `sender` numbered below `upto` (counted from the
+    /// start of the view) that this member lacks, from `holder`, which has
+    /// them. `sender` is leaving the view and may not answer itself. The
+    /// recovered casts arrive as if `sender` had sent them, headers and all,
+    /// so the layers between (CAUSAL) order them as usual.
+    Recover {
+        /// Whose casts.
+        sender: MemberId,
+        /// One past the last one wanted.
+        upto: u64,
+        /// Who has them.
+        holder: MemberId,
+    },
 }
 
 /// An event travelling up, from the network towards the application.

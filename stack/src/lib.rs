@@ -32,7 +32,7 @@ pub use context::Context;
 pub use engine::{BuildError, Dest, LayerStats, Refused, Stack, StackConfig, Transmit};
 pub use event::{AppEvent, Delivery, Down, Problem, Up};
 pub use layer::{Layer, LayerDescriptor, ParamKind, ParamSpec, ParamValue, Params, Props, Stats, TimerKey};
-pub use msg::{Msg, MsgFlags};
+pub use msg::{Msg, MsgFlags, Order};
 pub use registry::{Registry, RegistryError, ResolvedStack};
 pub use rng::Rng;
 pub use spec::{SpecError, SpecErrorKind};

@@ -36,6 +36,47 @@ impl MsgFlags {
     pub fn insert(&mut self, other: MsgFlags) {
         self.0 |= other.0;
     }
+
+    const ORDER_SHIFT: u8 = 1;
+    const ORDER_MASK: u8 = 0b11 << Self::ORDER_SHIFT;
+
+    /// The order this cast asked for, if it asked (see [`Order`]).
+    pub fn order(self) -> Option<Order> {
+        match (self.0 & Self::ORDER_MASK) >> Self::ORDER_SHIFT {
+            1 => Some(Order::Fifo),
+            2 => Some(Order::Causal),
+            3 => Some(Order::Total),
+            _ => None,
+        }
+    }
+
+    /// Records the order this cast asks for (`None`: the stack's strongest).
+    pub fn set_order(&mut self, order: Option<Order>) {
+        let code = match order {
+            None => 0,
+            Some(Order::Fifo) => 1,
+            Some(Order::Causal) => 2,
+            Some(Order::Total) => 3,
+        };
+        self.0 = (self.0 & !Self::ORDER_MASK) | (code << Self::ORDER_SHIFT);
+    }
+}
+
+/// The delivery order one cast asks for, as Isis2's `Send`, `CausalSend` and
+/// `OrderedSend`. A cast that asks for nothing gets the strongest order the
+/// stack provides. A stack accepts a request only for an order it provides
+/// (see [`Stack::cast_ordered`](crate::Stack::cast_ordered)); ordering
+/// layers stronger than the request relax to it where that cannot weaken the
+/// guarantees of other casts, and otherwise deliver more strongly than asked
+/// (docs/ordering.md lists every combination).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Order {
+    /// Per-sender order only.
+    Fifo,
+    /// Causal order (needs CAUSAL in the stack).
+    Causal,
+    /// One order at every member (needs TOTAL or TOKEN).
+    Total,
 }
 
 /// A message moving through a stack.
@@ -104,6 +145,11 @@ impl Msg {
     /// Mutable local flags.
     pub fn flags_mut(&mut self) -> &mut MsgFlags {
         &mut self.flags
+    }
+
+    /// The order this cast asked for, if any (see [`Order`]).
+    pub fn order(&self) -> Option<Order> {
+        self.flags.order()
     }
 
     /// Pushes `bytes` in front of the message. Allocates only when the headers
@@ -268,6 +314,18 @@ mod tests {
             assert_eq!(m.pop_with(|r| r.array::<2>()), Ok([i, i]));
         }
         assert_eq!(&m.into_body()[..], b"x");
+    }
+
+    #[test]
+    fn the_order_request_shares_the_flags_byte_with_oob() {
+        let mut m = Msg::empty();
+        m.flags_mut().insert(MsgFlags::OOB);
+        assert_eq!(m.order(), None);
+        for o in [Some(Order::Fifo), Some(Order::Causal), Some(Order::Total), None] {
+            m.flags_mut().set_order(o);
+            assert_eq!(m.order(), o);
+            assert!(m.flags().contains(MsgFlags::OOB));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::{Control, DataCmd, GroupShared, JoinConfig, JoinError, Joined, Transp
 use crate::engine::{peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
 use crate::event::AppEvent;
 use crate::layer::Stats;
+use crate::msg::Order;
 use crate::registry::Registry;
 use crate::time::Instant;
 use crate::view::{MemberId, View};
@@ -106,10 +107,13 @@ impl GroupState {
 
     fn apply(&mut self, cmd: DataCmd, now: Instant, counters: &mut Counters) {
         match cmd {
-            DataCmd::Cast(_) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if self.leaving => counters.casts_after_leave += 1,
-            DataCmd::Cast(_) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if !self.stack.can_send() => self.parked = Some(cmd),
-            DataCmd::Cast(body) => {
-                let accepted = self.stack.cast(now, body);
+            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if self.leaving => counters.casts_after_leave += 1,
+            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if !self.stack.can_send() => self.parked = Some(cmd),
+            DataCmd::Cast(body, order) => {
+                let accepted = match order {
+                    None => self.stack.cast(now, body),
+                    Some(order) => self.stack.cast_ordered(now, body, order),
+                };
                 debug_assert!(accepted.is_ok(), "can_send was checked just before");
             }
             DataCmd::Send(to, body) => {
@@ -481,8 +485,10 @@ impl<T: Transport> Driver<T> {
             },
         );
         self.by_gid.insert(gid, key);
-        let max_message = self.groups[&key].stack.max_message();
-        Ok(Joined { name: cfg.group, key, local, max_message, data: data_tx, events: events_rx, shared })
+        let stack = &self.groups[&key].stack;
+        let max_message = stack.max_message();
+        let orders = [Order::Fifo, Order::Causal, Order::Total].into_iter().filter(|o| stack.check_order(*o).is_ok()).collect();
+        Ok(Joined { name: cfg.group, key, local, max_message, orders, data: data_tx, events: events_rx, shared })
     }
 
     fn remove_gone(&mut self) {

@@ -91,6 +91,7 @@ mod driver;
 use crate::engine::{BuildError, LayerStats};
 use crate::event::AppEvent;
 use crate::layer::Stats;
+use crate::msg::Order;
 use crate::registry::Registry;
 use crate::view::{MemberId, View};
 use bytes::Bytes;
@@ -196,6 +197,12 @@ pub enum GroupError {
         /// The stack's limit.
         max: usize,
     },
+    /// The cast asked for an order the group's stack does not provide.
+    #[error("this group's stack does not provide {order:?} order")]
+    OrderUnavailable {
+        /// The order asked for.
+        order: Order,
+    },
 }
 
 // Group status, shared by the handles and the driver.
@@ -260,7 +267,7 @@ impl WakeSlot {
 
 /// A group's ordered commands.
 pub(crate) enum DataCmd {
-    Cast(Bytes),
+    Cast(Bytes, Option<Order>),
     Send(MemberId, Bytes),
     Flush(oneshot::Sender<()>),
     Leave(oneshot::Sender<()>),
@@ -274,6 +281,7 @@ pub(crate) struct Joined {
     key: u64,
     local: MemberId,
     max_message: usize,
+    orders: Vec<Order>,
     data: mpsc::Sender<DataCmd>,
     events: mpsc::Receiver<AppEvent>,
     shared: Arc<GroupShared>,
@@ -344,6 +352,7 @@ impl Endpoint {
                 key: joined.key,
                 local: joined.local,
                 max_message: joined.max_message,
+                orders: joined.orders,
                 data: joined.data,
                 control: self.control.clone(),
                 shared: joined.shared,
@@ -379,6 +388,8 @@ struct GroupHandle {
     key: u64,
     local: MemberId,
     max_message: usize,
+    /// The orders the stack provides, for [`Group::cast_ordered`].
+    orders: Vec<Order>,
     data: mpsc::Sender<DataCmd>,
     control: mpsc::Sender<Control>,
     shared: Arc<GroupShared>,
@@ -434,7 +445,18 @@ impl Group {
     /// A body larger than [`Group::max_message`] is refused at once.
     pub async fn cast(&self, body: Bytes) -> Result<(), GroupError> {
         self.check_size(&body)?;
-        self.submit(DataCmd::Cast(body)).await
+        self.submit(DataCmd::Cast(body, None)).await
+    }
+
+    /// Casts `body` asking for `order` (see [`Order`] and docs/ordering.md),
+    /// queued like [`Group::cast`]. Refused at once if the stack does not
+    /// provide that order.
+    pub async fn cast_ordered(&self, body: Bytes, order: Order) -> Result<(), GroupError> {
+        self.check_size(&body)?;
+        if !self.inner.orders.contains(&order) {
+            return Err(GroupError::OrderUnavailable { order });
+        }
+        self.submit(DataCmd::Cast(body, Some(order))).await
     }
 
     /// Sends `body` to one member, queued like [`Group::cast`].
