@@ -37,6 +37,13 @@
 //!   reported upwards as [`Up::Stable`], and a [`Down::Flush`] is answered
 //!   with [`Up::Flushed`] once every cast made before it is stable.
 //!
+//! * **Relaying.** Each member keeps the others' casts it received until they
+//!   are stable. When a sender departs, the membership layer names a member
+//!   that holds its casts ([`Down::Recover`]); requests for what is missing
+//!   then go to that holder, which answers with the casts exactly as the
+//!   sender's NAK passed them up, headers of the layers above included, and
+//!   the receiver delivers them as the sender's.
+//!
 //! A leaving member sends its status three times, `retransmit_ms` apart,
 //! before it passes the leave down, so that the others learn what it received
 //! even if a datagram is lost.
@@ -52,8 +59,9 @@
 //! ## Header
 //! ```text
 //!  data:    | kind u8 | view u32 | seq varint | payload ...
+//!  relay:   | kind u8 | view u32 | sender rank varint | seq varint | payload ...
 //!  oob:     | kind u8 | payload ...
-//!  nak:     | kind u8 | view u32 | channel u8 | ranges varint | (first varint, count varint)* |
+//!  nak:     | kind u8 | view u32 | channel u8 | [sender rank varint] | ranges varint | (first varint, count varint)* |
 //!  status:  | kind u8 | view u32 | sent varint | stable varint | entries varint |
 //!           |   (cast_received, sends_received, sends_made, sends_stable) varint* per member in rank order |
 //! ```
@@ -63,7 +71,8 @@
 //! may share a member. Traffic of another view is dropped (an older view's
 //! is stale; a newer view's is retransmitted once this member installs it).
 //! A data header is 6 bytes for the first 128 messages of a view and at most
-//! 15.
+//! 15; a relayed cast's at most 25. A request's channel is 0 (casts), 1
+//! (sends) or 2 (another member's casts, relayed; the sender's rank follows).
 //!
 //! ## Parameters
 //! | name | default | meaning |
@@ -85,6 +94,7 @@
 //! only costs a bounded request, never memory: the out-of-order window is
 //! bounded by `max_out_of_order` per channel.
 
+use bytes::Bytes;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -145,7 +155,8 @@ pub const NAK: LayerDescriptor = LayerDescriptor {
             wire: false,
         },
     ],
-    max_header_len: |_| 1 + 4 + MAX_VARINT_LEN,
+    // The largest header is a relayed cast's: kind, view, sender rank, seq.
+    max_header_len: |_| 1 + 4 + 2 * MAX_VARINT_LEN,
     build: |p| Ok(Box::new(Nak::new(p))),
 };
 
@@ -157,6 +168,7 @@ mod kind {
     pub const OOB_SEND: u8 = 4;
     pub const NAK: u8 = 5;
     pub const STATUS: u8 = 6;
+    pub const RELAY: u8 = 7;
 }
 
 /// Channels a request can name.
@@ -164,6 +176,8 @@ mod kind {
 enum Channel {
     Cast = 0,
     Send = 1,
+    /// Another member's casts, relayed by a member that holds them.
+    Relay = 2,
 }
 
 /// Most ranges in one request.
@@ -336,11 +350,39 @@ struct Peer {
     acked_casts: u64,
     /// How many of its casts are stable, as last reported to the layers above.
     reported_stable: u64,
+    /// Its casts received here and not known stable, as passed up (NAK's
+    /// header removed), from cast number `reported_stable`: what this member
+    /// relays to members that lack them once the sender is gone.
+    kept: VecDeque<Bytes>,
+    /// The member asked for this member's missing casts instead of it (set by
+    /// [`Down::Recover`] when it is leaving the view).
+    relay: Option<usize>,
 }
 
 impl Peer {
     fn new(id: MemberId) -> Self {
-        Peer { id, casts_in: Inbound::default(), sends_in: Inbound::default(), sends_out: Outbound::default(), acked_casts: 0, reported_stable: 0 }
+        Peer {
+            id,
+            casts_in: Inbound::default(),
+            sends_in: Inbound::default(),
+            sends_out: Outbound::default(),
+            acked_casts: 0,
+            reported_stable: 0,
+            kept: VecDeque::new(),
+            relay: None,
+        }
+    }
+
+    /// Records that its casts up to `stable` are received everywhere.
+    fn stable_to(&mut self, stable: u64) {
+        let n = stable.saturating_sub(self.reported_stable).min(self.kept.len() as u64) as usize;
+        self.kept.drain(..n);
+        self.reported_stable = stable;
+    }
+
+    /// Its cast number `seq`, if kept here.
+    fn kept_cast(&self, seq: u64) -> Option<&Bytes> {
+        seq.checked_sub(self.reported_stable).and_then(|i| self.kept.get(i as usize))
     }
 }
 
@@ -396,6 +438,8 @@ pub struct Nak {
     naks_sent: u64,
     naks_received: u64,
     retransmitted: u64,
+    relayed: u64,
+    recovered: u64,
     status_sent: u64,
     status_received: u64,
     xmit_buffer_max: u64,
@@ -434,6 +478,8 @@ impl Nak {
             naks_sent: 0,
             naks_received: 0,
             retransmitted: 0,
+            relayed: 0,
+            recovered: 0,
             status_sent: 0,
             status_received: 0,
             xmit_buffer_max: 0,
@@ -462,8 +508,15 @@ impl Nak {
         self.update_window(cx);
     }
 
+    /// The retransmission identity FRAG merges fragments by: the view, the
+    /// channel, and the message's number on it (for a relayed cast, a mix of
+    /// its sender's rank and number; distinct per message in practice).
     fn tag(&self, channel: Channel, seq: u64) -> u64 {
-        ((u64::from(self.epoch) & 0xff_ffff) << 40) | ((seq & ((1 << 39) - 1)) << 1) | channel as u64
+        ((u64::from(self.epoch) & 0xff_ffff) << 40) | ((seq & ((1 << 38) - 1)) << 2) | channel as u64
+    }
+
+    fn relay_tag(&self, sender: usize, seq: u64) -> u64 {
+        self.tag(Channel::Relay, (sender as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq)
     }
 
     fn unstable(&self) -> usize {
@@ -572,7 +625,7 @@ impl Nak {
                     cx.up(Up::Send { from, msg })
                 }
             }
-            kind::CAST | kind::SEND | kind::NAK | kind::STATUS => {
+            kind::CAST | kind::SEND | kind::NAK | kind::STATUS | kind::RELAY => {
                 let Some(&r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
                 if self.me >= self.peers.len() {
                     // A view without this member: it takes no part in the group.
@@ -587,6 +640,7 @@ impl Nak {
                 }
                 let result = match k {
                     kind::CAST | kind::SEND => self.data(cx, r, k, msg),
+                    kind::RELAY => self.relayed(cx, msg),
                     kind::NAK => self.request(cx, r, &msg),
                     _ => self.status(cx, r, &msg),
                 };
@@ -603,13 +657,45 @@ impl Nak {
         if k == kind::SEND && r == self.me {
             return Err(Malformed("send_to_self"));
         }
-        let from = self.peers[r].id;
+        self.accept(cx, r, k, seq, msg);
+        Ok(())
+    }
+
+    /// A cast of another member, relayed by a member that holds it.
+    fn relayed(&mut self, cx: &mut Context<'_>, mut msg: Msg) -> DecodeResult<()> {
+        let (sender, seq) = msg.pop_with(|r| Ok((r.varint()?, r.varint()?)))?;
+        if sender >= self.peers.len() as u64 {
+            return Err(Malformed("relay_sender_not_member"));
+        }
+        if sender as usize == self.me {
+            return Err(Malformed("relay_of_own_cast"));
+        }
+        self.recovered += 1;
+        self.accept(cx, sender as usize, kind::CAST, seq, msg);
+        Ok(())
+    }
+
+    /// Takes message `seq` of member `r`'s casts (`k` CAST) or sends to this
+    /// member (`k` SEND), and passes up whatever became deliverable.
+    fn accept(&mut self, cx: &mut Context<'_>, r: usize, k: u8, seq: u64, msg: Msg) {
+        let own = r == self.me;
+        let peer = &mut self.peers[r];
+        let from = peer.id;
         let window = self.window;
-        let channel = if k == kind::CAST { &mut self.peers[r].casts_in } else { &mut self.peers[r].sends_in };
+        let kept = &mut peer.kept;
+        let channel = if k == kind::CAST { &mut peer.casts_in } else { &mut peer.sends_in };
         let mut delivered = 0u64;
         let result = channel.accept(seq, msg, window, |m| {
             delivered += 1;
-            cx.up(if k == kind::CAST { Up::Cast { from, msg: m } } else { Up::Send { from, msg: m } });
+            if k == kind::CAST {
+                // Received datagrams have no headroom: this clones a refcount.
+                if !own {
+                    kept.push_back(m.to_bytes());
+                }
+                cx.up(Up::Cast { from, msg: m });
+            } else {
+                cx.up(Up::Send { from, msg: m });
+            }
         });
         match result {
             Ok(Kept::Delivered) => {}
@@ -638,7 +724,6 @@ impl Nak {
         }
         self.arm_nak(cx);
         self.arm_status(cx);
-        Ok(())
     }
 
     /// Answers a request for retransmission.
@@ -647,7 +732,18 @@ impl Nak {
         let channel = match rd.u8()? {
             0 => Channel::Cast,
             1 => Channel::Send,
+            2 => Channel::Relay,
             _ => return Err(Malformed("bad_channel")),
+        };
+        let relayed = match channel {
+            Channel::Relay => {
+                let sender = rd.varint()?;
+                if sender >= self.peers.len() as u64 || sender as usize == self.me {
+                    return Err(Malformed("relay_request_bad_sender"));
+                }
+                Some(sender as usize)
+            }
+            _ => None,
         };
         let n = rd.varint_max(MAX_RANGES as u64, "too_many_ranges")?;
         let mut ranges: SmallVec<[(u64, u64); 8]> = SmallVec::new();
@@ -657,24 +753,54 @@ impl Nak {
         rd.finish()?;
         self.naks_received += 1;
         let to = self.peers[r].id;
-        let buffer = match channel {
-            Channel::Cast => &self.casts_out,
-            Channel::Send => &self.peers[r].sends_out,
-        };
         let (mut msgs, mut bytes) = (0u64, 0usize);
         'ranges: for (first, count) in ranges {
             for seq in first..first.saturating_add(count) {
                 if msgs >= self.max_xmit_msgs || (msgs > 0 && bytes >= self.max_xmit_bytes) {
                     break 'ranges;
                 }
-                let Some(m) = buffer.get(seq) else { break };
+                let msg = match relayed {
+                    None => {
+                        let buffer = if channel == Channel::Cast { &self.casts_out } else { &self.peers[r].sends_out };
+                        let Some(m) = buffer.get(seq) else { break };
+                        m.clone()
+                    }
+                    Some(sender) => {
+                        let Some(body) = self.peers[sender].kept_cast(seq) else { break };
+                        let mut m = Msg::new(body.clone());
+                        m.push_with(|w| {
+                            w.u8(kind::RELAY).u32(self.epoch).varint(sender as u64).varint(seq);
+                        });
+                        m.set_tag(Some(self.relay_tag(sender, seq)));
+                        m
+                    }
+                };
                 msgs += 1;
-                bytes += m.len();
-                cx.down(Down::Send { to, msg: m.clone() });
+                bytes += msg.len();
+                cx.down(Down::Send { to, msg });
             }
         }
-        self.retransmitted += msgs;
+        match relayed {
+            None => self.retransmitted += msgs,
+            Some(_) => self.relayed += msgs,
+        }
         Ok(())
+    }
+
+    /// Asks `holder` instead of `sender` for the casts of `sender` below `upto`.
+    fn recover(&mut self, cx: &mut Context<'_>, sender: MemberId, upto: u64, holder: MemberId) {
+        let (Some(&s), Some(&h)) = (self.rank.get(&sender), self.rank.get(&holder)) else { return cx.drop_malformed("recover_not_member") };
+        if s == self.me || h == self.me || s == h || self.me >= self.peers.len() {
+            return cx.drop_malformed("recover_bad_member");
+        }
+        let window = self.window;
+        let peer = &mut self.peers[s];
+        peer.relay = Some(h);
+        peer.casts_in.known = peer.casts_in.known.max(upto.min(peer.casts_in.next.saturating_add(window)));
+        // Ask at once: the flush waits for these.
+        peer.casts_in.last_request = None;
+        self.send_requests(cx);
+        self.arm_nak(cx);
     }
 
     fn status(&mut self, cx: &mut Context<'_>, r: usize, msg: &Msg) -> DecodeResult<()> {
@@ -707,7 +833,7 @@ impl Nak {
             self.ack_requested = true;
         }
         if stable > peer.reported_stable && stable <= peer.casts_in.next {
-            peer.reported_stable = stable;
+            peer.stable_to(stable);
             cx.up(Up::Stable { from: peer.id, count: stable });
         }
         // Its sends to this member.
@@ -766,12 +892,10 @@ impl Nak {
     fn send_requests(&mut self, cx: &mut Context<'_>) {
         let now = cx.now();
         for r in 0..self.peers.len() {
+            let relay_to = self.peers[r].relay.map(|h| self.peers[h].id);
             for channel in [Channel::Cast, Channel::Send] {
                 let peer = &mut self.peers[r];
-                let inbound = match channel {
-                    Channel::Cast => &mut peer.casts_in,
-                    Channel::Send => &mut peer.sends_in,
-                };
+                let inbound = if channel == Channel::Cast { &mut peer.casts_in } else { &mut peer.sends_in };
                 if !inbound.has_gap() || inbound.last_request.is_some_and(|t| now < t + self.retransmit) {
                     continue;
                 }
@@ -781,14 +905,25 @@ impl Nak {
                 }
                 inbound.last_request = Some(now);
                 let mut w = Writer::new();
-                w.u8(channel as u8).varint(ranges.len() as u64);
+                // A departing sender's casts are asked of the member that holds them.
+                let to = match (channel, relay_to) {
+                    (Channel::Cast, Some(holder)) => {
+                        w.u8(Channel::Relay as u8).varint(r as u64);
+                        holder
+                    }
+                    _ => {
+                        w.u8(channel as u8);
+                        peer.id
+                    }
+                };
+                w.varint(ranges.len() as u64);
                 for (first, count) in &ranges {
                     w.varint(*first).varint(*count);
                 }
                 let mut msg = Msg::new(bytes::Bytes::copy_from_slice(w.as_slice()));
                 push_control(&mut msg, kind::NAK, self.epoch);
                 self.naks_sent += 1;
-                cx.down(Down::Send { to: peer.id, msg });
+                cx.down(Down::Send { to, msg });
             }
         }
     }
@@ -826,6 +961,7 @@ impl Layer for Nak {
             Down::Cast(msg) => self.cast(cx, msg),
             Down::Send { to, msg } => self.send(cx, to, msg),
             Down::Flush { token } => self.flush(cx, token),
+            Down::Recover { sender, upto, holder } => self.recover(cx, sender, upto, holder),
             Down::View(v) => {
                 self.install(cx, &v);
                 cx.down(Down::View(v));
@@ -895,6 +1031,9 @@ impl Layer for Nak {
             .add("delivered_p2p", self.delivered_p2p)
             .add("delivered_oob", self.delivered_oob)
             .add("retransmitted", self.retransmitted)
+            .add("relayed", self.relayed)
+            .add("recovered", self.recovered)
+            .add("kept", self.peers.iter().map(|p| p.kept.len() as u64).sum())
             .add("naks_sent", self.naks_sent)
             .add("naks_received", self.naks_received)
             .add("status_sent", self.status_sent)
@@ -997,7 +1136,100 @@ mod tests {
     }
 
     fn a_tag(seq: u64) -> u64 {
-        ((u64::from(tag0()) & 0xff_ffff) << 40) | seq << 1
+        ((u64::from(tag0()) & 0xff_ffff) << 40) | seq << 2
+    }
+
+    #[test]
+    fn a_departed_senders_casts_are_relayed_by_a_holder_with_their_headers() {
+        // C cast c0, c1, c2; B got all three, A only c0. C is gone.
+        let mut a = harness(A, 3);
+        let mut b = harness(B, 3);
+        let mut c = harness(C, 3);
+        let sent: Vec<Out> = ["c0", "c1", "c2"].iter().flat_map(|t| c.down(Down::Cast(body(t)))).collect();
+        let datagrams = wire(&sent);
+        for (_, d) in &datagrams {
+            b.up(Up::Cast { from: m(C), msg: d.clone() });
+        }
+        assert_eq!(delivered(&a.up(Up::Cast { from: m(C), msg: datagrams[0].1.clone() })).len(), 1);
+        assert_eq!(b.stats().get("kept"), Some(3), "B keeps what it received until it is stable");
+        // VSYNC's cut says C's casts up to 3, held by B: A asks B at once.
+        let out = a.down(Down::Recover { sender: m(C), upto: 3, holder: m(B) });
+        let requests: Vec<_> = wire(&out).into_iter().filter(|(to, _)| *to == Some(m(B))).collect();
+        assert_eq!(requests.len(), 1, "{out:?}");
+        // kind, view, channel 2 (relay), sender rank 2, one range: (1, 2).
+        assert_eq!(requests[0].1.front(), &hdr(kind::NAK, &[2, 2, 1, 1, 2])[..]);
+        let answer = b.up(Up::Send { from: m(A), msg: requests[0].1.clone() });
+        let relays = wire(&answer);
+        assert_eq!(relays.len(), 2);
+        assert!(relays.iter().all(|(to, _)| *to == Some(m(A))));
+        assert_eq!(b.stats().get("relayed"), Some(2));
+        let tags: Vec<_> = answer.iter().filter_map(|o| if let Out::Down(Down::Send { msg, .. }) = o { msg.tag() } else { None }).collect();
+        assert_eq!(tags.len(), 2, "relays are tagged, so FRAG merges their retransmissions");
+        assert_ne!(tags[0], tags[1]);
+        assert!(!tags.contains(&a_tag(1)) && !tags.contains(&a_tag(2)));
+        // They arrive from B but are delivered as C's casts, in order.
+        let mut got = Vec::new();
+        for (_, r) in relays.iter().rev() {
+            got.extend(delivered(&a.up(Up::Send { from: m(B), msg: r.clone() })));
+        }
+        assert_eq!(got, vec![(m(C), Bytes::from_static(b"c1")), (m(C), Bytes::from_static(b"c2"))]);
+        assert_eq!(a.stats().get("recovered"), Some(2));
+        // A's NAK has no gap left: no more requests.
+        assert!(wire(&a.advance(Instant::from_millis(100))).iter().all(|(to, _)| to.is_none()));
+    }
+
+    #[test]
+    fn a_lost_relay_is_asked_for_again_and_kept_casts_are_freed_when_stable() {
+        let mut a = harness(A, 3);
+        let mut b = harness(B, 3);
+        let mut c = harness(C, 3);
+        let datagrams = wire(&c.down(Down::Cast(body("c0"))));
+        b.up(Up::Cast { from: m(C), msg: datagrams[0].1.clone() });
+        let first = a.down(Down::Recover { sender: m(C), upto: 1, holder: m(B) });
+        assert_eq!(wire(&first).iter().filter(|(to, _)| *to == Some(m(B))).count(), 1);
+        // The answer is lost; A asks again after retransmit_ms, still of B.
+        let again = a.advance(Instant::from_millis(20));
+        let requests: Vec<_> = wire(&again).into_iter().filter(|(to, _)| *to == Some(m(B))).collect();
+        assert_eq!(requests.len(), 1, "{again:?}");
+        let relays = wire(&b.up(Up::Send { from: m(A), msg: requests[0].1.clone() }));
+        assert_eq!(delivered(&a.up(Up::Send { from: m(B), msg: relays[0].1.clone() })), vec![(m(C), Bytes::from_static(b"c0"))]);
+        // C's status saying c0 is stable frees B's copy.
+        let mut st = Writer::new();
+        st.varint(1).varint(1).varint(3);
+        for _ in 0..3 {
+            st.varint(1).varint(0).varint(0).varint(0);
+        }
+        let mut status = Msg::new(Bytes::copy_from_slice(st.as_slice()));
+        push_control(&mut status, kind::STATUS, tag0());
+        b.up(Up::Cast { from: m(C), msg: status });
+        assert_eq!(b.stats().get("kept"), Some(0));
+    }
+
+    #[test]
+    fn hostile_relays_and_recover_requests_are_dropped() {
+        let mut a = harness(A, 3);
+        // A relay of A's own casts, and of a rank outside the view.
+        let mut own = Msg::new(Bytes::from_static(b"x"));
+        own.push_with(|w| {
+            w.u8(kind::RELAY).u32(tag0()).varint(0).varint(0);
+        });
+        assert!(delivered(&a.up(Up::Send { from: m(B), msg: own })).is_empty());
+        assert_eq!(a.dropped("relay_of_own_cast"), 1);
+        let mut outside = Msg::new(Bytes::from_static(b"x"));
+        outside.push_with(|w| {
+            w.u8(kind::RELAY).u32(tag0()).varint(9).varint(0);
+        });
+        assert!(delivered(&a.up(Up::Send { from: m(B), msg: outside })).is_empty());
+        assert_eq!(a.dropped("relay_sender_not_member"), 1);
+        // A request to relay B's casts to B itself, or this member's own.
+        let mut req = Msg::new(Bytes::from_static(&[2, 0, 1, 0, 1]));
+        push_control(&mut req, kind::NAK, tag0());
+        assert!(wire(&a.up(Up::Send { from: m(B), msg: req })).is_empty());
+        assert_eq!(a.dropped("relay_request_bad_sender"), 1);
+        // Recover naming non-members or this member.
+        assert!(a.down(Down::Recover { sender: m(7), upto: 3, holder: m(B) }).is_empty());
+        assert!(a.down(Down::Recover { sender: m(A), upto: 3, holder: m(B) }).is_empty());
+        assert_eq!(a.dropped("recover_not_member") + a.dropped("recover_bad_member"), 2);
     }
 
     #[test]

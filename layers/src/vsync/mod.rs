@@ -35,7 +35,7 @@
 //!       |                                     |  holds of each departing sender
 //!       | --- Cut(outcome, cut, holders) ---->|  deliver exactly the cut: participants'
 //!       |                                     |  casts arrive through NAK, departed
-//!       |                                     |  senders' are fetched from a holder
+//!       |                                     |  senders' are relayed by a holder's NAK
 //!       | <-- FlushOk ------------------------|
 //!       | --- View(outcome) ----------------->|  install the new view (joiners too),
 //!       |                                     |  release the held casts into it
@@ -81,8 +81,10 @@
 //! stable; while a change runs it waits behind the blocked casts.
 //!
 //! ## What it needs below
-//! Reliable FIFO casts and sends within a view (NAK), and that
-//! [`Up::Stable`] counts casts delivered to VSYNC at every member. Its
+//! Reliable FIFO casts and sends within a view (NAK), able to obtain a
+//! departed sender's casts from another member that holds them
+//! ([`Down::Recover`]); the layers between NAK and VSYNC must pass casts up
+//! one to one, since the cut counts casts in NAK's numbering. Its
 //! control messages travel either through NAK's reliable point-to-point
 //! channel within the old view (the flush) or out of band with their own
 //! retries (heartbeats, joins, views).
@@ -186,9 +188,6 @@ const MAX_PROBES: usize = 64;
 const MAX_CONTACTS: usize = 1024;
 /// Most times a coordinator retransmits a view to a member that does not acknowledge it.
 const VIEW_RETRIES: u32 = 10;
-/// Most casts one fetch may ask for (a request is answered from memory, so
-/// this bounds the burst one message can trigger).
-const MAX_FETCH: u64 = 1 << 20;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -204,17 +203,8 @@ enum Phase {
 #[derive(Debug)]
 struct Sender {
     id: MemberId,
-    /// Casts NAK has passed up (the next one is this sender's cast number
-    /// `received`). It can trail `delivered` when a flush fetched casts
-    /// from a holder first.
-    received: u64,
     /// Casts delivered upwards.
     delivered: u64,
-    /// Casts known delivered at every member; `kept` starts here.
-    stable: u64,
-    /// Delivered casts that are not yet stable, kept to hand to members that
-    /// lack them when their sender departs.
-    kept: VecDeque<Msg>,
     /// Casts received but not delivered: a departing sender's casts after
     /// this member reported what it holds.
     held: VecDeque<Msg>,
@@ -222,7 +212,7 @@ struct Sender {
 
 impl Sender {
     fn new(id: MemberId) -> Self {
-        Sender { id, received: 0, delivered: 0, stable: 0, kept: VecDeque::new(), held: VecDeque::new() }
+        Sender { id, delivered: 0, held: VecDeque::new() }
     }
 
     fn available(&self) -> u64 {
@@ -322,7 +312,8 @@ pub struct Vsync {
     views_installed: u64,
     rounds_started: u64,
     delivered: u64,
-    fetched: u64,
+    /// Departed senders' casts asked of a holder, through NAK ([`Down::Recover`]).
+    recoveries: u64,
     suspicions: u64,
     state_chunks_sent: u64,
     state_chunks_received: u64,
@@ -379,7 +370,7 @@ impl Vsync {
             views_installed: 0,
             rounds_started: 0,
             delivered: 0,
-            fetched: 0,
+            recoveries: 0,
             suspicions: 0,
             state_chunks_sent: 0,
             state_chunks_received: 0,
@@ -690,14 +681,7 @@ impl Vsync {
             return self.emit(cx, Up::Cast { from, msg });
         }
         let Some(&r) = self.rank.get(&from).filter(|_| self.phase == Phase::Member) else { return cx.drop_malformed("cast_not_member") };
-        let s = &mut self.senders[r];
-        let seq = s.received;
-        s.received += 1;
-        if seq < s.delivered + s.held.len() as u64 {
-            // Delivered already: fetched from a holder during a flush.
-            return cx.drop_malformed("fetched_before");
-        }
-        if !s.held.is_empty() || !self.may_deliver(r) {
+        if !self.senders[r].held.is_empty() || !self.may_deliver(r) {
             self.senders[r].held.push_back(msg);
             return;
         }
@@ -733,27 +717,11 @@ impl Vsync {
     }
 
     fn deliver(&mut self, cx: &mut Context<'_>, r: usize, msg: Msg) {
-        let own = self.senders[r].id == self.local;
         let s = &mut self.senders[r];
         s.delivered += 1;
-        // Kept for members that lack it when its sender departs; a member
-        // never serves its own casts (it is either a participant, whose
-        // casts NAK delivers, or gone).
-        if !own {
-            s.kept.push_back(msg.clone());
-        }
         let from = s.id;
         self.delivered += 1;
         self.emit(cx, Up::Cast { from, msg });
-    }
-
-    fn on_stable(&mut self, from: MemberId, count: u64) {
-        let Some(&r) = self.rank.get(&from) else { return };
-        let s = &mut self.senders[r];
-        while s.stable < count && s.stable < s.delivered {
-            s.kept.pop_front();
-            s.stable += 1;
-        }
     }
 
     // ---- failure detection ---------------------------------------------------
@@ -1055,11 +1023,13 @@ impl Vsync {
         for (r, holder) in holders.into_iter().enumerate() {
             self.release_held(cx, r);
             let s = &self.senders[r];
-            if s.delivered < decided.cut[r] && !participants.contains(&s.id) {
+            if s.available() < decided.cut[r] && !participants.contains(&s.id) {
                 match holder {
+                    // Recovered below, by NAK, so that they arrive with every
+                    // header of the layers between (CAUSAL orders them).
                     Some(h) if h != self.local => {
-                        let c = Control::Fetch { sender: s.id, from: s.delivered, to: decided.cut[r] };
-                        self.send_control(cx, h, &c, false);
+                        self.recoveries += 1;
+                        cx.down(Down::Recover { sender: s.id, upto: decided.cut[r], holder: h });
                     }
                     _ => {
                         let what = format!("no member holds casts {}..{} of departed {}", s.delivered, decided.cut[r], s.id);
@@ -1084,37 +1054,6 @@ impl Vsync {
         self.accepted = Some(d.clone());
         let ballot = p.ballot;
         self.send_control(cx, ballot.coordinator, &Control::FlushOk { ballot }, false);
-    }
-
-    fn on_fetch(&mut self, cx: &mut Context<'_>, from: MemberId, sender: MemberId, first: u64, end: u64) {
-        let Some(&r) = self.rank.get(&sender) else { return cx.drop_malformed("fetch_unknown_sender") };
-        let s = &self.senders[r];
-        if end < first || end - first > MAX_FETCH {
-            return cx.drop_malformed("bad_fetch");
-        }
-        let mut out = Vec::new();
-        for seq in first.max(s.stable)..end.min(s.delivered) {
-            if let Some(m) = s.kept.get((seq - s.stable) as usize) {
-                let mut m = m.clone();
-                wire::push_fetched(&mut m, sender, seq);
-                out.push(m);
-            }
-        }
-        for msg in out {
-            cx.down(Down::Send { to: from, msg });
-        }
-    }
-
-    fn on_fetched(&mut self, cx: &mut Context<'_>, mut msg: Msg) {
-        let Ok((sender, seq)) = msg.pop_with(|r| Ok((MemberId::decode(r)?, r.varint()?))) else { return cx.drop_malformed("bad_fetched") };
-        let Some(&r) = self.rank.get(&sender) else { return cx.drop_malformed("fetched_unknown_sender") };
-        let wanted = self.participation.as_ref().and_then(|p| p.decided.as_ref()).is_some_and(|d| seq == self.senders[r].delivered && seq < d.cut[r]);
-        if !wanted {
-            return cx.drop_malformed("stale_fetched");
-        }
-        self.fetched += 1;
-        self.deliver(cx, r, msg);
-        self.check_flushed(cx);
     }
 
     fn on_view(&mut self, cx: &mut Context<'_>, from: MemberId, msg: Control) {
@@ -1274,7 +1213,6 @@ impl Vsync {
                     cx.drop_malformed("send_not_member");
                 }
             }
-            (kind::FETCHED, false) if self.is_member(&from) => self.on_fetched(cx, msg),
             (kind::STATE_CHUNK, false) if self.is_member(&from) => {
                 if self.loading && self.state_provider == Some(from) {
                     self.state_chunks_received += 1;
@@ -1287,7 +1225,7 @@ impl Vsync {
                 Ok(c) => self.on_control(cx, from, c),
                 Err(e) => cx.drop_malformed(e.0),
             },
-            (kind::FETCHED | kind::STATE_CHUNK, false) => cx.drop_malformed("not_member"),
+            (kind::STATE_CHUNK, false) => cx.drop_malformed("not_member"),
             _ => cx.drop_malformed("unknown_kind"),
         }
     }
@@ -1381,7 +1319,6 @@ impl Vsync {
                 self.on_flush_state(cx, from, ballot, Report { sent, loading, available, accepted })
             }
             Control::Cut { ballot, accepted, holders } if member => self.on_cut(cx, from, ballot, accepted, holders),
-            Control::Fetch { sender, from: first, to } if member => self.on_fetch(cx, from, sender, first, to),
             Control::FlushOk { ballot } if member => self.on_flush_ok(cx, from, ballot),
             Control::Reject { promised } if member => {
                 self.max_ballot = self.max_ballot.max(promised.number);
@@ -1519,10 +1456,6 @@ impl Layer for Vsync {
         match ev {
             Up::Cast { from, msg } => self.receive(cx, from, msg, true),
             Up::Send { from, msg } => self.receive(cx, from, msg, false),
-            Up::Stable { from, count } => {
-                self.on_stable(from, count);
-                cx.up(Up::Stable { from, count });
-            }
             Up::Left => {
                 self.phase = Phase::Left;
                 cx.up(Up::Left);
@@ -1551,10 +1484,9 @@ impl Layer for Vsync {
             .add("views_installed", self.views_installed)
             .add("rounds_started", self.rounds_started)
             .add("delivered", self.delivered)
-            .add("fetched", self.fetched)
+            .add("recoveries", self.recoveries)
             .add("beyond_cut", self.beyond_cut)
             .add("suspicions", self.suspicions)
-            .add("kept", self.senders.iter().map(|s| s.kept.len() as u64).sum())
             .add("held", self.senders.iter().map(|s| s.held.len() as u64).sum::<u64>() + self.loading_queue.len() as u64)
             .add("queued", self.queued.len() as u64)
             .add("contacts", self.seeds.len() as u64)

@@ -192,21 +192,6 @@ fn strangers_cannot_grow_the_contact_list_without_bound() {
     assert!(sends <= MAX_CONTACTS, "{sends} join requests in one round");
 }
 
-#[test]
-fn a_fetch_for_more_than_the_limit_is_refused() {
-    let me = MemberId::sim(0);
-    let peer = MemberId::sim(1);
-    let mut h = harness(me, &[]);
-    // Admit `peer`, so that it is a member that may ask.
-    let out = control_from(&mut h, peer, &Control::Join { joiner: peer, last_counter: 0 }, false);
-    let rest = loop_back(&mut h, me, out);
-    assert!(views(&rest).iter().any(|v| v.contains(&peer)));
-    let c = Control::Fetch { sender: me, from: 0, to: MAX_FETCH + 1 };
-    let out = h.up(Up::Send { from: peer, msg: wire::control(&c, false) });
-    assert!(out.is_empty());
-    assert_eq!(h.dropped("bad_fetch"), 1);
-}
-
 quickcheck! {
     fn random_packets_never_panic_or_change_the_view(packets: Vec<(u8, bool, Vec<u8>)>) -> bool {
         let me = MemberId::sim(0);

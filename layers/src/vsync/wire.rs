@@ -1,10 +1,9 @@
 //! VSYNC's wire format: a one-byte kind, then either application data
-//! (zero-copy, the payload follows), a retransmitted message of a departed
-//! sender, or a bincode control payload.
+//! (zero-copy, the payload follows), a state chunk, or a bincode control
+//! payload.
 //!
 //! ```text
 //!  data cast / data send:  | kind u8 | payload ...
-//!  fetched:                | kind u8 | sender (MemberId) | seq varint | original message ...
 //!  state chunk:            | kind u8 | chunk ...
 //!  control:                | kind u8 | bincode(Control), at most MAX_CONTROL bytes
 //! ```
@@ -17,7 +16,7 @@ use strata_stack::{MemberId, Msg, MsgFlags, ViewId};
 pub(super) mod kind {
     pub const CAST: u8 = 1;
     pub const SEND: u8 = 2;
-    pub const FETCHED: u8 = 3;
+    // 3 was a departed sender's cast fetched from a holder; NAK relays those now.
     pub const STATE_CHUNK: u8 = 4;
     pub const CONTROL: u8 = 5;
 }
@@ -82,8 +81,6 @@ pub(super) enum Control {
     FlushState { ballot: Ballot, sent: u64, loading: bool, available: Vec<u64>, accepted: Option<Accepted> },
     /// Reliable, coordinator to participants: the decided outcome and cut.
     Cut { ballot: Ballot, accepted: Accepted, holders: Vec<Option<MemberId>> },
-    /// Reliable, participant to a holder: send me `sender`'s casts `from..to`.
-    Fetch { sender: MemberId, from: u64, to: u64 },
     /// Reliable, participant to coordinator: flushed to the cut.
     FlushOk { ballot: Ballot },
     /// Out of band, to every member concerned: the outcome of the round run in view `from`.
@@ -124,15 +121,6 @@ pub(super) fn decode(msg: &Msg) -> DecodeResult<Control> {
         Control::View { outcome: Outcome::Install { members, .. }, .. } if members.is_empty() => Err(Malformed("empty_view")),
         _ => Ok(c),
     }
-}
-
-/// The header of a retransmitted cast of a departed sender.
-pub(super) fn push_fetched(msg: &mut Msg, sender: MemberId, seq: u64) {
-    msg.push_with(|w| {
-        w.u8(kind::FETCHED);
-        sender.encode(w);
-        w.varint(seq);
-    });
 }
 
 #[cfg(test)]
