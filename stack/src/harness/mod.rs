@@ -6,6 +6,7 @@
 //! style of openraft's engine tests). Timers are fired only by
 //! [`LayerHarness::advance`], so time is entirely in the test's hands.
 
+pub mod bench;
 mod tag;
 
 pub use tag::{Tag, TAG_BYTE};
@@ -68,7 +69,9 @@ impl LayerHarness {
             max_payload,
             init_output: Vec::new(),
         };
-        h.init_output = h.call(|l, cx| l.init(cx));
+        let mut init = Vec::new();
+        h.call(|l, cx| l.init(cx), &mut init);
+        h.init_output = init;
         h
     }
 
@@ -79,33 +82,53 @@ impl LayerHarness {
 
     /// Hands the layer an event from above; returns everything it emitted.
     pub fn down(&mut self, ev: Down) -> Vec<Out> {
+        let mut out = Vec::new();
+        self.down_into(ev, &mut out);
+        out
+    }
+
+    /// Like [`LayerHarness::down`], appending to `out` (no allocation once
+    /// `out` has room: for benches).
+    pub fn down_into(&mut self, ev: Down, out: &mut Vec<Out>) {
         if let Down::View(v) = &ev {
             self.view = v.clone();
         }
-        self.call(|l, cx| l.down(cx, ev))
+        self.call(|l, cx| l.down(cx, ev), out)
     }
 
     /// Hands the layer an event from below; returns everything it emitted.
     pub fn up(&mut self, ev: Up) -> Vec<Out> {
+        let mut out = Vec::new();
+        self.up_into(ev, &mut out);
+        out
+    }
+
+    /// Like [`LayerHarness::up`], appending to `out`.
+    pub fn up_into(&mut self, ev: Up, out: &mut Vec<Out>) {
         if let Up::View(v) = &ev {
             self.view = v.clone();
         }
-        self.call(|l, cx| l.up(cx, ev))
+        self.call(|l, cx| l.up(cx, ev), out)
     }
 
     /// Moves time to `to`, firing every timer due by then in deadline order;
     /// returns everything emitted.
     pub fn advance(&mut self, to: Instant) -> Vec<Out> {
         let mut out = Vec::new();
+        self.advance_into(to, &mut out);
+        out
+    }
+
+    /// Like [`LayerHarness::advance`], appending to `out`.
+    pub fn advance_into(&mut self, to: Instant, out: &mut Vec<Out>) {
         loop {
             let due = self.timers.iter().filter(|(_, d)| *d <= to).min_by_key(|(k, d)| (*d, *k)).copied();
             let Some((key, deadline)) = due else { break };
             self.now = self.now.max(deadline);
             self.timers.retain(|(k, _)| *k != key);
-            out.extend(self.call(|l, cx| l.timeout(cx, key)));
+            self.call(|l, cx| l.timeout(cx, key), out);
         }
         self.now = self.now.max(to);
-        out
     }
 
     /// The current time.
@@ -145,7 +168,7 @@ impl LayerHarness {
         &self.view
     }
 
-    fn call(&mut self, f: impl FnOnce(&mut dyn Layer, &mut Context<'_>)) -> Vec<Out> {
+    fn call(&mut self, f: impl FnOnce(&mut dyn Layer, &mut Context<'_>), out: &mut Vec<Out>) {
         let mut cx = Context {
             position: 1,
             name: self.name,
@@ -160,12 +183,9 @@ impl LayerHarness {
             max_payload: self.max_payload,
         };
         f(self.layer.as_mut(), &mut cx);
-        self.queue
-            .drain(..)
-            .map(|q| match q {
-                Queued::Down(_, ev) => Out::Down(ev),
-                Queued::Up(_, ev) => Out::Up(ev),
-            })
-            .collect()
+        out.extend(self.queue.drain(..).map(|q| match q {
+            Queued::Down(_, ev) => Out::Down(ev),
+            Queued::Up(_, ev) => Out::Up(ev),
+        }));
     }
 }
