@@ -1,7 +1,7 @@
 //! The engine: one group's layers and the FIFO event queue between them.
 //!
 //! A [`Stack`] is sans-IO, in the manner of quinn-proto's `Connection`: inputs
-//! arrive through `handle_*`, `cast`, `send`, `flush` and `leave`; outputs are
+//! arrive through `handle_*`, `cast`, `send`, `query`, `reply`, `flush` and `leave`; outputs are
 //! drained through `poll_*`. After any input a driver calls, in this order:
 //!
 //! 1. [`Stack::poll_transmit`] until `None`, handing each datagram to the transport;
@@ -28,7 +28,7 @@
 
 use crate::codec::{fnv1a64, Reader, Writer};
 use crate::context::{count_drop, Context, Drops, Queued, Timers};
-use crate::event::{AppEvent, Delivery, Down, Problem, Up};
+use crate::event::{AppEvent, Delivery, Down, Problem, Up, Want};
 use crate::layer::{Layer, Props, Stats, TimerKey};
 use crate::msg::{Msg, Order};
 use crate::registry::Registry;
@@ -40,12 +40,16 @@ use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// First byte of every frame: protocol family and version 1.
 pub const FRAME_MAGIC: u8 = 0xA1;
 const FLAG_CAST: u8 = 1;
 /// The most bytes the frame header takes.
 pub const FRAME_HEADER_MAX: usize = 1 + 1 + 4 + 4 + MemberId::MAX_ENCODED_LEN;
+/// The stack-string name of the layer that handles [`Down::Query`] and
+/// [`Down::Reply`]; [`Stack::query`] refuses on a stack without it.
+pub const QUERY_LAYER: &str = "QUERY";
 /// Dispatches allowed per input before the engine declares a runaway loop.
 pub const EVENT_BUDGET: usize = 1 << 20;
 
@@ -105,6 +109,9 @@ pub enum Refused {
         /// The stack's limit.
         max: usize,
     },
+    /// A query or a reply on a stack without a query layer (QUERY).
+    #[error("this stack has no QUERY layer; add QUERY at the top of the stack string")]
+    QueryUnavailable,
 }
 
 /// Why a stack could not be built.
@@ -193,6 +200,10 @@ pub struct Stack {
     frame_send: Writer,
     /// What the layers provide together (`None` for a stack built from bare layers).
     provides: Option<Props>,
+    /// Whether a layer named `QUERY` handles queries and replies.
+    has_query: bool,
+    /// The id of the next [`Stack::query`].
+    next_query_id: u64,
 }
 
 impl fmt::Debug for Stack {
@@ -292,8 +303,11 @@ impl Stack {
             frame_cast: frame(FLAG_CAST),
             frame_send: frame(0),
             provides: None,
+            has_query: false,
+            next_query_id: 0,
             group: config.group,
         };
+        stack.has_query = stack.slots.iter().any(|s| s.name == QUERY_LAYER);
         for p in 1..=stack.slots.len() {
             stack.with_layer(p, |layer, cx| layer.init(cx));
             stack.run();
@@ -429,6 +443,36 @@ impl Stack {
         self.input(now, Down::Send { to, msg: Msg::new(body) })
     }
 
+    /// Casts `body` as a query and collects replies (see
+    /// [`Down::Query`] and docs/layers/QUERY.md): the result comes as
+    /// [`AppEvent::QueryDone`] with the returned id. Refused like a cast
+    /// (size, backpressure), and with [`Refused::QueryUnavailable`] on a
+    /// stack without a QUERY layer.
+    pub fn query(&mut self, now: Instant, body: Bytes, want: Want, timeout: Duration) -> Result<u64, Refused> {
+        self.check_query()?;
+        let id = self.next_query_id;
+        self.input(now, Down::Query { id, msg: Msg::new(body), want, timeout })?;
+        self.next_query_id += 1;
+        Ok(id)
+    }
+
+    /// Answers query `id` of member `to` ([`AppEvent::Query`]). Refused like
+    /// a send, and with [`Refused::QueryUnavailable`] on a stack without a
+    /// QUERY layer.
+    pub fn reply(&mut self, now: Instant, to: MemberId, id: u64, body: Bytes) -> Result<(), Refused> {
+        self.check_query()?;
+        self.input(now, Down::Reply { to, id, msg: Msg::new(body) })
+    }
+
+    /// Whether this stack has a QUERY layer to handle queries and replies.
+    pub fn check_query(&self) -> Result<(), Refused> {
+        if self.has_query {
+            Ok(())
+        } else {
+            Err(Refused::QueryUnavailable)
+        }
+    }
+
     /// The largest cast or send this stack carries: bounded by the
     /// transport's datagram and the layers' headers, or by a layer that sets
     /// its own bound (FRAG).
@@ -441,7 +485,7 @@ impl Stack {
     /// runtime).
     pub fn input(&mut self, now: Instant, ev: Down) -> Result<(), Refused> {
         let len = match &ev {
-            Down::Cast(msg) | Down::Send { msg, .. } => Some(msg.len()),
+            Down::Cast(msg) | Down::Send { msg, .. } | Down::Query { msg, .. } | Down::Reply { msg, .. } => Some(msg.len()),
             Down::StateChunk { data, .. } => Some(data.len()),
             _ => None,
         };
@@ -604,6 +648,13 @@ impl Stack {
             Down::StateChunk { .. } | Down::StateDone { .. } => count_drop(&mut self.drops, "state_without_membership"),
             // No reliability layer to recover with (the membership layer requires one).
             Down::Recover { .. } => count_drop(&mut self.drops, "recover_without_reliability"),
+            // `Stack::query` and `Stack::reply` refuse these without a QUERY
+            // layer; only raw `input` gets here.
+            Down::Query { .. } | Down::Reply { .. } => {
+                count_drop(&mut self.drops, "query_without_query_layer");
+                let what = "a query or reply reached the bottom of the stack: add QUERY to the stack string".to_string();
+                self.events.push_back(AppEvent::Problem(Problem { layer: "engine", what }));
+            }
         }
     }
 
@@ -623,6 +674,8 @@ impl Stack {
             Up::StateBegin => AppEvent::StateBegin,
             Up::StateChunk(data) => AppEvent::StateChunk(data),
             Up::StateDone => AppEvent::StateDone,
+            Up::Query { from, id, msg } => AppEvent::Query { from, id, body: msg.into_body() },
+            Up::QueryDone(result) => AppEvent::QueryDone(result),
         };
         self.events.push_back(ev);
     }

@@ -7,6 +7,7 @@ use crate::msg::Msg;
 use crate::view::{MemberId, View};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An event travelling down, from the application towards the network.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +59,30 @@ pub enum Down {
         upto: u64,
         /// Who has them.
         holder: MemberId,
+    },
+    /// Cast `msg` as query `id` and collect replies until `want` is met, the
+    /// view rules it out, or `timeout` passes; answered by
+    /// [`Up::QueryDone`] with the same id. Handled by a query layer (QUERY);
+    /// see docs/layers/QUERY.md for the rules.
+    Query {
+        /// Chosen by the caller, unique among its queries in flight; echoed
+        /// in the replies and the result.
+        id: u64,
+        /// The request.
+        msg: Msg,
+        /// How many replies complete the query.
+        want: Want,
+        /// How long to wait for them, from now.
+        timeout: Duration,
+    },
+    /// Answer query `id` of member `to` (from an [`Up::Query`]).
+    Reply {
+        /// The member that asked.
+        to: MemberId,
+        /// The query's id.
+        id: u64,
+        /// The answer.
+        msg: Msg,
     },
 }
 
@@ -128,6 +153,65 @@ pub enum Up {
     StateChunk(Bytes),
     /// The state is complete; deliveries of the current view follow.
     StateDone,
+    /// A query cast by `from` (a [`Down::Query`] there) to be answered
+    /// with [`Down::Reply`] carrying `from` and `id`. Delivered in the
+    /// order of casts, like the cast it travelled as.
+    Query {
+        /// The member that asked.
+        from: MemberId,
+        /// The query's id, to echo in the reply.
+        id: u64,
+        /// The request.
+        msg: Msg,
+    },
+    /// A query this member cast is over: the replies it got and why it ended.
+    QueryDone(QueryResult),
+}
+
+/// How many replies a query waits for (see [`Down::Query`]). Only members
+/// of the view in which the query was delivered are asked; members that
+/// leave that view are no longer waited for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Want {
+    /// Every member asked that is still in the view.
+    All,
+    /// This many replies (from any members asked, including ones that
+    /// replied and left since). `Count(0)` completes at once.
+    Count(usize),
+    /// More than half of the members asked that are still in the view when
+    /// the query completes: a majority of the current view, not counting
+    /// members that joined after the query (they were never asked).
+    Majority,
+}
+
+/// Why a query ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum QueryOutcome {
+    /// Enough replies arrived.
+    Complete,
+    /// The timeout passed first.
+    TimedOut,
+    /// Every member still in the view answered and `want` is not met (more
+    /// replies asked for than members left), or this member left the group.
+    Impossible,
+}
+
+/// The end of a query (see [`Up::QueryDone`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryResult {
+    /// The query's id.
+    pub id: u64,
+    /// The replies, in the order they arrived: one per member at most.
+    pub replies: Vec<(MemberId, Bytes)>,
+    /// The view the members were asked in (the view the query was delivered
+    /// in; the view current at the end if it was never delivered).
+    pub view: Arc<View>,
+    /// The members of `view` that did not reply, in rank order: members
+    /// that left the view before answering, and members whose answer had
+    /// not arrived when the query ended.
+    pub missing: Vec<MemberId>,
+    /// Why it ended.
+    pub outcome: QueryOutcome,
 }
 
 /// Something a layer or the engine reports instead of panicking or hanging.
@@ -200,4 +284,17 @@ pub enum AppEvent {
     StateChunk(Bytes),
     /// The state is complete: deliveries of the current view follow.
     StateDone,
+    /// A member asks a query: answer it with
+    /// [`Stack::reply`](crate::Stack::reply) and `from`, `id`.
+    Query {
+        /// The member that asked.
+        from: MemberId,
+        /// The query's id.
+        id: u64,
+        /// The request.
+        body: Bytes,
+    },
+    /// A query this member made with [`Stack::query`](crate::Stack::query)
+    /// is over.
+    QueryDone(QueryResult),
 }

@@ -30,7 +30,7 @@ pub mod view;
 pub use codec::{DecodeResult, Malformed, Reader, Writer};
 pub use context::Context;
 pub use engine::{BuildError, Dest, LayerStats, Refused, Stack, StackConfig, Transmit};
-pub use event::{AppEvent, Delivery, Down, Problem, Up};
+pub use event::{AppEvent, Delivery, Down, Problem, QueryOutcome, QueryResult, Up, Want};
 pub use layer::{Layer, LayerDescriptor, ParamKind, ParamSpec, ParamValue, Params, Props, Stats, TimerKey};
 pub use msg::{Msg, MsgFlags, Order};
 pub use registry::{Registry, RegistryError, ResolvedStack};

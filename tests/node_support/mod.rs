@@ -3,6 +3,7 @@
 //! (docs/strata-node.md).
 #![allow(dead_code)]
 
+pub mod order;
 pub mod vsync;
 
 use serde_json::Value;

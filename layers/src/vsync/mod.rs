@@ -855,15 +855,26 @@ impl Vsync {
                 Accepted { ballot: round.ballot, outcome: a.outcome, cut: a.cut, flushed }
             }
             None => {
+                // A participant that flushed for a primary outcome is bound to
+                // it (it may have installed that view already): a
+                // non-primary round counts it as gone, lest its view name
+                // members that moved on to the primary one.
+                let bound = |m: &MemberId| {
+                    !primary_round
+                        && *m != self.local
+                        && round.reports.get(m).and_then(|r| r.accepted.as_ref()).is_some_and(|a| matches!(a.outcome, Outcome::Install { primary: true, .. }))
+                };
+                let reports = || round.reports.iter().filter(|(m, _)| !bound(m)).map(|(_, r)| r);
                 let cut: Vec<u64> = members
                     .iter()
                     .enumerate()
-                    .map(|(r, m)| match round.reports.get(m) {
+                    .map(|(r, m)| match round.reports.get(m).filter(|_| !bound(m)) {
                         Some(rep) => rep.sent,
-                        None => round.reports.values().map(|rep| rep.available[r]).max().unwrap_or(0),
+                        None => reports().map(|rep| rep.available[r]).max().unwrap_or(0),
                     })
                     .collect();
-                let survivors: Vec<MemberId> = round.participants.iter().copied().filter(|m| !self.leavers.contains(m)).collect();
+                let participants: Vec<MemberId> = round.participants.iter().copied().filter(|m| !bound(m)).collect();
+                let survivors: Vec<MemberId> = participants.iter().copied().filter(|m| !self.leavers.contains(m)).collect();
                 let outcome = match (&self.merge_into, survivors.is_empty()) {
                     (Some(into), _) => Outcome::Dissolve { into: into.clone() },
                     (None, true) => Outcome::Dissolve { into: Vec::new() },
@@ -881,7 +892,7 @@ impl Vsync {
                         Outcome::Install { id, members: new_members, primary: primary_round, state_to, provider }
                     }
                 };
-                Accepted { ballot: round.ballot, outcome, cut, flushed: round.participants.clone() }
+                Accepted { ballot: round.ballot, outcome, cut, flushed: participants }
             }
         };
         let holders: Vec<Option<MemberId>> = (0..members.len())

@@ -5,7 +5,7 @@
 
 use super::{Control, DataCmd, GroupShared, JoinConfig, JoinError, Joined, Transport, WakeSlot, CAST_QUEUE, CLOSED, LEFT, OPEN};
 use crate::engine::{peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
-use crate::event::AppEvent;
+use crate::event::{AppEvent, QueryResult};
 use crate::layer::Stats;
 use crate::msg::Order;
 use crate::registry::Registry;
@@ -58,6 +58,9 @@ struct GroupState {
     parked: Option<DataCmd>,
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
     next_token: u64,
+    /// Queries made through [`Group::query`](super::Group::query), by id:
+    /// where their result goes.
+    queries: HashMap<u64, oneshot::Sender<QueryResult>>,
     leaves: Vec<oneshot::Sender<()>>,
     leaving: bool,
     /// `Left` was handed to the application: remove the group.
@@ -107,8 +110,17 @@ impl GroupState {
 
     fn apply(&mut self, cmd: DataCmd, now: Instant, counters: &mut Counters) {
         match cmd {
-            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if self.leaving => counters.casts_after_leave += 1,
-            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) if !self.stack.can_send() => self.parked = Some(cmd),
+            // Dropping a query's result sender answers GroupError::Left.
+            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) | DataCmd::Query(..) | DataCmd::Reply(..)
+                if self.leaving =>
+            {
+                counters.casts_after_leave += 1
+            }
+            DataCmd::Cast(..) | DataCmd::Send(..) | DataCmd::StateChunk(..) | DataCmd::StateDone(_) | DataCmd::Query(..) | DataCmd::Reply(..)
+                if !self.stack.can_send() =>
+            {
+                self.parked = Some(cmd)
+            }
             DataCmd::Cast(body, order) => {
                 let accepted = match order {
                     None => self.stack.cast(now, body),
@@ -122,6 +134,19 @@ impl GroupState {
             }
             DataCmd::StateChunk(token, chunk) => {
                 let accepted = self.stack.provide_state(now, token, Some(chunk));
+                debug_assert!(accepted.is_ok(), "can_send was checked just before");
+            }
+            DataCmd::Query(body, want, timeout, reply) => match self.stack.query(now, body, want, timeout) {
+                Ok(id) => {
+                    self.queries.insert(id, reply);
+                }
+                // Group::query checked size and the QUERY layer, and
+                // can_send was checked just before: dropping `reply` fails
+                // the call rather than losing it silently.
+                Err(e) => debug_assert!(false, "query refused: {e}"),
+            },
+            DataCmd::Reply(to, id, body) => {
+                let accepted = self.stack.reply(now, to, id, body);
                 debug_assert!(accepted.is_ok(), "can_send was checked just before");
             }
             DataCmd::StateDone(token) => {
@@ -196,13 +221,24 @@ impl GroupState {
         let was_blocked = self.blocked();
         let mut answered = false;
         loop {
-            let Some(ev) = self.pending_event.take().or_else(|| self.stack.poll_event()) else { break };
+            let Some(mut ev) = self.pending_event.take().or_else(|| self.stack.poll_event()) else { break };
             if let AppEvent::Flushed { token } = ev {
                 if let Some(i) = self.flushes.iter().position(|(t, _)| *t == token) {
                     if let Some((_, reply)) = self.flushes.remove(i) {
                         let _ = reply.send(());
                     }
                     continue;
+                }
+            }
+            if let AppEvent::QueryDone(result) = ev {
+                match self.queries.remove(&result.id) {
+                    // The caller may have stopped waiting; either way the
+                    // result was for it alone.
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                        continue;
+                    }
+                    None => ev = AppEvent::QueryDone(result),
                 }
             }
             if !self.state_transfer {
@@ -475,6 +511,7 @@ impl<T: Transport> Driver<T> {
                 parked: None,
                 flushes: VecDeque::new(),
                 next_token: 0,
+                queries: HashMap::new(),
                 leaves: Vec::new(),
                 leaving: false,
                 gone: false,
@@ -488,7 +525,8 @@ impl<T: Transport> Driver<T> {
         let stack = &self.groups[&key].stack;
         let max_message = stack.max_message();
         let orders = [Order::Fifo, Order::Causal, Order::Total].into_iter().filter(|o| stack.check_order(*o).is_ok()).collect();
-        Ok(Joined { name: cfg.group, key, local, max_message, orders, data: data_tx, events: events_rx, shared })
+        let queries = stack.check_query().is_ok();
+        Ok(Joined { name: cfg.group, key, local, max_message, orders, queries, data: data_tx, events: events_rx, shared })
     }
 
     fn remove_gone(&mut self) {

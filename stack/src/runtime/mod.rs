@@ -7,8 +7,8 @@
 //! through cheap handles:
 //!
 //! - [`Endpoint::join`] builds a group's stack and returns a [`Group`] handle
-//!   (cast, send, flush, stats, view, leave, and the state-transfer answers
-//!   `provide_state` and `state_done`) and its [`Events`] stream
+//!   (cast, send, query, reply, flush, stats, view, leave, and the
+//!   state-transfer answers `provide_state` and `state_done`) and its [`Events`] stream
 //!   (deliveries, views, problems, `Left`).
 //! - Datagrams are demultiplexed by the group id in the frame header
 //!   ([`peek_group`](crate::engine::peek_group)); frames for a group this
@@ -54,6 +54,19 @@
 //! is forwarded), after which every call on the [`Group`] returns
 //! [`GroupError::Left`] and the events stream ends after `Left`.
 //!
+//! ## Queries
+//! With a QUERY layer at the top of the stack, [`Group::query`] casts a
+//! request and resolves with the [`QueryResult`] once the layer reports the
+//! query over (enough replies, the view ruled them out, or the timeout); that
+//! [`AppEvent::QueryDone`] is consumed by the runtime, not forwarded to
+//! [`Events`]. Every member's application, the caller's included, sees the
+//! request as [`AppEvent::Query`] on its [`Events`] and answers with
+//! [`Group::reply`]: an application awaiting a query must keep reading its
+//! events (from another task) for its own member's answer to go out. Queries
+//! and replies travel through the group's command queue in order with its
+//! casts, under the same flow control. The rules (want, timeout, view
+//! changes) are in docs/layers/QUERY.md.
+//!
 //! ## Membership
 //! With a stack that has a membership layer (one whose descriptor provides
 //! [`Props::MEMBERSHIP`](crate::Props::MEMBERSHIP), such as VSYNC),
@@ -89,7 +102,7 @@
 mod driver;
 
 use crate::engine::{BuildError, LayerStats};
-use crate::event::AppEvent;
+use crate::event::{AppEvent, QueryResult, Want};
 use crate::layer::Stats;
 use crate::msg::Order;
 use crate::registry::Registry;
@@ -101,6 +114,7 @@ use std::pin::Pin;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -203,6 +217,9 @@ pub enum GroupError {
         /// The order asked for.
         order: Order,
     },
+    /// A query or reply on a group whose stack has no QUERY layer.
+    #[error("this group's stack has no QUERY layer; add QUERY at the top of the stack string")]
+    QueryUnavailable,
 }
 
 // Group status, shared by the handles and the driver.
@@ -273,6 +290,10 @@ pub(crate) enum DataCmd {
     Leave(oneshot::Sender<()>),
     StateChunk(u64, Bytes),
     StateDone(u64),
+    /// A query and where its result goes.
+    Query(Bytes, Want, Duration, oneshot::Sender<QueryResult>),
+    /// A reply: to whom, which query.
+    Reply(MemberId, u64, Bytes),
 }
 
 /// What the driver hands back for a successful join.
@@ -282,6 +303,8 @@ pub(crate) struct Joined {
     local: MemberId,
     max_message: usize,
     orders: Vec<Order>,
+    /// Whether the stack has a QUERY layer.
+    queries: bool,
     data: mpsc::Sender<DataCmd>,
     events: mpsc::Receiver<AppEvent>,
     shared: Arc<GroupShared>,
@@ -353,6 +376,7 @@ impl Endpoint {
                 local: joined.local,
                 max_message: joined.max_message,
                 orders: joined.orders,
+                queries: joined.queries,
                 data: joined.data,
                 control: self.control.clone(),
                 shared: joined.shared,
@@ -390,6 +414,8 @@ struct GroupHandle {
     max_message: usize,
     /// The orders the stack provides, for [`Group::cast_ordered`].
     orders: Vec<Order>,
+    /// Whether the stack has a QUERY layer, for [`Group::query`] and [`Group::reply`].
+    queries: bool,
     data: mpsc::Sender<DataCmd>,
     control: mpsc::Sender<Control>,
     shared: Arc<GroupShared>,
@@ -485,6 +511,37 @@ impl Group {
         let (tx, rx) = oneshot::channel();
         self.submit(DataCmd::Flush(tx)).await?;
         rx.await.map_err(|_| self.error())
+    }
+
+    /// Casts `body` as a query and resolves with its result: the replies,
+    /// the view they were asked in, who is missing and why it ended (see the
+    /// module docs and docs/layers/QUERY.md). Queued like [`Group::cast`];
+    /// the timeout runs from when the stack takes the query. Refused at once
+    /// if the body is larger than [`Group::max_message`] or the stack has no
+    /// QUERY layer. Fails with [`GroupError::Left`] if the member leaves
+    /// before the query is cast.
+    pub async fn query(&self, body: Bytes, want: Want, timeout: Duration) -> Result<QueryResult, GroupError> {
+        self.check_size(&body)?;
+        self.check_queries()?;
+        let (tx, rx) = oneshot::channel();
+        self.submit(DataCmd::Query(body, want, timeout, tx)).await?;
+        rx.await.map_err(|_| self.error())
+    }
+
+    /// Answers query `id` of member `to` (an [`AppEvent::Query`]), queued
+    /// like [`Group::send`].
+    pub async fn reply(&self, to: MemberId, id: u64, body: Bytes) -> Result<(), GroupError> {
+        self.check_size(&body)?;
+        self.check_queries()?;
+        self.submit(DataCmd::Reply(to, id, body)).await
+    }
+
+    fn check_queries(&self) -> Result<(), GroupError> {
+        if self.inner.queries {
+            Ok(())
+        } else {
+            Err(GroupError::QueryUnavailable)
+        }
     }
 
     /// Sends the next chunk of the application's state in answer to

@@ -15,6 +15,22 @@
 //! from the scenario's range, so a range of 1..=65536 gives tiny, medium and
 //! large payloads alike. Each member draws from its own random stream, so
 //! cutting the number of casts leaves the other members' sizes alone.
+//!
+//! ## Reactive casts (ordering stacks)
+//! An ordering layer is only tested by casts that depend on deliveries,
+//! sent while what they depend on is still on its way elsewhere. So when
+//! the scenario's stack names an ordering layer (`CAUSAL`, `TOTAL` or
+//! `TOKEN`, see [`reacts`]), [`REACT_PERCENT`]% of the casts are
+//! *reactive*: when the previous cast is accepted, a point is drawn
+//! uniformly within the next interval, and the cast goes out
+//! [`REACT_DELAY`] after the first input to the member's stack (a datagram
+//! or a timer, which is what makes it deliver) at or after that point, or
+//! at the end of the interval if no input comes first. Delivered at the
+//! input's instant and cast strictly later, what the input delivered is a
+//! causal predecessor of the cast, which then races it to the other
+//! members. The reactions draw from a random stream of their own, and other
+//! stacks (the FRAG:NAK and VSYNC properties) get the plain workload, run
+//! for run unchanged.
 
 use super::scenario::Scenario;
 use bytes::Bytes;
@@ -23,6 +39,39 @@ use strata_stack::{Instant, Rng};
 
 /// How long a member waits before retrying a cast refused by backpressure.
 pub const RETRY: Duration = Duration::from_micros(200);
+
+/// The share of reactive casts (in percent) when the stack [`reacts`].
+pub const REACT_PERCENT: u64 = 50;
+
+/// How long after the input it reacts to a reactive cast goes out: strictly
+/// later, so that the checks, which count as a cast's predecessors only the
+/// deliveries strictly before it, see what the input delivered.
+pub const REACT_DELAY: Duration = Duration::from_micros(1);
+
+/// The layer names that make the workload reactive (see the module doc).
+pub const REACTIVE_LAYERS: &[&str] = &["CAUSAL", "TOTAL", "TOKEN"];
+
+/// Whether the workload of a run of `stack` has reactive casts: whether the
+/// stack string names a layer of [`REACTIVE_LAYERS`] (a layer's name is
+/// what precedes its parameters, between the colons outside parentheses).
+pub fn reacts(stack: &str) -> bool {
+    layer_names(stack).any(|name| REACTIVE_LAYERS.contains(&name))
+}
+
+/// The layer names of a stack string, bottom first, as written (trimmed).
+pub fn layer_names(stack: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0i32;
+    stack
+        .split(move |c: char| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            c == ':' && depth == 0
+        })
+        .map(|layer| layer.split('(').next().unwrap_or("").trim())
+}
 
 /// One member's remaining casts.
 #[derive(Debug)]
@@ -41,6 +90,11 @@ pub(crate) struct Caster {
     total: u64,
     interval: Duration,
     size: (usize, usize),
+    /// The reactions' own random stream; `None` for a plain workload.
+    react: Option<Rng>,
+    /// The next cast is reactive: it goes out [`REACT_DELAY`] after the
+    /// first input at or after this point.
+    react_from: Option<Instant>,
 }
 
 impl Caster {
@@ -50,7 +104,9 @@ impl Caster {
         let interval = Duration::from_micros(s.interval_us);
         let first = start + Duration::from_micros(rng.below(s.interval_us.max(1)));
         let next_at = (s.casts > 0).then_some(first);
-        Caster { rng, name, next_k: 0, next_at, pending: None, parked: false, total: u64::from(s.casts), interval, size: s.size }
+        // Forked only for a reactive workload, so the plain one draws as it always did.
+        let react = reacts(&s.stack).then(|| rng.fork());
+        Caster { rng, name, next_k: 0, next_at, pending: None, parked: false, total: u64::from(s.casts), interval, size: s.size, react, react_from: None }
     }
 
     /// The payload of the cast due now (the same one again after backpressure).
@@ -69,6 +125,13 @@ impl Caster {
         self.pending = None;
         self.next_k += 1;
         self.next_at = (self.next_k < self.total).then(|| now + self.interval);
+        self.react_from = None;
+        if let (Some(rng), Some(_)) = (&mut self.react, self.next_at) {
+            if rng.below(100) < REACT_PERCENT {
+                let within = rng.below(self.interval.as_nanos().max(1) as u64);
+                self.react_from = Some(now + Duration::from_nanos(within));
+            }
+        }
     }
 
     /// The cast due now was refused; try again later (parked until the stack gets an input).
@@ -83,10 +146,18 @@ impl Caster {
     }
 
     /// The member's stack got an input at `now`: unparks the caster, moving
-    /// its next attempt to the first [`RETRY`] grid point at or after `now`.
+    /// its next attempt to the first [`RETRY`] grid point at or after `now`,
+    /// or, if the next cast is reactive and its point has come, brings it
+    /// forward to [`REACT_DELAY`] after `now`.
     /// Returns how many attempts (grid points before `now`) were skipped.
     pub fn wake(&mut self, now: Instant) -> u64 {
         if !std::mem::replace(&mut self.parked, false) {
+            if let (Some(from), Some(due)) = (self.react_from, self.next_at) {
+                if from <= now {
+                    self.react_from = None;
+                    self.next_at = Some(due.min(now + REACT_DELAY));
+                }
+            }
             return 0;
         }
         let Some(due) = self.next_at else { return 0 };
@@ -110,6 +181,7 @@ impl Caster {
     pub fn stop(&mut self, now: Instant) -> u64 {
         let skipped = self.wake(now);
         self.next_at = None;
+        self.react_from = None;
         skipped
     }
 }
@@ -155,6 +227,59 @@ mod tests {
         assert!(sizes.iter().filter(|&&s| s >= 16_384).count() > 200);
         assert_eq!(draw_size(&mut rng, 5, 5), 5);
         assert!((0..100).all(|_| (1000..=1003).contains(&draw_size(&mut rng, 1000, 1003))));
+    }
+
+    #[test]
+    fn only_stacks_naming_an_ordering_layer_react() {
+        assert!(reacts("FRAG:NAK:CAUSAL:VSYNC") && reacts("FRAG:NAK:VSYNC:TOTAL") && reacts("FRAG:NAK(x=1):VSYNC:TOKEN(hold_ms=2)"));
+        assert!(reacts(" FRAG : NAK : CAUSAL ") && reacts("CAUSAL(a=b:c)"));
+        assert!(!reacts("FRAG:NAK:VSYNC") && !reacts("FRAG:NAK") && !reacts("FRAG(x=CAUSAL):NAK") && !reacts("TOTALLY:CAUSALITY") && !reacts(""));
+        assert_eq!(layer_names("FRAG(a=1:2):NAK").collect::<Vec<_>>(), ["FRAG", "NAK"]);
+    }
+
+    #[test]
+    fn a_reactive_cast_follows_the_first_input_after_its_point() {
+        let s = Scenario { stack: "FRAG:NAK:CAUSAL".into(), casts: 1000, interval_us: 10_000, ..Scenario::default() };
+        let mut c = Caster::new(&s, "m".into(), &mut Rng::new(5), Instant::ZERO);
+        let (mut reactive, mut plain) = (0, 0);
+        let mut now = c.next_at.unwrap();
+        for _ in 0..400 {
+            c.payload();
+            c.accepted(now);
+            let interval_end = now + Duration::from_millis(10);
+            // Inputs every 2 ms: a reactive cast goes 1 us after the first one at or after its point.
+            let point = c.react_from;
+            let mut input = now;
+            while c.next_at == Some(interval_end) && input + Duration::from_millis(2) < interval_end {
+                input += Duration::from_millis(2);
+                assert_eq!(c.wake(input), 0);
+            }
+            match point {
+                Some(p) => {
+                    let first_input = if p <= now {
+                        now + Duration::from_millis(2)
+                    } else {
+                        now + Duration::from_millis(2) * (p.saturating_since(now).as_nanos().div_ceil(2_000_000) as u32)
+                    };
+                    let expected = if first_input < interval_end { first_input + REACT_DELAY } else { interval_end };
+                    assert_eq!(c.next_at, Some(expected));
+                    reactive += 1;
+                }
+                None => {
+                    assert_eq!(c.next_at, Some(interval_end));
+                    plain += 1;
+                }
+            }
+            now = c.next_at.unwrap();
+        }
+        assert!(reactive > 150 && plain > 150, "{reactive} reactive, {plain} plain");
+        // A plain workload never moves a cast.
+        let s = Scenario { stack: "FRAG:NAK:VSYNC".into(), ..s };
+        let mut c = Caster::new(&s, "m".into(), &mut Rng::new(5), Instant::ZERO);
+        c.payload();
+        c.accepted(Instant::ZERO);
+        assert_eq!(c.wake(Instant::ZERO + Duration::from_millis(3)), 0);
+        assert_eq!(c.next_at, Some(Instant::ZERO + Duration::from_millis(10)));
     }
 
     #[test]

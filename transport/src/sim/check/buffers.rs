@@ -1,7 +1,7 @@
 //! Empty buffers: in a run without crashes or partitions, after the quiet
 //! period every member's retransmission buffer (NAK `xmit_buffer`),
-//! out-of-order buffer (NAK `out_of_order`) and reassembly buffer (FRAG
-//! `partials`) are empty. Counters are looked up by name in each layer's
+//! out-of-order buffer (NAK `out_of_order`), reassembly buffer (FRAG
+//! `partials`) and causal hold-back queue (CAUSAL `held`) are empty. Counters are looked up by name in each layer's
 //! stats; a layer absent from the stack is skipped, but a present layer that
 //! does not report the counter is a failure (the check would otherwise pass
 //! vacuously). Runs with faults pass trivially.
@@ -13,6 +13,7 @@ pub const GAUGES: &[(&str, &str, &str)] = &[
     ("NAK", "xmit_buffer", "messages kept for retransmission"),
     ("NAK", "out_of_order", "messages held out of order"),
     ("FRAG", "partials", "partly reassembled messages"),
+    ("CAUSAL", "held", "messages held back for causal order"),
 ];
 
 /// Checks that the buffers drained.

@@ -13,13 +13,22 @@
 //! [`virtual_synchrony`] and, once the group settles in a primary view,
 //! [`vsync_liveness`]. These read the views, state loads and knowledge
 //! (the set of message ids a member delivered or loaded) in the logs.
+//!
+//! Ordering stacks add [`causal_order`] (CAUSAL) and [`total_order`]
+//! (TOTAL, TOKEN) to those: [`RELIABLE_CAUSAL`] for `FRAG:NAK:CAUSAL`,
+//! [`VIRTUAL_SYNCHRONY_CAUSAL`], [`VIRTUAL_SYNCHRONY_TOTAL`] and
+//! [`VIRTUAL_SYNCHRONY_CAUSAL_TOTAL`] with VSYNC, and [`for_stack`] picks
+//! the right set from a stack string.
 
 pub mod buffers;
+pub mod causal_order;
 pub mod completeness;
 pub mod fifo;
 pub mod integrity;
 pub mod no_creation;
 pub mod no_duplication;
+mod numbering;
+pub mod total_order;
 pub mod view_agreement;
 pub mod virtual_synchrony;
 pub mod vsync_liveness;
@@ -59,12 +68,56 @@ pub const VIRTUAL_SYNCHRONY_CHECK: Check = Check { name: "virtual synchrony", ru
 /// exactly themselves, knowing the same messages, every live cast among them.
 pub const VSYNC_LIVENESS: Check = Check { name: "vsync liveness", run: vsync_liveness::check };
 
+/// No member delivers a message before, or (in the same view) without,
+/// the messages it causally depends on.
+pub const CAUSAL_ORDER: Check = Check { name: "causal order", run: causal_order::check };
+/// Every two members deliver their common messages in the same order
+/// (leaving out what a member delivered in a view it crashed in or was cut
+/// off from: the order is not uniform, see [`total_order`]).
+pub const TOTAL_ORDER: Check = Check { name: "total order", run: total_order::check };
+/// The same, counting every delivery (for stacks that promise uniformity).
+pub const UNIFORM_TOTAL_ORDER: Check = Check { name: "uniform total order", run: total_order::check_uniform };
+
 /// What every stack must satisfy, whatever it claims.
 pub const SAFETY: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION];
 /// What a reliable FIFO stack (FRAG:NAK) must satisfy.
 pub const RELIABLE_FIFO: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, COMPLETENESS, BUFFERS];
 /// What a virtually synchronous stack (FRAG:NAK:VSYNC) must satisfy.
 pub const VIRTUAL_SYNCHRONY: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS];
+/// What a reliable causal stack without membership (FRAG:NAK:CAUSAL) must satisfy.
+pub const RELIABLE_CAUSAL: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, CAUSAL_ORDER, COMPLETENESS, BUFFERS];
+/// What a virtually synchronous causal stack (FRAG:NAK:CAUSAL:VSYNC) must satisfy.
+pub const VIRTUAL_SYNCHRONY_CAUSAL: &[Check] =
+    &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS, CAUSAL_ORDER];
+/// What a virtually synchronous totally ordered stack (FRAG:NAK:VSYNC:TOTAL,
+/// FRAG:NAK:VSYNC:TOKEN) must satisfy.
+pub const VIRTUAL_SYNCHRONY_TOTAL: &[Check] =
+    &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS, TOTAL_ORDER];
+/// The same with CAUSAL below VSYNC (FRAG:NAK:CAUSAL:VSYNC:TOTAL): causal order as well.
+pub const VIRTUAL_SYNCHRONY_CAUSAL_TOTAL: &[Check] =
+    &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS, CAUSAL_ORDER, TOTAL_ORDER];
+
+/// The checks a stack is held to, by the built-in layers its string names:
+/// [`VIRTUAL_SYNCHRONY`] with VSYNC, else [`RELIABLE_FIFO`]; plus
+/// [`CAUSAL_ORDER`] with CAUSAL, and [`TOTAL_ORDER`] with TOTAL or TOKEN.
+/// (For the stacks the constants above name, the same checks in the same order.)
+pub fn for_stack(stack: &str) -> Vec<Check> {
+    let names: Vec<&str> = super::workload::layer_names(stack).collect();
+    let has = |name: &str| names.contains(&name);
+    let mut checks = if has("VSYNC") { VIRTUAL_SYNCHRONY.to_vec() } else { RELIABLE_FIFO.to_vec() };
+    let mut extra = Vec::new();
+    if has("CAUSAL") {
+        extra.push(CAUSAL_ORDER);
+    }
+    if has("TOTAL") || has("TOKEN") {
+        extra.push(TOTAL_ORDER);
+    }
+    // Ordering checks before the liveness ones of a stack without
+    // membership, as in RELIABLE_CAUSAL: a misordering is the sharper report.
+    let at = if has("VSYNC") { checks.len() } else { checks.iter().position(|c| c.name == COMPLETENESS.name).unwrap_or(checks.len()) };
+    checks.splice(at..at, extra);
+    checks
+}
 
 /// Runs `checks` in order; the first failure is returned as `<name> violated: <message>`.
 pub fn run(outcome: &Outcome, checks: &[Check]) -> Result<(), String> {
