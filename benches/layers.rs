@@ -6,7 +6,9 @@
 //! down (the application's casts) and on the way up (everything the model
 //! network delivered, layer control messages included, per application
 //! message), and prints the header bytes the layer adds per message and the
-//! control messages it sends per message.
+//! control messages it sends per message. `BASELINE`, a layer that forwards
+//! everything, measures the harness's own cost per message (moving events
+//! through the queue), which the other figures include.
 //!
 //! `cargo bench --bench layers`; `cargo bench --bench layers -- CAUSAL` for one layer.
 //! The harness is `strata_stack::harness::bench`, usable for your own layers
@@ -16,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Duration;
 use strata_layers::{causal::CAUSAL, frag::FRAG, nak::NAK, token::TOKEN, total::TOTAL};
 use strata_stack::harness::bench::{LayerBench, Recording, Senders, Workload};
-use strata_stack::{LayerDescriptor, Params};
+use strata_stack::{Layer, LayerDescriptor, Params, Props};
 
 const SIZE: usize = 64;
 const CASTS: usize = 20_000;
@@ -38,8 +40,23 @@ fn per_message(bench: &LayerBench, rec: &Recording, iters: u64, down: bool) -> D
     spent.mul_f64(iters as f64 / done as f64)
 }
 
+/// Forwards everything: what the harness itself costs per message, to
+/// subtract from the layers' figures.
+struct PassThrough;
+impl Layer for PassThrough {}
+
+const BASELINE: LayerDescriptor = LayerDescriptor {
+    name: "BASELINE",
+    summary: "forwards every event (the harness's own cost)",
+    requires: Props::NONE,
+    provides: Props::NONE,
+    params: &[],
+    max_header_len: |_| 0,
+    build: |_| Ok(Box::new(PassThrough)),
+};
+
 fn layers(c: &mut Criterion) {
-    for desc in [FRAG, NAK, CAUSAL, TOTAL, TOKEN] {
+    for desc in [BASELINE, FRAG, NAK, CAUSAL, TOTAL, TOKEN] {
         let bench = bench_of(desc);
         for members in [8usize, 64] {
             let rec = bench.record(&Workload::new(members, SIZE, Senders::All, CASTS));
