@@ -2,7 +2,8 @@
 //! period has passed, the group has settled.
 //!
 //! Required only when at least one live member (started, neither crashed nor
-//! left) ends in a primary view, and no partition is in force at the end: a
+//! left) ends in a primary view (and is still in it: not outside every view,
+//! asking to join again), and no partition is in force at the end: a
 //! group that lost its majority for good legitimately stays non-primary, and
 //! a minority cut off for good cannot rejoin. Then:
 //!
@@ -36,7 +37,11 @@ pub fn check(o: &Outcome) -> Result<(), String> {
         return Ok(());
     }
     let live: Vec<_> = o.members.iter().filter(|m| m.alive()).collect();
-    let Some(anchor) = live.iter().find(|m| m.last_view().is_some_and(|v| v.is_primary())) else { return Ok(()) };
+    // A member whose last view is primary but that has since left it to
+    // join again (removed, or its view dissolved) is in no view now: VSYNC's
+    // `primary` gauge says which members are in a primary view at the end.
+    let in_primary = |m: &&&crate::sim::MemberLog| m.last_view().is_some_and(|v| v.is_primary()) && m.counter("VSYNC", "primary").is_none_or(|p| p == 1);
+    let Some(anchor) = live.iter().find(in_primary) else { return Ok(()) };
     let view = anchor.last_view().expect("found by its last view");
     if let Some(why) = &o.truncated {
         return Err(format!("the run was cut short: {why}"));
