@@ -230,7 +230,7 @@ impl LayerBench {
                 members[to].up_into(ev, &mut out);
                 route(to, &mut out, &mut wire, &mut rec, &mut delivered);
             }
-            now = now + w.tick;
+            now += w.tick;
             rec.steps.push(Step::Advance(now));
             for (r, m) in members.iter_mut().enumerate() {
                 m.advance_into(now, &mut out);
