@@ -12,7 +12,7 @@
 //!
 //! `cargo bench --bench layers`; `cargo bench --bench layers -- CAUSAL` for one layer.
 //! The harness is `strata_stack::harness::bench`, usable for your own layers
-//! (see examples/custom_layer.rs).
+//! (`LayerBench::new(name, || Box::new(MyLayer))`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Duration;
