@@ -4,6 +4,7 @@
 use crate::event::{Down, Up};
 use crate::layer::TimerKey;
 use crate::rng::Rng;
+use crate::storage::{LogFile, Storage};
 use crate::time::Instant;
 use crate::view::{MemberId, View};
 use smallvec::SmallVec;
@@ -47,6 +48,8 @@ pub struct Context<'a> {
     pub(crate) drops: &'a mut Drops,
     pub(crate) backpressure: &'a mut bool,
     pub(crate) max_payload: usize,
+    pub(crate) storage: &'a dyn Storage,
+    pub(crate) refusal: &'a mut Option<String>,
 }
 
 impl<'a> Context<'a> {
@@ -119,6 +122,19 @@ impl<'a> Context<'a> {
     /// [`Refused::Backpressure`](crate::Refused::Backpressure).
     pub fn set_backpressure(&mut self, on: bool) {
         *self.backpressure = on;
+    }
+
+    /// Opens the log file `name` in `dir` from the stack's [`Storage`]
+    /// (files for real stacks, memory in tests and the simulator).
+    pub fn open_log(&mut self, dir: &str, name: &str) -> std::io::Result<Box<dyn LogFile>> {
+        self.storage.open(dir, name)
+    }
+
+    /// Called from [`Layer::init`](crate::Layer::init): the layer cannot
+    /// run (its log cannot be opened...), and building the stack fails with
+    /// `reason`. Ignored after init.
+    pub fn refuse(&mut self, reason: impl Into<String>) {
+        self.refusal.get_or_insert_with(|| reason.into());
     }
 
     /// The stack-string name of this layer.

@@ -28,12 +28,13 @@
 
 use crate::codec::{fnv1a64, Reader, Writer};
 use crate::context::{count_drop, Context, Drops, Queued, Timers};
-use crate::event::{AppEvent, Delivery, Down, Problem, Up, Want};
+use crate::event::{AppEvent, Delivery, Down, Problem, SafeTag, Up, Want};
 use crate::layer::{Layer, Props, Stats, TimerKey};
 use crate::msg::{Msg, Order};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::spec::{SpecError, SpecErrorKind};
+use crate::storage::{FsStorage, Storage};
 use crate::time::Instant;
 use crate::view::{MemberId, View};
 use bytes::Bytes;
@@ -112,6 +113,9 @@ pub enum Refused {
     /// A query or a reply on a stack without a query layer (QUERY).
     #[error("this stack has no QUERY layer; add QUERY at the top of the stack string")]
     QueryUnavailable,
+    /// [`Stack::done`] on a stack without a durable layer (SAFE).
+    #[error("this stack has no durable layer; done() needs SAFE in the stack string")]
+    DoneUnavailable,
 }
 
 /// Why a stack could not be built.
@@ -123,10 +127,18 @@ pub enum BuildError {
     /// The configuration is wrong.
     #[error("bad stack configuration: {0}")]
     Config(String),
+    /// A layer could not start (its log cannot be opened, say).
+    #[error("{layer}: {reason}")]
+    Init {
+        /// The layer.
+        layer: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a stack needs besides its stack string.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StackConfig {
     /// The group's name.
     pub group: String,
@@ -139,12 +151,20 @@ pub struct StackConfig {
     pub seed: u64,
     /// The largest datagram the transport carries.
     pub max_datagram: usize,
+    /// Where layers keep durable logs (SAFE's `log_dir`).
+    pub storage: Arc<dyn Storage>,
+}
+
+impl fmt::Debug for StackConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackConfig").field("group", &self.group).field("local", &self.local).field("members", &self.members).finish_non_exhaustive()
+    }
 }
 
 impl StackConfig {
     /// A configuration with a 64 KiB datagram limit and seed 0.
     pub fn new(group: impl Into<String>, local: MemberId, members: Vec<MemberId>) -> Self {
-        StackConfig { group: group.into(), local, members, seed: 0, max_datagram: 65_507 }
+        StackConfig { group: group.into(), local, members, seed: 0, max_datagram: 65_507, storage: Arc::new(FsStorage) }
     }
 }
 
@@ -204,6 +224,9 @@ pub struct Stack {
     has_query: bool,
     /// The id of the next [`Stack::query`].
     next_query_id: u64,
+    storage: Arc<dyn Storage>,
+    /// Why a layer's init refused to run (see [`Context::refuse`]).
+    refusal: Option<String>,
 }
 
 impl fmt::Debug for Stack {
@@ -305,11 +328,16 @@ impl Stack {
             provides: None,
             has_query: false,
             next_query_id: 0,
+            storage: config.storage,
+            refusal: None,
             group: config.group,
         };
         stack.has_query = stack.slots.iter().any(|s| s.name == QUERY_LAYER);
         for p in 1..=stack.slots.len() {
             stack.with_layer(p, |layer, cx| layer.init(cx));
+            if let Some(reason) = stack.refusal.take() {
+                return Err(BuildError::Init { layer: stack.slots[p - 1].name, reason });
+            }
             stack.run();
         }
         Ok(stack)
@@ -464,6 +492,24 @@ impl Stack {
         self.input(now, Down::Reply { to, id, msg: Msg::new(body) })
     }
 
+    /// Tells the durable layer (SAFE) that the application has finished
+    /// applying the message `tag` ([`Delivery::Safe`]): once every member
+    /// is done with a message, the logs forget it. Never refused for
+    /// backpressure; [`Refused::DoneUnavailable`] on a stack without a
+    /// layer that provides `uniform`.
+    pub fn done(&mut self, now: Instant, tag: SafeTag) -> Result<(), Refused> {
+        if !self.provides_all(Props::UNIFORM) {
+            return Err(Refused::DoneUnavailable);
+        }
+        self.input(now, Down::Done(tag))
+    }
+
+    /// Whether the stack's layers together provide `props` (false for a
+    /// stack built from bare layers).
+    pub fn provides_all(&self, props: Props) -> bool {
+        self.provides.is_some_and(|p| p.contains(props))
+    }
+
     /// Whether this stack has a QUERY layer to handle queries and replies.
     pub fn check_query(&self) -> Result<(), Refused> {
         if self.has_query {
@@ -575,6 +621,8 @@ impl Stack {
             drops: &mut slot.drops,
             backpressure: &mut slot.backpressure,
             max_payload: slot.max_payload,
+            storage: self.storage.as_ref(),
+            refusal: &mut self.refusal,
         };
         f(slot.layer.as_mut(), &mut cx);
     }
@@ -650,6 +698,8 @@ impl Stack {
             Down::Recover { .. } => count_drop(&mut self.drops, "recover_without_reliability"),
             // `Stack::query` and `Stack::reply` refuse these without a QUERY
             // layer; only raw `input` gets here.
+            // `Stack::done` refuses this without a durable layer.
+            Down::Done(_) => count_drop(&mut self.drops, "done_without_safe"),
             Down::Query { .. } | Down::Reply { .. } => {
                 count_drop(&mut self.drops, "query_without_query_layer");
                 let what = "a query or reply reached the bottom of the stack: add QUERY to the stack string".to_string();
@@ -676,6 +726,8 @@ impl Stack {
             Up::StateDone => AppEvent::StateDone,
             Up::Query { from, id, msg } => AppEvent::Query { from, id, body: msg.into_body() },
             Up::QueryDone(result) => AppEvent::QueryDone(result),
+            Up::Durable { tag, msg, replayed } => AppEvent::Deliver { from: tag.sender, kind: Delivery::Safe { tag, replayed }, body: msg.into_body() },
+            Up::Replay(messages) => AppEvent::Replay { messages },
         };
         self.events.push_back(ev);
     }

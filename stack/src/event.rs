@@ -75,6 +75,10 @@ pub enum Down {
         /// How long to wait for them, from now.
         timeout: Duration,
     },
+    /// The application has finished applying the durable message `tag`
+    /// (delivered with [`Up::Durable`]); a log may forget it once every
+    /// member is done with it. Handled by SAFE.
+    Done(SafeTag),
     /// Answer query `id` of member `to` (from an [`Up::Query`]).
     Reply {
         /// The member that asked.
@@ -166,6 +170,43 @@ pub enum Up {
     },
     /// A query this member cast is over: the replies it got and why it ended.
     QueryDone(QueryResult),
+    /// A durable (uniform, totally ordered) message, delivered by SAFE with
+    /// its identity; the application passes `tag` back in [`Down::Done`]
+    /// once it has applied it.
+    Durable {
+        /// Who cast it, in which view, with which id.
+        tag: SafeTag,
+        /// The message.
+        msg: Msg,
+        /// Whether this is a redelivery after a total failure (announced by
+        /// [`Up::Replay`]): the application may have applied it before.
+        replayed: bool,
+    },
+    /// After a total failure, the messages a restarted group is about to
+    /// deliver again, in order (their [`Up::Durable`] deliveries follow,
+    /// marked `replayed`): every message accepted before the failure that
+    /// some member had not finished.
+    Replay(Vec<(SafeTag, Bytes)>),
+}
+
+/// The identity of a durable message, as Isis2's completion tags: who cast
+/// it, the view it was cast in (the view's counter) and the sender's
+/// message number. It is the same at every member and across a restart
+/// from the log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SafeTag {
+    /// The member that cast it.
+    pub sender: MemberId,
+    /// The counter of the view it was cast in.
+    pub view: u64,
+    /// The sender's message number (from 1, over its incarnation).
+    pub id: u64,
+}
+
+impl std::fmt::Display for SafeTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}/{}/{}", self.sender, self.sender.incarnation(), self.view, self.id)
+    }
 }
 
 /// How many replies a query waits for (see [`Down::Query`]). Only members
@@ -230,6 +271,13 @@ pub enum Delivery {
     Cast,
     /// Sent to this member alone.
     Send,
+    /// A durable cast (SAFE): uniform, totally ordered, logged.
+    Safe {
+        /// Its identity, for [`Stack::done`](crate::Stack::done).
+        tag: SafeTag,
+        /// A redelivery after a total failure (see [`AppEvent::Replay`]).
+        replayed: bool,
+    },
 }
 
 /// What a stack hands to its application.
@@ -297,4 +345,12 @@ pub enum AppEvent {
     /// A query this member made with [`Stack::query`](crate::Stack::query)
     /// is over.
     QueryDone(QueryResult),
+    /// The group restarted after a total failure: these durable messages
+    /// (identity and body, in order) are redelivered next, each as a
+    /// [`AppEvent::Deliver`] of kind [`Delivery::Safe`] with `replayed`.
+    /// The application skips those it had applied.
+    Replay {
+        /// The messages, in delivery order.
+        messages: Vec<(SafeTag, Bytes)>,
+    },
 }

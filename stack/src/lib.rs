@@ -24,18 +24,20 @@ pub mod rng;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod spec;
+pub mod storage;
 pub mod time;
 pub mod view;
 
 pub use codec::{DecodeResult, Malformed, Reader, Writer};
 pub use context::Context;
 pub use engine::{BuildError, Dest, LayerStats, Refused, Stack, StackConfig, Transmit};
-pub use event::{AppEvent, Delivery, Down, Problem, QueryOutcome, QueryResult, Up, Want};
+pub use event::{AppEvent, Delivery, Down, Problem, QueryOutcome, QueryResult, SafeTag, Up, Want};
 pub use layer::{Layer, LayerDescriptor, ParamKind, ParamSpec, ParamValue, Params, Props, Stats, TimerKey};
 pub use msg::{Msg, MsgFlags, Order};
 pub use registry::{Registry, RegistryError, ResolvedStack};
 pub use rng::Rng;
 pub use spec::{SpecError, SpecErrorKind};
 pub use std::time::Duration;
+pub use storage::{CrashTail, FsStorage, LogFile, MemStorage, Storage};
 pub use time::Instant;
 pub use view::{MemberId, View, ViewId};

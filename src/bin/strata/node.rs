@@ -196,7 +196,14 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     }
     // A dry build: the parser's and every layer's own checks, with the
     // datagram limit of the transport the real stack will run over.
-    let config = StackConfig { group: args.group.clone(), local: members[0], members: members.clone(), seed: 0, max_datagram: MAX_DATAGRAM };
+    let config = StackConfig {
+        group: args.group.clone(),
+        local: members[0],
+        members: members.clone(),
+        seed: 0,
+        max_datagram: MAX_DATAGRAM,
+        storage: std::sync::Arc::new(strata_stack::FsStorage),
+    };
     let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
     check_size_fits(&dry, args.size)?;
     let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack));

@@ -15,6 +15,7 @@ use crate::context::{Context, Drops, Queued, Timers};
 use crate::event::{Down, Up};
 use crate::layer::{Layer, Stats};
 use crate::rng::Rng;
+use crate::storage::{MemStorage, Storage};
 use crate::time::Instant;
 use crate::view::{MemberId, View};
 use std::collections::VecDeque;
@@ -43,6 +44,8 @@ pub struct LayerHarness {
     backpressure: bool,
     max_payload: usize,
     init_output: Vec<Out>,
+    storage: Arc<dyn Storage>,
+    refusal: Option<String>,
 }
 
 impl LayerHarness {
@@ -55,6 +58,13 @@ impl LayerHarness {
     /// Like [`LayerHarness::new`] for a boxed layer, with its stats name and
     /// the payload limit its context reports.
     pub fn boxed(name: &'static str, layer: Box<dyn Layer>, local: MemberId, view: Arc<View>, max_payload: usize) -> Self {
+        Self::with_storage(name, layer, local, view, max_payload, Arc::new(MemStorage::new()))
+    }
+
+    /// Like [`LayerHarness::boxed`], with the storage the layer's logs live
+    /// in (a fresh [`MemStorage`] otherwise). Keep a clone of a
+    /// [`MemStorage`] to crash it and restart a layer on the same disk.
+    pub fn with_storage(name: &'static str, layer: Box<dyn Layer>, local: MemberId, view: Arc<View>, max_payload: usize, storage: Arc<dyn Storage>) -> Self {
         let mut h = LayerHarness {
             layer,
             name,
@@ -68,11 +78,18 @@ impl LayerHarness {
             backpressure: false,
             max_payload,
             init_output: Vec::new(),
+            storage,
+            refusal: None,
         };
         let mut init = Vec::new();
         h.call(|l, cx| l.init(cx), &mut init);
         h.init_output = init;
         h
+    }
+
+    /// Why the layer's `init` refused to run ([`Context::refuse`]), if it did.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
     }
 
     /// What `init` emitted.
@@ -181,6 +198,8 @@ impl LayerHarness {
             drops: &mut self.drops,
             backpressure: &mut self.backpressure,
             max_payload: self.max_payload,
+            storage: self.storage.as_ref(),
+            refusal: &mut self.refusal,
         };
         f(self.layer.as_mut(), &mut cx);
         out.extend(self.queue.drain(..).map(|q| match q {

@@ -6,9 +6,10 @@
 use super::{Control, DataCmd, GroupShared, JoinConfig, JoinError, Joined, Transport, WakeSlot, CAST_QUEUE, CLOSED, LEFT, OPEN};
 use crate::engine::{peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
 use crate::event::{AppEvent, QueryResult};
-use crate::layer::Stats;
+use crate::layer::{Props, Stats};
 use crate::msg::Order;
 use crate::registry::Registry;
+use crate::storage::FsStorage;
 use crate::time::Instant;
 use crate::view::{MemberId, View};
 use bytes::Bytes;
@@ -152,6 +153,10 @@ impl GroupState {
             DataCmd::StateDone(token) => {
                 let accepted = self.stack.provide_state(now, token, None);
                 debug_assert!(accepted.is_ok(), "the end of a state is never refused");
+            }
+            DataCmd::Done(tag) => {
+                let accepted = self.stack.done(now, tag);
+                debug_assert!(accepted.is_ok(), "Group::done checked for a durable layer");
             }
             DataCmd::Flush(reply) => {
                 if self.leaving {
@@ -484,7 +489,14 @@ impl<T: Transport> Driver<T> {
             return Err(JoinError::DuplicateGroup(cfg.group));
         }
         let local = MemberId::new(self.local, cfg.incarnation);
-        let config = StackConfig { group: cfg.group.clone(), local, members: cfg.members, seed: cfg.seed, max_datagram: self.transport.max_datagram() };
+        let config = StackConfig {
+            group: cfg.group.clone(),
+            local,
+            members: cfg.members,
+            seed: cfg.seed,
+            max_datagram: self.transport.max_datagram(),
+            storage: Arc::new(FsStorage),
+        };
         let stack = Stack::new(&self.registry, &cfg.stack, config, now)?;
         let gid = stack.group_id();
         if let Some(other) = self.by_gid.get(&gid).and_then(|k| self.groups.get(k)) {
@@ -526,7 +538,8 @@ impl<T: Transport> Driver<T> {
         let max_message = stack.max_message();
         let orders = [Order::Fifo, Order::Causal, Order::Total].into_iter().filter(|o| stack.check_order(*o).is_ok()).collect();
         let queries = stack.check_query().is_ok();
-        Ok(Joined { name: cfg.group, key, local, max_message, orders, queries, data: data_tx, events: events_rx, shared })
+        let durable = stack.provides_all(Props::UNIFORM);
+        Ok(Joined { name: cfg.group, key, local, max_message, orders, queries, durable, data: data_tx, events: events_rx, shared })
     }
 
     fn remove_gone(&mut self) {

@@ -102,7 +102,7 @@
 mod driver;
 
 use crate::engine::{BuildError, LayerStats};
-use crate::event::{AppEvent, QueryResult, Want};
+use crate::event::{AppEvent, QueryResult, SafeTag, Want};
 use crate::layer::Stats;
 use crate::msg::Order;
 use crate::registry::Registry;
@@ -220,6 +220,9 @@ pub enum GroupError {
     /// A query or reply on a group whose stack has no QUERY layer.
     #[error("this group's stack has no QUERY layer; add QUERY at the top of the stack string")]
     QueryUnavailable,
+    /// [`Group::done`] on a group whose stack has no durable layer.
+    #[error("this group's stack has no durable layer; done() needs SAFE in the stack string")]
+    DoneUnavailable,
 }
 
 // Group status, shared by the handles and the driver.
@@ -294,6 +297,8 @@ pub(crate) enum DataCmd {
     Query(Bytes, Want, Duration, oneshot::Sender<QueryResult>),
     /// A reply: to whom, which query.
     Reply(MemberId, u64, Bytes),
+    /// The application finished a durable message.
+    Done(SafeTag),
 }
 
 /// What the driver hands back for a successful join.
@@ -305,6 +310,8 @@ pub(crate) struct Joined {
     orders: Vec<Order>,
     /// Whether the stack has a QUERY layer.
     queries: bool,
+    /// Whether the stack has a durable layer (SAFE).
+    durable: bool,
     data: mpsc::Sender<DataCmd>,
     events: mpsc::Receiver<AppEvent>,
     shared: Arc<GroupShared>,
@@ -377,6 +384,7 @@ impl Endpoint {
                 max_message: joined.max_message,
                 orders: joined.orders,
                 queries: joined.queries,
+                durable: joined.durable,
                 data: joined.data,
                 control: self.control.clone(),
                 shared: joined.shared,
@@ -416,6 +424,8 @@ struct GroupHandle {
     orders: Vec<Order>,
     /// Whether the stack has a QUERY layer, for [`Group::query`] and [`Group::reply`].
     queries: bool,
+    /// Whether the stack has a durable layer, for [`Group::done`].
+    durable: bool,
     data: mpsc::Sender<DataCmd>,
     control: mpsc::Sender<Control>,
     shared: Arc<GroupShared>,
@@ -534,6 +544,17 @@ impl Group {
         self.check_size(&body)?;
         self.check_queries()?;
         self.submit(DataCmd::Reply(to, id, body)).await
+    }
+
+    /// Tells the group's durable layer (SAFE) that the application has
+    /// finished applying the message `tag` (a delivery of kind
+    /// [`Delivery::Safe`](crate::Delivery::Safe)): logs forget a message
+    /// once every member is done with it. Queued in order with casts.
+    pub async fn done(&self, tag: SafeTag) -> Result<(), GroupError> {
+        if !self.inner.durable {
+            return Err(GroupError::DoneUnavailable);
+        }
+        self.submit(DataCmd::Done(tag)).await
     }
 
     fn check_queries(&self) -> Result<(), GroupError> {
