@@ -49,6 +49,7 @@ pub struct Context<'a> {
     pub(crate) backpressure: &'a mut bool,
     pub(crate) max_payload: usize,
     pub(crate) storage: &'a dyn Storage,
+    pub(crate) group: &'a str,
     pub(crate) refusal: &'a mut Option<String>,
 }
 
@@ -135,6 +136,11 @@ impl<'a> Context<'a> {
     /// `reason`. Ignored after init.
     pub fn refuse(&mut self, reason: impl Into<String>) {
         self.refusal.get_or_insert_with(|| reason.into());
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &str {
+        self.group
     }
 
     /// The stack-string name of this layer.

@@ -622,6 +622,7 @@ impl Stack {
             backpressure: &mut slot.backpressure,
             max_payload: slot.max_payload,
             storage: self.storage.as_ref(),
+            group: &self.group,
             refusal: &mut self.refusal,
         };
         f(slot.layer.as_mut(), &mut cx);

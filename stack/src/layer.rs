@@ -256,6 +256,11 @@ impl Params {
     pub fn defaults(specs: &[ParamSpec]) -> Result<Params, String> {
         let mut values = Vec::with_capacity(specs.len());
         for s in specs {
+            // An empty default of a text parameter means "not set".
+            if s.kind == ParamKind::Str && s.default.is_empty() {
+                values.push((s.name, ParamValue::Str(String::new())));
+                continue;
+            }
             values.push((s.name, ParamValue::parse(s.kind, s.default).map_err(|e| format!("default of {}: {e}", s.name))?));
         }
         Ok(Params { values })

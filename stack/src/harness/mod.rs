@@ -199,6 +199,7 @@ impl LayerHarness {
             backpressure: &mut self.backpressure,
             max_payload: self.max_payload,
             storage: self.storage.as_ref(),
+            group: "harness",
             refusal: &mut self.refusal,
         };
         f(self.layer.as_mut(), &mut cx);
