@@ -12,6 +12,7 @@ pub mod debug;
 pub mod frag;
 pub mod nak;
 pub mod query;
+pub mod safe;
 pub mod token;
 pub mod total;
 pub mod vsync;

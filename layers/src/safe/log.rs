@@ -1,0 +1,1 @@
+//! SAFE's durable log (being written).

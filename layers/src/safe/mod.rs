@@ -1,0 +1,5 @@
+//! # SAFE: uniform, durable total order (Paxos-style SafeSend)
+//!
+//! (Being written.)
+
+pub(crate) mod log;
