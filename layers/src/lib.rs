@@ -20,7 +20,8 @@ pub mod vsync;
 use strata_stack::{LayerDescriptor, Registry};
 
 /// Every built-in layer's descriptor, in the order `strata layers` lists them.
-pub const BUILTIN: &[LayerDescriptor] = &[frag::FRAG, nak::NAK, causal::CAUSAL, vsync::VSYNC, total::TOTAL, token::TOKEN, query::QUERY, debug::loss::LOSS];
+pub const BUILTIN: &[LayerDescriptor] =
+    &[frag::FRAG, nak::NAK, causal::CAUSAL, vsync::VSYNC, total::TOTAL, token::TOKEN, query::QUERY, safe::SAFE, debug::loss::LOSS];
 
 /// A registry holding every built-in layer. Register your own layers on it
 /// with [`Registry::register`].

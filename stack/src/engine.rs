@@ -333,13 +333,15 @@ impl Stack {
             group: config.group,
         };
         stack.has_query = stack.slots.iter().any(|s| s.name == QUERY_LAYER);
+        // Every layer is initialised before any event moves, so none sees
+        // an event (a view from a membership layer's init) before its init.
         for p in 1..=stack.slots.len() {
             stack.with_layer(p, |layer, cx| layer.init(cx));
             if let Some(reason) = stack.refusal.take() {
                 return Err(BuildError::Init { layer: stack.slots[p - 1].name, reason });
             }
-            stack.run();
         }
+        stack.run();
         Ok(stack)
     }
 
