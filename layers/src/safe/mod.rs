@@ -1314,6 +1314,7 @@ impl Layer for Safe {
             .add("stale_data_dropped", c.stale_data_dropped)
             .add("backpressure", u64::from(self.window_closed));
         if let Some(log) = &self.log {
+            out.add("log_bytes", log.len());
             log.stats(out);
         }
     }
