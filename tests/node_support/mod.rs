@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod order;
+pub mod safe;
 pub mod vsync;
 
 use serde_json::Value;

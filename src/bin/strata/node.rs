@@ -5,7 +5,9 @@
 //! 1. Validate everything before touching the network: the arguments, and the
 //!    stack string by building the stack once, dry (layers are sans-IO, so a
 //!    throw-away build costs nothing and runs every layer's own checks).
-//! 2. Bind, open the log, join; log `start`. With fixed membership (no
+//! 2. Bind, check that the log can be written, join (building the real
+//!    stack: SAFE opens its durable log here, and a failure ends the run
+//!    before the log exists), empty the log; log `start`. With fixed membership (no
 //!    layer provides `membership`) log `view` for the initial view (the
 //!    engine emits no event for it). With a membership layer (VSYNC) the
 //!    peers are seeds and every view, the first included, comes as an event.
@@ -22,6 +24,13 @@
 //!    and `stop`. With a membership layer, take the stats, then leave (a
 //!    membership operation: the group installs a view without this member)
 //!    and wait for `Left`, bounded by `--linger`.
+//!
+//! With SAFE (a durable layer) deliveries carry their tag; once a delivery's
+//! line is written the node tells the group it is done with it
+//! (`Group::done`, from a task of its own, [`spawn_done`]). With a
+//! `log_dir`, the layer announces this incarnation's replay (the messages
+//! it redelivers after a total failure, [`Replay`]); completion waits for
+//! the announcement and the replayed deliveries too.
 //!
 //! With `--leave-after`, at that time after the start the node stops casting
 //! and waiting and leaves at once (reason `left`).
@@ -44,16 +53,18 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use strata::layers::safe;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::payload;
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
-use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, Stack, StackConfig, View};
+use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, SafeTag, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::time::Instant as Clock;
 
 /// The largest `--size` accepted: far above any sensible test, low enough
@@ -165,6 +176,8 @@ struct Plan {
     quiet: Option<Duration>,
     /// `--leave-after`.
     leave_after: Option<Duration>,
+    /// The durable log of the stack's SAFE layer, if it has a `log_dir`.
+    safe_log: Option<PathBuf>,
 }
 
 /// Checks what clap cannot: addresses usable as member ids, and a stack
@@ -195,14 +208,17 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
         }
     }
     // A dry build: the parser's and every layer's own checks, with the
-    // datagram limit of the transport the real stack will run over.
+    // datagram limit of the transport the real stack will run over. Its
+    // storage is in memory: a layer with a durable log (SAFE) must not write
+    // the real one for a stack that is thrown away; the real build opens it
+    // (and fails on a bad `log_dir` or a locked log) in `run_node`.
     let config = StackConfig {
         group: args.group.clone(),
         local: members[0],
         members: members.clone(),
         seed: 0,
         max_datagram: MAX_DATAGRAM,
-        storage: std::sync::Arc::new(strata_stack::FsStorage),
+        storage: Arc::new(strata::MemStorage::new()),
     };
     let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
     check_size_fits(&dry, args.size)?;
@@ -212,6 +228,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
         Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|e| format!("--leave-after {secs}: {e}"))?),
         None => None,
     };
+    let safe_log = safe_log_file(registry, &args.stack, &args.group);
     Ok(Plan {
         group: args.group,
         stack: args.stack,
@@ -225,6 +242,17 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
         linger,
         quiet,
         leave_after,
+        safe_log,
+    })
+}
+
+/// The file of the SAFE layer's durable log (`<log_dir>/<group>.safelog`),
+/// if the stack has SAFE with a `log_dir`.
+fn safe_log_file(registry: &Registry, stack: &str, group: &str) -> Option<PathBuf> {
+    let resolved = registry.resolve(stack).ok()?;
+    resolved.layers.iter().find_map(|(desc, params)| match params.get("log_dir") {
+        Some(ParamValue::Str(dir)) if desc.name == safe::SAFE.name && !dir.is_empty() => Some(Path::new(dir).join(safe::log_file_name(group))),
+        _ => None,
     })
 }
 
@@ -368,6 +396,29 @@ impl Known {
     }
 }
 
+/// With SAFE and a `log_dir`: the replay of this incarnation. The layer
+/// announces one (possibly empty) before any durable delivery; the
+/// announced messages are then delivered again, marked `replayed`.
+#[derive(Default)]
+struct Replay {
+    /// Whether an announcement is awaited at all (SAFE with a `log_dir`).
+    expected: bool,
+    /// Whether it came.
+    announced: bool,
+    /// Replayed deliveries announced and not delivered yet.
+    outstanding: usize,
+    /// The durable log was not empty at the start (a restart): an empty
+    /// announcement is logged too (otherwise only a non-empty one).
+    restart: bool,
+}
+
+impl Replay {
+    /// Nothing of the replay is still to come.
+    fn settled(&self) -> bool {
+        !self.expected || (self.announced && self.outstanding == 0)
+    }
+}
+
 /// Takes events, logs deliveries and views, and decides completion.
 struct Receiver<'a> {
     shared: &'a Shared,
@@ -385,6 +436,10 @@ struct Receiver<'a> {
     loading: Option<Vec<u8>>,
     /// `Left` came.
     left: bool,
+    /// With SAFE: the tags of applied durable deliveries, on their way to
+    /// `Group::done` (see [`spawn_done`]); started at the first one.
+    done: Option<mpsc::UnboundedSender<SafeTag>>,
+    replay: Replay,
     casts: u64,
     linger: Duration,
     /// When `--leave-after` ends the run.
@@ -445,7 +500,8 @@ impl Receiver<'_> {
         let Some(view) = &self.view else { return false };
         if self.membership {
             // A minority partition delivers nothing: it cannot be complete.
-            view.is_primary() && view.members().iter().all(|m| self.known.get(&m.to_string()) >= self.casts)
+            // Replayed deliveries are awaited like the casts of the run.
+            self.replay.settled() && view.is_primary() && view.members().iter().all(|m| self.known.get(&m.to_string()) >= self.casts)
         } else {
             view.members().iter().all(|m| self.from.get(m).copied().unwrap_or(0) >= self.casts)
         }
@@ -457,23 +513,51 @@ impl Receiver<'_> {
 
     fn handle(&mut self, ev: AppEvent) -> Result<(), String> {
         match ev {
-            AppEvent::Deliver { from, kind: Delivery::Cast, body } => {
+            AppEvent::Deliver { from, kind: kind @ (Delivery::Cast | Delivery::Safe { .. }), body } => {
                 let fnv = format!("{:016x}", strata::codec::fnv1a64(&body));
                 let id = payload_id(&body);
-                let line = Line::new("deliver")
+                let mut line = Line::new("deliver")
                     .str("view", &self.view_text())
                     .str("from", &from.to_string())
                     .str("id", &id)
                     .u64("len", body.len() as u64)
                     .str("fnv", &fnv);
+                let replayed = matches!(kind, Delivery::Safe { replayed: true, .. });
+                if let Delivery::Safe { tag, .. } = kind {
+                    line = line.str("tag", &tag.to_string());
+                    if replayed {
+                        line = line.bool("replay", true);
+                    }
+                }
                 self.shared.log.write(line).map_err(log_error)?;
                 self.shared.delivered.set(self.shared.delivered.get() + 1);
                 *self.from.entry(from).or_insert(0) += 1;
+                if let Delivery::Safe { tag, .. } = kind {
+                    // The line is written: the message is applied.
+                    let done = self.done.get_or_insert_with(|| spawn_done(self.group.clone()));
+                    let _ = done.send(tag);
+                    if replayed {
+                        self.replay.outstanding = self.replay.outstanding.saturating_sub(1);
+                    }
+                }
                 if let Some((member, k)) = payload::split_id(&id) {
-                    // Only a sender's own payloads count for it.
-                    if member == from.to_string() {
+                    // Only a sender's own payloads count for it, and a
+                    // replayed one is a cast of an earlier run, not of this one.
+                    if member == from.to_string() && !replayed {
                         self.known.raise(member, k.saturating_add(1));
                     }
+                }
+                self.shared.progress.set(Clock::now());
+            }
+            AppEvent::Replay { messages } => {
+                self.replay.announced = true;
+                self.replay.outstanding += messages.len();
+                if !messages.is_empty() || self.replay.restart {
+                    let line = Line::new("replay")
+                        .str("view", &self.view_text())
+                        .strs("ids", messages.iter().map(|(_, body)| payload_id(body)))
+                        .strs("tags", messages.iter().map(|(tag, _)| tag.to_string()));
+                    self.shared.log.write(line).map_err(log_error)?;
                 }
                 self.shared.progress.set(Clock::now());
             }
@@ -549,6 +633,23 @@ impl Receiver<'_> {
     }
 }
 
+/// Passes the tags of applied durable deliveries to `Group::done`, in order,
+/// from a task of its own: a call may wait for room in the group's command
+/// queue, which the driver empties only while the application takes its
+/// events, so the task that takes them must not wait for it.
+fn spawn_done(group: Group) -> mpsc::UnboundedSender<SafeTag> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<SafeTag>();
+    tokio::spawn(async move {
+        while let Some(tag) = rx.recv().await {
+            if let Err(e) = group.done(tag).await {
+                tracing::debug!("done({tag}) not passed on: {e}");
+                return;
+            }
+        }
+    });
+    tx
+}
+
 async fn sleep_until(at: Option<Clock>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -613,8 +714,13 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     let udp = UdpTransport::bind(plan.bind).await.map_err(|e| format!("cannot bind {}: {e}", plan.bind))?;
     // With port 0 the member id is the port the OS picked.
     plan.members[0] = MemberId::new(strata::runtime::Transport::local_addr(&udp), 0);
-    let log = JsonLog::create(&plan.log).map_err(|e| format!("cannot write the log {}: {e}", plan.log.display()))?;
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
+    // Read before the stack opens (and perhaps starts) the durable log.
+    let restart = plan.safe_log.as_deref().is_some_and(|file| std::fs::metadata(file).is_ok_and(|m| m.len() > 0));
+    // The log must be writable before the node joins (a typo must not make
+    // it join a group and vanish), and must not exist if the join fails
+    // (SAFE's durable log cannot be opened): probe it, join, then empty it.
+    let probe = LogProbe::open(&plan.log)?;
     let endpoint = Endpoint::new(udp, Arc::new(registry));
     let mut cfg = JoinConfig::new(plan.group.clone(), plan.stack.clone());
     if plan.membership {
@@ -625,7 +731,14 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     } else {
         cfg.members = plan.members.clone();
     }
-    let (group, events) = endpoint.join(cfg).await.map_err(|e| e.to_string())?;
+    let (group, events) = match endpoint.join(cfg).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            probe.abandon();
+            return Err(e.to_string());
+        }
+    };
+    let log = JsonLog::create(&plan.log).map_err(|e| format!("cannot write the log {}: {e}", plan.log.display()))?;
     let me = group.local();
     let me_text = me.to_string();
     let began = Clock::now();
@@ -665,6 +778,8 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
         known: Known::default(),
         loading: None,
         left: false,
+        done: None,
+        replay: Replay { expected: plan.safe_log.is_some(), restart, ..Replay::default() },
         casts: plan.casts,
         linger: plan.linger,
         leave_at: plan.leave_after.and_then(|d| began.checked_add(d)),
@@ -695,6 +810,37 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
         Ending::Signal(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// The node's log, checked writable before the node joins its group.
+struct LogProbe {
+    path: PathBuf,
+    /// The probe created the file (it did not exist).
+    created: bool,
+}
+
+impl LogProbe {
+    /// Opens `path` for appending, creating it if missing, without emptying
+    /// an existing file.
+    fn open(path: &Path) -> Result<LogProbe, String> {
+        let fail = |e: std::io::Error| format!("cannot write the log {}: {e}", path.display());
+        let created = match std::fs::OpenOptions::new().append(true).create_new(true).open(path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::OpenOptions::new().append(true).open(path).map_err(fail)?;
+                false
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        Ok(LogProbe { path: path.to_path_buf(), created })
+    }
+
+    /// The run will not happen: remove the file if the probe created it.
+    fn abandon(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A fresh incarnation for a member of a group with a membership layer:
@@ -829,6 +975,43 @@ mod tests {
         assert_eq!(payload_id(b"\xff\xfe|x"), "\u{fffd}\u{fffd}");
         let far = [b'a'; 500];
         assert_eq!(payload_id(&far), "?");
+    }
+
+    #[test]
+    fn the_safe_log_is_found_only_with_a_log_dir() {
+        let registry = strata::builtin_registry();
+        let file = safe_log_file(&registry, "FRAG:NAK:VSYNC:SAFE(acceptors=5,log_dir=/var/lib/x)", "a/b c");
+        assert_eq!(file, Some(PathBuf::from("/var/lib/x/a_b_c.safelog")));
+        assert_eq!(safe_log_file(&registry, "FRAG:NAK:VSYNC:SAFE", "g"), None);
+        assert_eq!(safe_log_file(&registry, "FRAG:NAK:VSYNC", "g"), None);
+        assert_eq!(safe_log_file(&registry, "FRAG:NAK:VSYNC:NOSUCH", "g"), None);
+    }
+
+    #[test]
+    fn the_replay_is_settled_once_announced_and_redelivered() {
+        assert!(Replay::default().settled(), "nothing to wait for without a log_dir");
+        let mut replay = Replay { expected: true, ..Replay::default() };
+        assert!(!replay.settled());
+        (replay.announced, replay.outstanding) = (true, 2);
+        assert!(!replay.settled());
+        replay.outstanding = 0;
+        assert!(replay.settled());
+    }
+
+    #[test]
+    fn an_abandoned_log_probe_removes_only_a_file_it_created() {
+        let dir = std::env::temp_dir().join(format!("strata-node-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fresh = dir.join("fresh.jsonl");
+        LogProbe::open(&fresh).unwrap().abandon();
+        assert!(!fresh.exists());
+        let earlier = dir.join("earlier.jsonl");
+        std::fs::write(&earlier, "kept\n").unwrap();
+        LogProbe::open(&earlier).unwrap().abandon();
+        assert_eq!(std::fs::read_to_string(&earlier).unwrap(), "kept\n");
+        let refused = LogProbe::open(&dir.join("no/such/dir/x.jsonl")).err().unwrap_or_default();
+        assert!(refused.contains("no/such/dir/x.jsonl"), "{refused}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
