@@ -625,6 +625,9 @@ impl Safe {
 
     /// A joiner got SAFE's state from a live member: it delivers from there.
     fn adopt_state(&mut self, cx: &mut Context<'_>, delivered: u64, gc: u64) {
+        // A restarted transfer re-adopts: nothing was delivered meanwhile
+        // (VSYNC holds deliveries while the state loads).
+        self.phase = Phase::Recovering;
         self.joining = false;
         self.sync_due = false;
         self.delivered = delivered;
@@ -1150,6 +1153,19 @@ impl Safe {
         }
     }
 
+    /// At a view change, plain casts still waiting for their senders'
+    /// SAFE casts are delivered in their own view (virtual synchrony wins
+    /// over their FIFO order with the SAFE casts, which the new view
+    /// re-proposes): held longer, a joiner would never see them.
+    fn release_all_plain(&mut self, cx: &mut Context<'_>) {
+        for (from, queue) in self.plain_held.iter_mut() {
+            while let Some((_, msg)) = queue.pop_front() {
+                self.stats.plain_delivered += 1;
+                cx.up(Up::Cast { from: *from, msg });
+            }
+        }
+    }
+
     // ---- done and GC ----------------------------------------------------------------
 
     fn on_done(&mut self, cx: &mut Context<'_>, tag: SafeTag) {
@@ -1240,21 +1256,23 @@ impl Layer for Safe {
                 cx.up(Up::Block);
             }
             Up::View(v) => {
+                self.release_all_plain(cx);
                 self.on_view(cx, v.clone());
                 cx.up(Up::View(v));
             }
             Up::StateRequest { token, joiners } => {
+                self.release_all_plain(cx);
                 let h = Header::State { live: self.phase == Phase::Live, delivered: self.delivered, gc: self.gc };
                 let mut msg = Msg::empty();
                 msg.push_with(|w| h.encode(w));
                 cx.down(Down::StateChunk { token, data: msg.to_bytes() });
                 cx.up(Up::StateRequest { token, joiners });
             }
+            // Every transfer (a restarted one too) opens with SAFE's chunk:
+            // the provider's SAFE sends it ahead of the application's.
             Up::StateBegin => {
-                if self.phase == Phase::Recovering {
-                    self.joining = true;
-                    self.awaiting_state = true;
-                }
+                self.joining = true;
+                self.awaiting_state = true;
                 cx.up(Up::StateBegin);
             }
             Up::StateChunk(data) if self.awaiting_state => {

@@ -33,6 +33,26 @@
 //! state load (`StateBegin`, `StateChunk`*, `StateDone`) *replaces* its
 //! knowledge with the loaded set ([`Entry::StateLoaded`]).
 //!
+//! On a stack with a durable layer (SAFE) the application also finishes
+//! what it is given: for each `Delivery::Safe` it calls [`Stack::done`]
+//! with the message's tag after a random delay (a quarter of the time at
+//! once, else up to [`MAX_DONE_DELAY`] of virtual time, drawn from a random
+//! stream of its own), logging [`Entry::Done`]; a crash forgets the calls
+//! still pending. `AppEvent::Replay` is logged as [`Entry::Replay`].
+//!
+//! ## Disks, crashes and restarts
+//! Each member owns a disk, a [`MemStorage`] that outlives its stacks
+//! (`StackConfig::storage`). A crash is a power failure: the disk keeps
+//! what was synced plus, as the scenario's `crash_tail` decides (drawn from
+//! a random stream of its own), nothing or a torn prefix of the unsynced
+//! tail; then the stack is dropped. A `restart(i)@T` builds member `i`
+//! again with the next incarnation (`MemberId::new(addr, inc + 1)`), the
+//! same disk, and the current ids of the others as seeds; its application
+//! starts empty (knowledge, state, pending calls) and its log goes on after
+//! an [`Entry::Restarted`]. [`MemberLog::lives`] splits a member's log by
+//! incarnation, and [`Outcome::eras`] splits the run at its *total
+//! failures*, the moments when no member is up.
+//!
 //! See `docs/simulator.md` for the scenario line and the environment variables.
 
 pub mod check;
@@ -44,15 +64,18 @@ pub mod workload;
 pub use crate::payload;
 pub use check::Check;
 pub use net::NetStats;
-pub use scenario::{Fault, FaultKind, Ranges, Scenario, ScenarioError};
+pub use scenario::{CrashTailMode, Fault, FaultKind, Ranges, Scenario, ScenarioError};
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::fnv1a64;
-use strata_stack::{AppEvent, BuildError, Delivery, Dest, Instant, LayerStats, MemberId, Refused, Registry, Rng, Stack, StackConfig, View};
+use strata_stack::{
+    AppEvent, BuildError, Delivery, Dest, Instant, LayerStats, MemStorage, MemberId, Refused, Registry, Rng, SafeTag, Stack, StackConfig, View,
+};
 
 /// The environment variable holding a scenario line to replay.
 pub const REPLAY_ENV: &str = "STRATA_SIM_REPLAY";
@@ -70,6 +93,10 @@ pub const MAX_STEPS: u64 = 20_000_000;
 /// The most bytes of state the application passes in one
 /// [`Stack::provide_state`] call (less if the stack carries less).
 pub const STATE_CHUNK: usize = 512;
+
+/// The longest an application takes to call [`Stack::done`] for a durable
+/// delivery (see the module doc).
+pub const MAX_DONE_DELAY: Duration = Duration::from_millis(50);
 
 /// A message id: the sender's display form and the index of its cast, as
 /// payloads spell them.
@@ -176,6 +203,54 @@ pub enum Entry {
         /// What.
         what: String,
     },
+    /// The durable layer announced the messages it is about to deliver
+    /// again (`AppEvent::Replay`).
+    Replay {
+        /// When.
+        at: Instant,
+        /// The messages, in order.
+        messages: Vec<Replayed>,
+    },
+    /// The application called [`Stack::done`] for a durable delivery and
+    /// the stack took it.
+    Done {
+        /// When.
+        at: Instant,
+        /// The message.
+        tag: SafeTag,
+    },
+    /// The member crashed earlier and starts again here, as a new
+    /// incarnation (`restart(i)@T`): what follows is that incarnation's log.
+    Restarted {
+        /// When.
+        at: Instant,
+        /// The new incarnation.
+        id: MemberId,
+        /// When the previous incarnation crashed.
+        crashed_at: Instant,
+    },
+}
+
+/// One message of an `AppEvent::Replay` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// Its tag.
+    pub tag: SafeTag,
+    /// The id `(member text, k)` its payload claims, if it has one.
+    pub id: Option<MsgId>,
+    /// Payload length.
+    pub len: usize,
+    /// `fnv1a64` of the payload.
+    pub hash: u64,
+    /// Whether the payload's filler is what its claimed id prescribes.
+    pub intact: bool,
+}
+
+impl Replayed {
+    fn of(tag: SafeTag, body: &[u8]) -> Replayed {
+        let (id, intact) = workload::inspect(body);
+        Replayed { tag, id, len: body.len(), hash: fnv1a64(body), intact }
+    }
 }
 
 impl Entry {
@@ -189,7 +264,10 @@ impl Entry {
             | Entry::StateBegin { at }
             | Entry::StateLoaded { at, .. }
             | Entry::Left { at }
-            | Entry::Other { at, .. } => *at,
+            | Entry::Other { at, .. }
+            | Entry::Replay { at, .. }
+            | Entry::Done { at, .. }
+            | Entry::Restarted { at, .. } => *at,
         }
     }
 }
@@ -207,20 +285,22 @@ pub struct CastRecord {
     pub hash: u64,
 }
 
-/// What one member did during a run.
+/// What one member did during a run: all its incarnations, one after the
+/// other (see [`MemberLog::lives`]).
 #[derive(Clone, Debug)]
 pub struct MemberLog {
-    /// The member.
+    /// The member: its last incarnation.
     pub id: MemberId,
     /// Its display form, as payload ids spell it.
     pub name: String,
-    /// When its stack was built: at 0, at its `join(i)@T`, or never (`None`).
+    /// When its stack was first built: at 0, at its `join(i)@T`, or never (`None`).
     pub started_at: Option<Instant>,
-    /// When it crashed, if it did.
+    /// When it crashed, if it did and did not restart after it.
     pub crashed_at: Option<Instant>,
     /// When its stack reported `Left` (after a `leave(i)@T`), if it did.
     pub left_at: Option<Instant>,
-    /// The casts its stack accepted, in order (`casts[k].k == k`).
+    /// The casts its stacks accepted, in order (`casts[k].k == k`; a
+    /// restarted member numbers on).
     pub casts: Vec<CastRecord>,
     /// How many casts the stack refused with backpressure (each was retried).
     pub backpressured: u64,
@@ -280,6 +360,104 @@ impl MemberLog {
     pub fn counter(&self, layer: &str, counter: &str) -> Option<u64> {
         self.stats.iter().find(|s| s.name == layer)?.counters.get(counter)
     }
+
+    /// Its incarnations in order: the log split at each
+    /// [`Entry::Restarted`]. The simulator starts every member in
+    /// incarnation 0 and restarts it in the next one. Empty if it never started.
+    pub fn lives(&self) -> Vec<Life<'_>> {
+        let Some(started_at) = self.started_at else { return Vec::new() };
+        let mut out = Vec::new();
+        let (mut id, mut from, mut start) = (MemberId::new(self.id.addr(), 0), 0, started_at);
+        for (n, e) in self.log.iter().enumerate() {
+            if let Entry::Restarted { at, id: next, crashed_at } = e {
+                out.push(Life { id, started_at: start, crashed_at: Some(*crashed_at), left_at: None, log: &self.log[from..n], log_from: from });
+                (id, from, start) = (*next, n + 1, *at);
+            }
+        }
+        out.push(Life { id, started_at: start, crashed_at: self.crashed_at, left_at: self.left_at, log: &self.log[from..], log_from: from });
+        out
+    }
+}
+
+/// One incarnation of a member (see [`MemberLog::lives`]).
+#[derive(Clone, Debug)]
+pub struct Life<'a> {
+    /// The incarnation.
+    pub id: MemberId,
+    /// When its stack was built.
+    pub started_at: Instant,
+    /// When it crashed, if it did.
+    pub crashed_at: Option<Instant>,
+    /// When its stack reported `Left`, if it did.
+    pub left_at: Option<Instant>,
+    /// Its part of the member's log (without the `Restarted` entry).
+    pub log: &'a [Entry],
+    /// Where that part starts in the member's log.
+    pub log_from: usize,
+}
+
+impl<'a> Life<'a> {
+    /// Whether it was running at the end of the run.
+    pub fn alive(&self) -> bool {
+        self.crashed_at.is_none() && self.left_at.is_none()
+    }
+
+    /// When it stopped (crashed or left), if it did.
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.crashed_at.or(self.left_at)
+    }
+
+    /// The durable deliveries, in order: the delivery, its tag, whether replayed.
+    pub fn safe_deliveries(&self) -> impl Iterator<Item = (&'a Delivered, SafeTag, bool)> + 'a {
+        self.log.iter().filter_map(|e| match e {
+            Entry::Deliver(d) => match d.kind {
+                Delivery::Safe { tag, replayed } => Some((d, tag, replayed)),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// Its knowledge at the end (see [`MemberLog::knowledge`]): a
+    /// restarted application starts with none.
+    pub fn knowledge(&self) -> BTreeSet<MsgId> {
+        let mut known = BTreeSet::new();
+        for e in self.log {
+            match e {
+                Entry::Deliver(Delivered { id: Some(id), .. }) => {
+                    known.insert(id.clone());
+                }
+                Entry::StateLoaded { known: loaded, .. } => known = (**loaded).clone(),
+                _ => {}
+            }
+        }
+        known
+    }
+
+    /// Whether it was still loading state at its end (a `StateBegin`
+    /// without a `StateDone` after it).
+    pub fn loading(&self) -> bool {
+        let begin = self.log.iter().rposition(|e| matches!(e, Entry::StateBegin { .. }));
+        let done = self.log.iter().rposition(|e| matches!(e, Entry::StateLoaded { .. }));
+        begin.is_some_and(|b| done.is_none_or(|d| d < b))
+    }
+
+    /// The last view it installed.
+    pub fn last_view(&self) -> Option<&Arc<View>> {
+        self.log.iter().rev().find_map(|e| if let Entry::View { view, .. } = e { Some(view) } else { None })
+    }
+}
+
+/// A stretch of a run between total failures (see [`Outcome::eras`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Era {
+    /// When it began: 0, or the total failure that ended the previous one.
+    pub from: Instant,
+    /// The total failure that ended it: the moment the last member up
+    /// went down; `None` if it lasts to the end of the run.
+    pub failed_at: Option<Instant>,
+    /// Its incarnations: (member index, index in [`MemberLog::lives`]).
+    pub lives: Vec<(usize, usize)>,
 }
 
 /// Everything a run produced.
@@ -309,9 +487,130 @@ impl Outcome {
         self.members.iter().position(|m| m.name == name)
     }
 
-    /// The member with id `id`.
+    /// The member with id `id`, in any incarnation (members differ by address).
     pub fn index_of_id(&self, id: &MemberId) -> Option<usize> {
-        self.members.iter().position(|m| m.id == *id)
+        self.members.iter().position(|m| m.id.addr() == id.addr())
+    }
+
+    /// The run split at its total failures: a total failure is a moment
+    /// when every member that had started is down (crashed, or left), the
+    /// last of them having just crashed; an incarnation belongs to the era
+    /// it starts in. A run without restarts (or without a total failure) is
+    /// one era.
+    pub fn eras(&self) -> Vec<Era> {
+        // Starts and ends of incarnations, in the order the run applied them:
+        // by time, then faults in their (stable) time order, then leaves
+        // (reported while a stack is drained, after that instant's faults).
+        enum Step {
+            Start(usize, usize),
+            End,
+        }
+        let faults = self.scenario.faults_in_order();
+        let rank = |at: Instant, i: usize, start: bool| {
+            let pos = faults.iter().position(|f| {
+                Instant::ZERO + f.at == at
+                    && match f.kind {
+                        FaultKind::Crash(j) => !start && usize::from(j) == i,
+                        FaultKind::Join(j) | FaultKind::Restart(j) => start && usize::from(j) == i,
+                        _ => false,
+                    }
+            });
+            // Founders start before any fault; a leave ends after that instant's faults.
+            (at, pos.map_or(if start && at == Instant::ZERO { 0 } else { usize::MAX }, |p| p + 1))
+        };
+        let mut steps: Vec<((Instant, usize), Step)> = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            for (l, life) in m.lives().iter().enumerate() {
+                steps.push((rank(life.started_at, i, true), Step::Start(i, l)));
+                if let Some(end) = life.ended_at() {
+                    steps.push((rank(end, i, false), Step::End));
+                }
+            }
+        }
+        steps.sort_by_key(|(k, _)| *k);
+        let mut eras = vec![Era { from: Instant::ZERO, failed_at: None, lives: Vec::new() }];
+        let mut up = 0usize;
+        for ((at, _), step) in steps {
+            match step {
+                Step::Start(i, l) => {
+                    up += 1;
+                    eras.last_mut().expect("one era at least").lives.push((i, l));
+                }
+                Step::End => {
+                    up = up.saturating_sub(1);
+                    if up == 0 {
+                        eras.last_mut().expect("one era at least").failed_at = Some(at);
+                        eras.push(Era { from: at, failed_at: None, lives: Vec::new() });
+                    }
+                }
+            }
+        }
+        // Everyone down at the end and nobody after: no era follows (the
+        // last one keeps its failure).
+        if eras.len() > 1 && eras.last().is_some_and(|e| e.lives.is_empty()) {
+            eras.pop();
+        }
+        eras
+    }
+
+    /// Era `k` of the run (see [`Outcome::eras`]) as a run of its own, for
+    /// the checks written for runs without restarts. Member `i` (still at
+    /// index `i`) is its last incarnation of the era: its log, id, start,
+    /// crash and leave; its earlier incarnations of the era follow the
+    /// members as members of their own, named `address#incarnation`, with
+    /// no casts (so that a restart reads as what it is, a new member
+    /// joining, not the old one moving on). The log of a restarted
+    /// incarnation begins with an empty state load at its start: its
+    /// application starts empty, and what the member cast before is excused
+    /// from liveness, as for a member that joined anew (see
+    /// `check::vsync_liveness`). Casts (all on the last incarnation), stats
+    /// and the rest are the whole run's.
+    pub fn era_outcome(&self, k: usize) -> Outcome {
+        let eras = self.eras();
+        let era = &eras[k];
+        let mut o = self.clone();
+        let mut earlier = Vec::new();
+        for (i, m) in o.members.iter_mut().enumerate() {
+            let lives = self.members[i].lives();
+            let mine: Vec<usize> = era.lives.iter().filter(|(j, _)| *j == i).map(|&(_, l)| l).collect();
+            let Some(&last) = mine.last() else {
+                m.log.clear();
+                (m.started_at, m.crashed_at, m.left_at) = (None, None, None);
+                continue;
+            };
+            let slice = |l: usize| {
+                let life = &lives[l];
+                let mut log = Vec::with_capacity(life.log.len() + 2);
+                if l > 0 {
+                    log.push(Entry::StateBegin { at: life.started_at });
+                    log.push(Entry::StateLoaded { at: life.started_at, chunks: 0, bytes: 0, known: Arc::new(BTreeSet::new()) });
+                }
+                log.extend_from_slice(life.log);
+                log
+            };
+            for &l in &mine[..mine.len() - 1] {
+                let life = &lives[l];
+                earlier.push(MemberLog {
+                    id: life.id,
+                    name: format!("{}#{}", m.name, life.id.incarnation()),
+                    started_at: Some(life.started_at),
+                    crashed_at: life.crashed_at,
+                    left_at: life.left_at,
+                    casts: Vec::new(),
+                    backpressured: 0,
+                    log: slice(l),
+                    stats: Vec::new(),
+                    engine: m.engine.clone(),
+                });
+            }
+            m.log = slice(last);
+            m.id = lives[last].id;
+            m.started_at = Some(lives[last].started_at);
+            m.crashed_at = lives[last].crashed_at;
+            m.left_at = lives[last].left_at;
+        }
+        o.members.extend(earlier);
+        o
     }
 
     /// One line: casts, deliveries, network counters, virtual duration.
@@ -365,7 +664,11 @@ impl Outcome {
             for e in &m.log {
                 let line = match e {
                     Entry::Deliver(d) => {
-                        run.push(d.id.as_ref().map(|(s, k)| format!("{s}:{k}")).unwrap_or_else(|| "?".into()));
+                        let id = d.id.as_ref().map(|(s, k)| format!("{s}:{k}")).unwrap_or_else(|| "?".into());
+                        run.push(match d.kind {
+                            Delivery::Safe { tag, replayed } => format!("{id}={tag}{}", if replayed { "(replayed)" } else { "" }),
+                            _ => id,
+                        });
                         continue;
                     }
                     Entry::View { view, .. } => format!("view {view:?}"),
@@ -375,6 +678,18 @@ impl Outcome {
                     Entry::StateLoaded { chunks, bytes, known, .. } => format!("state loaded: {} ids in {chunks} chunks ({bytes} bytes)", known.len()),
                     Entry::Left { .. } => "left".into(),
                     Entry::Other { what, .. } => what.clone(),
+                    Entry::Replay { messages, .. } => {
+                        let shown: Vec<String> = messages.iter().take(20).map(|r| format!("{} ({})", r.tag, check::id_text(&r.id))).collect();
+                        format!("replay of {} messages: {}{}", messages.len(), shown.join(" "), if messages.len() > 20 { " ..." } else { "" })
+                    }
+                    Entry::Done { tag, .. } => {
+                        // Listed with the deliveries, as the deliveries are.
+                        if deliveries {
+                            run.push(format!("done({tag})"));
+                        }
+                        continue;
+                    }
+                    Entry::Restarted { id, crashed_at, .. } => format!("restarted as {id:?} (crashed at {crashed_at:?})"),
                 };
                 flush(&mut out, &mut run);
                 let _ = writeln!(out, "  {:?} {line}", e.at());
@@ -441,6 +756,10 @@ struct App {
     /// Views seen since that request: its own view comes next; at a second,
     /// the request is stale and the rest is dropped.
     outbox_views: u32,
+    /// `Stack::done` calls it will make: (when, order of scheduling) -> tag.
+    pending_done: BTreeMap<(Instant, u64), SafeTag>,
+    /// Calls scheduled so far (ties at one instant go in this order).
+    done_seq: u64,
 }
 
 /// The state [`run`] shares between its steps, split so that one member's
@@ -449,9 +768,16 @@ struct World {
     nodes: Vec<Option<Stack>>,
     apps: Vec<App>,
     logs: Vec<MemberLog>,
-    index: BTreeMap<MemberId, usize>,
+    /// Member index by address (every incarnation of a member has its address).
+    index: BTreeMap<SocketAddr, usize>,
     net: net::Net,
     digest: Digest,
+    /// Each member's disk.
+    disks: Vec<MemStorage>,
+    /// Decides what a crash leaves of unsynced log tails.
+    crash_rng: Rng,
+    /// Decides when the applications call `done`.
+    done_rng: Rng,
 }
 
 impl World {
@@ -466,7 +792,8 @@ impl World {
             while let Some(ev) = stack.poll_event() {
                 self.event(now, i, &stack, ev);
             }
-            if !self.provide_state(now, i, &mut stack) {
+            let took = self.provide_state(now, i, &mut stack);
+            if !self.call_done(now, i, &mut stack) && !took {
                 break;
             }
         }
@@ -492,13 +819,13 @@ impl World {
                         if *m == stack.local() {
                             continue;
                         }
-                        match self.index.get(m) {
+                        match self.index.get(&m.addr()) {
                             Some(&to) => self.net.send(now, i, to, &data),
                             None => self.net.stats.unroutable += 1,
                         }
                     }
                 }
-                Dest::Member(m) => match self.index.get(&m) {
+                Dest::Member(m) => match self.index.get(&m.addr()) {
                     Some(&to) => self.net.send(now, i, to, &data),
                     None => self.net.stats.unroutable += 1,
                 },
@@ -516,6 +843,15 @@ impl World {
                 let (id, intact) = workload::inspect(&body);
                 if let Some(id) = &id {
                     app.known.insert(id.clone());
+                }
+                if let Delivery::Safe { tag, .. } = kind {
+                    // A quarter at once (the drain calls it before it returns), the rest within MAX_DONE_DELAY.
+                    let delay = match self.done_rng.below(4) {
+                        0 => Duration::ZERO,
+                        _ => Duration::from_micros(self.done_rng.below(MAX_DONE_DELAY.as_micros() as u64 + 1)),
+                    };
+                    app.done_seq += 1;
+                    app.pending_done.insert((now + delay, app.done_seq), tag);
                 }
                 let d = Delivered { at: now, from, kind, id, len: body.len(), hash: fnv1a64(&body), intact };
                 self.digest.bytes(from.to_string().as_bytes());
@@ -575,7 +911,20 @@ impl World {
             AppEvent::Left => {
                 self.digest.bytes(b"Left");
                 self.logs[i].left_at = Some(now);
+                app.pending_done.clear();
                 Entry::Left { at: now }
+            }
+            AppEvent::Replay { messages } => {
+                self.digest.bytes(b"Replay");
+                let messages: Vec<Replayed> = messages
+                    .iter()
+                    .map(|(tag, body)| {
+                        self.digest.bytes(tag.to_string().as_bytes());
+                        self.digest.u64(fnv1a64(body));
+                        Replayed::of(*tag, body)
+                    })
+                    .collect();
+                Entry::Replay { at: now, messages }
             }
             other => {
                 let what = format!("{other:?}");
@@ -609,32 +958,82 @@ impl World {
         took
     }
 
-    fn crash(&mut self, now: Instant, i: usize) {
+    /// Member `i`'s application makes the `done` calls due by `now`;
+    /// whether it made any.
+    fn call_done(&mut self, now: Instant, i: usize, stack: &mut Stack) -> bool {
+        let mut called = false;
+        while let Some(entry) = self.apps[i].pending_done.first_entry().filter(|e| e.key().0 <= now) {
+            let tag = entry.remove();
+            called = true;
+            self.digest.u64(0x1_0500 + i as u64);
+            self.digest.bytes(tag.to_string().as_bytes());
+            let entry = match stack.done(now, tag) {
+                Ok(()) => Entry::Done { at: now, tag },
+                Err(e) => Entry::Other { at: now, what: format!("the stack refused done({tag}): {e}") },
+            };
+            self.logs[i].log.push(entry);
+        }
+        called
+    }
+
+    /// When the next `done` call of any member is due.
+    fn next_done(&self) -> Option<Instant> {
+        self.apps.iter().filter_map(|a| a.pending_done.first_key_value().map(|((at, _), _)| *at)).min()
+    }
+
+    /// A power failure at member `i`: its disk keeps what the scenario's
+    /// `crash_tail` says, its stack and its application's plans are dropped.
+    fn crash(&mut self, now: Instant, i: usize, tail: CrashTailMode) {
         if let Some(stack) = self.nodes[i].take() {
+            // The disk first: the stack's unsynced writes die with it.
+            self.disks[i].crash(tail.draw(&mut self.crash_rng));
             self.logs[i].stats = stack.stats();
             self.logs[i].engine = stack.engine_stats();
             self.logs[i].crashed_at = Some(now);
             self.apps[i].outbox.clear();
+            self.apps[i].pending_done.clear();
             self.digest.u64(0xC0 + i as u64);
         }
     }
 
+    /// Builds member `i` again at `now`, as its next incarnation, on the
+    /// same disk, with a fresh application.
+    fn restart(&mut self, registry: &Registry, scenario: &Scenario, i: usize, now: Instant) -> Result<(), SimError> {
+        let Some(crashed_at) = self.logs[i].crashed_at else { return Ok(()) };
+        let old = self.logs[i].id;
+        let id = MemberId::new(old.addr(), old.incarnation() + 1);
+        self.apps[i] = App::default();
+        self.logs[i].id = id;
+        self.logs[i].crashed_at = None;
+        self.logs[i].log.push(Entry::Restarted { at: now, id, crashed_at });
+        self.digest.u64(0x1_0600 + i as u64);
+        self.build(registry, scenario, i, now)
+    }
+
     /// Builds member `i`'s stack at `now`.
     fn start(&mut self, registry: &Registry, scenario: &Scenario, i: usize, now: Instant) -> Result<(), SimError> {
-        let ids: Vec<MemberId> = (0..scenario.members).map(member).collect();
+        self.build(registry, scenario, i, now)?;
+        self.logs[i].started_at = Some(now);
+        if now > Instant::ZERO {
+            self.digest.u64(0x1_0100 + i as u64);
+        }
+        Ok(())
+    }
+
+    /// Builds the stack of member `i`'s current incarnation, its seeds the
+    /// current incarnations of all members.
+    fn build(&mut self, registry: &Registry, scenario: &Scenario, i: usize, now: Instant) -> Result<(), SimError> {
+        let ids: Vec<MemberId> = self.logs.iter().map(|l| l.id).collect();
         let id = ids[i];
         let mut config = StackConfig::new(GROUP, id, ids);
         config.seed = scenario.seed;
+        config.storage = Arc::new(self.disks[i].clone());
         let stack = Stack::new(registry, &scenario.stack, config, now).map_err(|error| SimError::Build {
             member: id,
             stack: scenario.stack.clone(),
             error: Box::new(error),
         })?;
         self.nodes[i] = Some(stack);
-        self.logs[i].started_at = Some(now);
-        if now > Instant::ZERO {
-            self.digest.u64(0x1_0100 + i as u64);
-        }
         Ok(())
     }
 }
@@ -647,13 +1046,19 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
     let mut master = Rng::new(scenario.seed);
     let net_rng = master.fork();
     let mut workload_rng = master.fork();
+    // Forked after the others, so that they draw as they did before these existed.
+    let crash_rng = master.fork();
+    let done_rng = master.fork();
     let mut world = World {
         nodes: Vec::with_capacity(n),
         apps: Vec::with_capacity(n),
         logs: Vec::with_capacity(n),
-        index: ids.iter().enumerate().map(|(i, m)| (*m, i)).collect(),
+        index: ids.iter().enumerate().map(|(i, m)| (m.addr(), i)).collect(),
         net: net::Net::new(scenario, net_rng),
         digest: Digest(0xcbf2_9ce4_8422_2325),
+        disks: (0..n).map(|_| MemStorage::new()).collect(),
+        crash_rng,
+        done_rng,
     };
     let mut casters = Vec::with_capacity(n);
     for (i, &id) in ids.iter().enumerate() {
@@ -704,6 +1109,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             world.net.next_arrival(),
             world.nodes.iter().filter_map(|s| s.as_ref()?.poll_timeout()).min(),
             casters.iter().filter_map(workload::Caster::due).min(),
+            world.next_done(),
         ];
         let limit = end.unwrap_or(hard_end);
         let t = match wakeups.iter().flatten().min() {
@@ -726,8 +1132,19 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
         if let Some(f) = faults.get(next_fault).filter(|f| Instant::ZERO + f.at <= now) {
             match &f.kind {
                 FaultKind::Crash(i) => {
-                    world.crash(now, usize::from(*i));
+                    world.crash(now, usize::from(*i), scenario.crash_tail);
                     world.logs[usize::from(*i)].backpressured += casters[usize::from(*i)].stop(now);
+                }
+                FaultKind::Restart(i) => {
+                    let i = usize::from(*i);
+                    if world.nodes[i].is_none() && world.logs[i].crashed_at.is_some() {
+                        world.restart(registry, scenario, i, now)?;
+                        world.drain(now, i);
+                        if casters[i].resume(now) {
+                            // The workload is not over after all.
+                            quiet_from = None;
+                        }
+                    }
                 }
                 FaultKind::Partition(sets) => world.net.partition(n, sets),
                 FaultKind::Heal => world.net.heal(),
@@ -769,6 +1186,12 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             world.drain(now, i);
             continue;
         }
+        if let Some(i) = world.apps.iter().position(|a| a.pending_done.first_key_value().is_some_and(|((at, _), _)| *at <= now)) {
+            // `drain` makes the due calls.
+            world.drain(now, i);
+            world.logs[i].backpressured += casters[i].wake(now);
+            continue;
+        }
         if let Some(i) = casters.iter().position(|c| c.due().is_some_and(|d| d <= now)) {
             cast(&mut world, &mut casters[i], now, i);
             continue;
@@ -793,15 +1216,22 @@ fn cast(world: &mut World, caster: &mut workload::Caster, now: Instant, i: usize
         caster.stop(now);
         return;
     };
-    let payload: Bytes = caster.payload();
+    let (payload, order) = caster.next_cast();
     let (len, hash) = (payload.len(), fnv1a64(&payload));
-    match stack.cast(now, payload) {
+    let result = match order {
+        None => stack.cast(now, payload),
+        Some(order) => stack.cast_ordered(now, payload, order),
+    };
+    match result {
         Ok(()) => {
             let k = caster.next_k;
             world.logs[i].casts.push(CastRecord { k, at: now, len, hash });
             world.digest.u64(0xA0 + i as u64);
             world.digest.u64(k);
             world.digest.u64(hash);
+            if order.is_some() {
+                world.digest.u64(0xF1F0);
+            }
             caster.accepted(now);
         }
         Err(_refused) => {

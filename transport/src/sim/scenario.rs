@@ -9,7 +9,17 @@
 //!   faults=join(4)@1200ms,leave(2)@1500ms,crash(0)@1400ms
 //! ```
 //! (one line in reality). Fields may come in any order; a missing field
-//! takes its default ([`Scenario::default`]). A stack string containing
+//! takes its default ([`Scenario::default`]). Two fields are written only
+//! when they differ from their default, so lines written before they
+//! existed read back unchanged: `fifo=0.2` (the share of casts asking for
+//! `Order::Fifo` only) and `crash_tail=torn` (what a crash leaves of the
+//! unsynced tail of a member's log files, see [`CrashTailMode`]). A
+//! crashed member starts again with `restart(i)@T`:
+//!
+//! ```text
+//! seed=9 members=3 stack=FRAG:NAK:VSYNC:SAFE(log_dir=/safe) casts=40 interval_us=10000 quiet_ms=10000
+//!   faults=crash(0)@1500ms,crash(1)@1500ms,crash(2)@1502ms,restart(1)@1800ms,restart(0)@1900ms,restart(2)@2500ms crash_tail=torn
+//! ``` A stack string containing
 //! whitespace, a quote or a backslash is written in double quotes with `\"`
 //! and `\\` escapes; other stack strings (`FRAG(frag_size=1200):NAK`) are
 //! written bare. Members are numbered from 0; member `i` is
@@ -40,6 +50,12 @@ pub enum FaultKind {
     Partition(Vec<Vec<u16>>),
     /// Ends the partition.
     Heal,
+    /// A crashed member starts again: the same address, the next
+    /// incarnation, the same disk (its log files as the crash left them);
+    /// it joins the group through its seeds, the other members, and its
+    /// workload goes on with its remaining casts. The member must be down
+    /// (crashed, not restarted since) at this time.
+    Restart(u16),
     /// The member's stack is built at this time instead of at the start:
     /// before it, the member does not exist (datagrams to it vanish, counted
     /// like those to a crashed member) and its workload starts then.
@@ -77,6 +93,66 @@ pub struct Scenario {
     pub quiet_ms: u64,
     /// Faults, in any order (applied in time order).
     pub faults: Vec<Fault>,
+    /// Probability that a cast asks for FIFO order only
+    /// (`Stack::cast_ordered(.., Order::Fifo)`) instead of the stack's
+    /// strongest order. Written only when not 0.
+    pub fifo: f64,
+    /// What a crash leaves of the unsynced tail of the member's log files.
+    /// Written only when not [`CrashTailMode::Random`].
+    pub crash_tail: CrashTailMode,
+}
+
+/// What a crash does to the bytes a member appended to its log files but
+/// did not sync (see `strata_stack::CrashTail`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum CrashTailMode {
+    /// Drawn at each crash: lost half the time, else torn after a few bytes.
+    #[default]
+    Random,
+    /// Always lost.
+    Lost,
+    /// Always torn: 1 to [`MAX_TORN`] bytes of it reach the disk.
+    Torn,
+}
+
+/// The most bytes of an unsynced tail a torn crash keeps.
+pub const MAX_TORN: u64 = 200;
+
+impl fmt::Display for CrashTailMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CrashTailMode::Random => "random",
+            CrashTailMode::Lost => "lost",
+            CrashTailMode::Torn => "torn",
+        })
+    }
+}
+
+impl FromStr for CrashTailMode {
+    type Err = ScenarioError;
+    fn from_str(s: &str) -> Result<Self, ScenarioError> {
+        match s {
+            "random" => Ok(CrashTailMode::Random),
+            "lost" => Ok(CrashTailMode::Lost),
+            "torn" => Ok(CrashTailMode::Torn),
+            _ => err(format!("crash_tail=`{s}`: expected random, lost or torn")),
+        }
+    }
+}
+
+impl CrashTailMode {
+    /// The tail of one crash, drawn from `rng` (which it leaves alone unless
+    /// there is something to draw).
+    pub fn draw(self, rng: &mut Rng) -> strata_stack::CrashTail {
+        use strata_stack::CrashTail;
+        let torn = |rng: &mut Rng| CrashTail::Torn(rng.between(1, MAX_TORN) as usize);
+        match self {
+            CrashTailMode::Lost => CrashTail::Lost,
+            CrashTailMode::Torn => torn(rng),
+            CrashTailMode::Random if rng.below(2) == 0 => CrashTail::Lost,
+            CrashTailMode::Random => torn(rng),
+        }
+    }
 }
 
 impl Default for Scenario {
@@ -94,6 +170,8 @@ impl Default for Scenario {
             interval_us: 1000,
             quiet_ms: 5000,
             faults: Vec::new(),
+            fifo: 0.0,
+            crash_tail: CrashTailMode::Random,
         }
     }
 }
@@ -119,6 +197,11 @@ impl Scenario {
         self.faults.iter().any(|f| f.kind == FaultKind::Crash(i))
     }
 
+    /// Whether some member restarts (`restart(i)@T`).
+    pub fn has_restarts(&self) -> bool {
+        self.faults.iter().any(|f| matches!(f.kind, FaultKind::Restart(_)))
+    }
+
     /// When member `i` joins (`join(i)@T`), if it starts late.
     pub fn join_time(&self, i: u16) -> Option<Duration> {
         self.faults.iter().find(|f| f.kind == FaultKind::Join(i)).map(|f| f.at)
@@ -141,7 +224,7 @@ impl Scenario {
         if self.members == 0 {
             return err("members must be at least 1");
         }
-        for (name, p) in [("loss", self.loss), ("dup", self.dup), ("reorder", self.reorder)] {
+        for (name, p) in [("loss", self.loss), ("dup", self.dup), ("reorder", self.reorder), ("fifo", self.fifo)] {
             if !(0.0..=1.0).contains(&p) {
                 return err(format!("{name}={p} is not a probability in 0..=1"));
             }
@@ -154,7 +237,7 @@ impl Scenario {
         }
         for f in &self.faults {
             match &f.kind {
-                FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) if *i >= self.members => {
+                FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) | FaultKind::Restart(i) if *i >= self.members => {
                     return err(format!("{} names no member (members={})", f.kind, self.members))
                 }
                 FaultKind::Partition(sets) => {
@@ -190,6 +273,34 @@ impl Scenario {
                 if let Some(crash) = of(FaultKind::Crash(i)).find(|&c| c <= leave) {
                     return err(format!("leave({i})@{} comes after crash({i})@{}: a crashed member cannot leave", fmt_duration(leave), fmt_duration(crash)));
                 }
+            }
+            self.validate_restarts(i)?;
+        }
+        Ok(())
+    }
+
+    /// A restart needs a member that is down: crashed, not restarted since,
+    /// and not gone for good (left).
+    fn validate_restarts(&self, i: u16) -> Result<(), ScenarioError> {
+        // When the member went down, if it is down.
+        let mut down: Option<Duration> = None;
+        let mut left: Option<Duration> = None;
+        for f in self.faults_in_order() {
+            match f.kind {
+                FaultKind::Crash(j) if j == i => down = down.or(Some(f.at)),
+                FaultKind::Leave(j) if j == i => left = Some(f.at),
+                FaultKind::Restart(j) if j == i => {
+                    let at = fmt_duration(f.at);
+                    if let Some(l) = left {
+                        return err(format!("restart({i})@{at} comes after leave({i})@{}: a member that left does not come back", fmt_duration(l)));
+                    }
+                    match down {
+                        None => return err(format!("restart({i})@{at}: member {i} is not down (no crash({i}) since it started or last restarted)")),
+                        Some(c) if c >= f.at => return err(format!("restart({i})@{at} is not after crash({i})@{}", fmt_duration(c))),
+                        Some(_) => down = None,
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -234,6 +345,7 @@ impl fmt::Display for FaultKind {
             FaultKind::Crash(i) => write!(f, "crash({i})"),
             FaultKind::Join(i) => write!(f, "join({i})"),
             FaultKind::Leave(i) => write!(f, "leave({i})"),
+            FaultKind::Restart(i) => write!(f, "restart({i})"),
             FaultKind::Heal => write!(f, "heal"),
             FaultKind::Partition(sets) => {
                 let sets: Vec<String> = sets.iter().map(|s| s.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".")).collect();
@@ -264,11 +376,13 @@ impl FromStr for Fault {
             FaultKind::Join(index(i)?)
         } else if let Some(i) = inner("leave") {
             FaultKind::Leave(index(i)?)
+        } else if let Some(i) = inner("restart") {
+            FaultKind::Restart(index(i)?)
         } else if let Some(sets) = inner("partition") {
             let sets = sets.split('|').map(|set| if set.is_empty() { Ok(Vec::new()) } else { set.split('.').map(index).collect() });
             FaultKind::Partition(sets.collect::<Result<_, _>>()?)
         } else {
-            return err(format!("unknown fault `{kind}`: expected crash(i), join(i), leave(i), partition(a.b|c.d) or heal"));
+            return err(format!("unknown fault `{kind}`: expected crash(i), restart(i), join(i), leave(i), partition(a.b|c.d) or heal"));
         };
         Ok(Fault { at, kind })
     }
@@ -299,11 +413,19 @@ impl fmt::Display for Scenario {
             self.loss, self.dup, self.reorder, self.delay_us.0, self.delay_us.1, self.casts, self.size.0, self.size.1, self.interval_us, self.quiet_ms
         )?;
         if self.faults.is_empty() {
-            write!(f, "none")
+            write!(f, "none")?;
         } else {
             let faults: Vec<String> = self.faults.iter().map(|x| x.to_string()).collect();
-            write!(f, "{}", faults.join(","))
+            write!(f, "{}", faults.join(","))?;
         }
+        // Only when set, so that older lines print as they always did.
+        if self.fifo != 0.0 {
+            write!(f, " fifo={}", self.fifo)?;
+        }
+        if self.crash_tail != CrashTailMode::Random {
+            write!(f, " crash_tail={}", self.crash_tail)?;
+        }
+        Ok(())
     }
 }
 
@@ -377,10 +499,16 @@ impl FromStr for Scenario {
                 "size" => s.size = parse_range(&key, &v)?,
                 "interval_us" => s.interval_us = parse_num(&key, &v)?,
                 "quiet_ms" => s.quiet_ms = parse_num(&key, &v)?,
+                "fifo" => s.fifo = parse_num(&key, &v)?,
+                "crash_tail" => s.crash_tail = v.parse()?,
                 "faults" => {
                     s.faults = if v == "none" || v.is_empty() { Vec::new() } else { split_faults(&v).into_iter().map(str::parse).collect::<Result<_, _>>()? }
                 }
-                _ => return err(format!("unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults)")),
+                _ => {
+                    return err(format!(
+                        "unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults fifo crash_tail)"
+                    ))
+                }
             }
             seen.push(key);
         }
@@ -454,6 +582,18 @@ pub struct Ranges {
     pub max_crashes: u16,
     /// Whether to split a minority off (`partition(..)@T`) and heal it later.
     pub partitions: bool,
+    /// Whether a crashed member may start again (`restart(i)@T`, half of
+    /// them, 0.2 to 4 s after the crash: while the group still has the old
+    /// incarnation in its view, or after it removed it). For stacks that
+    /// keep state across a crash (SAFE).
+    pub restarts: bool,
+    /// Whether to end with a total failure: every member up crashes (at one
+    /// instant or within up to 20 ms), then every member restarts (all at
+    /// once or staggered over up to 1 s). For SAFE with a `log_dir`.
+    pub total_failure: bool,
+    /// Largest share of casts asking for FIFO order only (`fifo=`); drawn
+    /// like the loss, zero a quarter of the time.
+    pub max_fifo: f64,
 }
 
 impl Ranges {
@@ -478,6 +618,9 @@ impl Ranges {
             max_leaves: 0,
             max_crashes: 0,
             partitions: false,
+            restarts: false,
+            total_failure: false,
+            max_fifo: 0.0,
         }
     }
 
@@ -506,10 +649,29 @@ impl Ranges {
         }
     }
 
+    /// The ranges of the SAFE properties: those of [`Ranges::vsync`] with
+    /// 2..=7 members, crashed members restarting ([`Ranges::restarts`]), and
+    /// up to a fifth of the casts asking for FIFO order only. Set
+    /// [`Ranges::total_failure`] for the total-failure family.
+    pub fn safe(stack: impl Into<String>) -> Ranges {
+        Ranges { members: (2, 7), restarts: true, max_fifo: 0.2, ..Ranges::vsync(stack) }
+    }
+
     /// Whether any membership fault (join, leave, counted crashes, partitions) is drawn.
     fn membership_faults(&self) -> bool {
         self.max_joins > 0 || self.max_leaves > 0 || self.max_crashes > 0 || self.partitions
     }
+}
+
+/// A member at some moment, by the faults.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Life {
+    /// Running.
+    Up,
+    /// Crashed, may restart.
+    Down,
+    /// Not started yet, or left.
+    Gone,
 }
 
 /// Mean of a log-uniform draw over `lo..=hi` (what [`super::workload`] draws).
@@ -567,6 +729,7 @@ impl Scenario {
             interval_us,
             quiet_ms: r.quiet_ms,
             faults: Vec::new(),
+            ..Scenario::default()
         };
         if r.faults {
             let span = s.nominal_end().as_millis().max(1) as u64;
@@ -587,7 +750,81 @@ impl Scenario {
         if r.membership_faults() {
             s.membership_faults(rng, r);
         }
+        // Drawn only when asked for, so that the other generators draw as they always did.
+        if r.restarts {
+            s.restart_some(rng);
+        }
+        if r.total_failure {
+            s.total_failure(rng, r);
+        }
+        if r.restarts || r.total_failure {
+            s.crash_tail = [CrashTailMode::Random, CrashTailMode::Random, CrashTailMode::Torn, CrashTailMode::Lost][rng.below(4) as usize];
+        }
+        if r.max_fifo > 0.0 {
+            s.fifo = draw_p(rng, r.max_fifo);
+        }
         s
+    }
+
+    /// Restarts half the crashed members, 0.2 to 4 s after their crash.
+    fn restart_some(&mut self, rng: &mut Rng) {
+        let crashes: Vec<Fault> = self.faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash(_))).cloned().collect();
+        for c in crashes {
+            let FaultKind::Crash(i) = c.kind else { continue };
+            if rng.below(2) == 0 && !self.faults.iter().any(|f| f.kind == FaultKind::Restart(i)) {
+                self.faults.push(Fault { at: c.at + Duration::from_millis(rng.between(200, 4000)), kind: FaultKind::Restart(i) });
+            }
+        }
+    }
+
+    /// At a random time during the traffic, every member up crashes,
+    /// within `spread`; then every member that did not leave restarts,
+    /// within `stagger` of the last crash. Half the time the failure comes
+    /// after the other faults (often once the traffic is over, when the
+    /// members have finished most messages), else after the joins only,
+    /// and the faults drawn for later are dropped (a member down then stays
+    /// down until the restart).
+    fn total_failure(&mut self, rng: &mut Rng, r: &Ranges) {
+        let ms = Duration::from_millis;
+        let span = (self.interval_us.saturating_mul(u64::from(self.casts)) / 1000).max(500);
+        let after = |kinds: fn(&FaultKind) -> bool| self.faults.iter().filter(|f| kinds(&f.kind)).map(|f| f.at).max().unwrap_or_default();
+        let (all, joins) = (after(|_| true), after(|k| matches!(k, FaultKind::Join(_))));
+        let last = if rng.below(2) == 0 { all } else { joins };
+        let at = ms(rng.between(r.settle_ms, r.settle_ms + span)).max(last + ms(rng.between(100, 1500)));
+        self.faults.retain(|f| f.at < at);
+        let spread = [0, 0, 5, 20][rng.below(4) as usize];
+        let stagger = [1, 10, 200, 1000][rng.below(4) as usize];
+        let mut end = at;
+        let mut back = Vec::new();
+        for i in 0..self.members {
+            match self.state_at(i, at) {
+                Life::Up => {
+                    let crash = at + ms(rng.below(spread + 1));
+                    end = end.max(crash);
+                    self.faults.push(Fault { at: crash, kind: FaultKind::Crash(i) });
+                    back.push(i);
+                }
+                Life::Down => back.push(i),
+                Life::Gone => {}
+            }
+        }
+        for i in back {
+            self.faults.push(Fault { at: end + ms(rng.between(1, stagger)), kind: FaultKind::Restart(i) });
+        }
+    }
+
+    /// Whether member `i` is up at `at` by the faults (those at `at` included).
+    fn state_at(&self, i: u16, at: Duration) -> Life {
+        let mut state = if self.join_time(i).is_some() { Life::Gone } else { Life::Up };
+        for f in self.faults_in_order().into_iter().take_while(|f| f.at <= at) {
+            state = match f.kind {
+                FaultKind::Join(j) | FaultKind::Restart(j) if j == i => Life::Up,
+                FaultKind::Crash(j) if j == i => Life::Down,
+                FaultKind::Leave(j) if j == i => Life::Gone,
+                _ => state,
+            };
+        }
+        state
     }
 
     /// Draws the joins, crashes, partition and leaves of [`Ranges`] (see its fields).
@@ -685,13 +922,14 @@ impl Scenario {
     }
 
     /// Simpler scenarios to try when this one fails, simplest first: fewer
-    /// faults (a partition goes with its heal; a heal is never dropped
-    /// alone), fewer members, fewer casts, smaller payloads, less loss,
+    /// faults (a partition goes with its heal, a crash with the restart
+    /// after it; a heal is never dropped alone), fewer members, fewer casts, smaller payloads, less loss,
     /// duplication and reordering. The seed stays.
     pub fn shrink(&self) -> Vec<Scenario> {
         let mut out = Vec::new();
+        // (Dropping a crash strands the restart after it: such candidates are skipped.)
         let mut push = |s: Scenario| {
-            if s != *self && !out.contains(&s) {
+            if s != *self && !out.contains(&s) && s.validate().is_ok() {
                 out.push(s);
             }
         };
@@ -706,6 +944,10 @@ impl Scenario {
             if matches!(f.kind, FaultKind::Partition(_)) {
                 let next_split = in_order[n + 1..].iter().find(|g| matches!(g.kind, FaultKind::Partition(_) | FaultKind::Heal));
                 drop.extend(next_split.filter(|g| g.kind == FaultKind::Heal));
+            }
+            // A crash goes with the restart that follows it.
+            if let FaultKind::Crash(i) = f.kind {
+                drop.extend(in_order[n + 1..].iter().find(|g| g.kind == FaultKind::Restart(i)));
             }
             let mut s = self.clone();
             for d in drop {
@@ -738,6 +980,9 @@ impl Scenario {
         if self.reorder > 0.0 {
             push(Scenario { reorder: 0.0, ..self.clone() });
         }
+        if self.fifo > 0.0 {
+            push(Scenario { fifo: 0.0, ..self.clone() });
+        }
         out
     }
 
@@ -745,7 +990,7 @@ impl Scenario {
     fn with_members(&self, members: u16) -> Scenario {
         let mut s = Scenario { members, ..self.clone() };
         s.faults.retain_mut(|f| match &mut f.kind {
-            FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) => *i < members,
+            FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) | FaultKind::Restart(i) => *i < members,
             FaultKind::Partition(sets) => {
                 for set in sets.iter_mut() {
                     set.retain(|i| *i < members);
@@ -891,6 +1136,105 @@ mod tests {
                 assert!(smaller.members <= s.members && smaller.casts <= s.casts && smaller.loss <= s.loss);
             }
         }
+    }
+
+    #[test]
+    fn restarts_and_the_new_fields_round_trip_and_are_validated() {
+        let line = "seed=9 members=3 stack=FRAG:NAK:VSYNC:SAFE(log_dir=/safe) loss=0 dup=0 reorder=0 delay_us=100..1000 casts=40 size=1..1000 \
+                    interval_us=10000 quiet_ms=10000 faults=crash(0)@1500ms,crash(1)@1500ms,crash(2)@1502ms,restart(1)@1800ms,restart(0)@1900ms,restart(2)@2500ms \
+                    fifo=0.2 crash_tail=torn";
+        let s: Scenario = line.parse().unwrap();
+        assert_eq!(s.faults[3], Fault { at: Duration::from_millis(1800), kind: FaultKind::Restart(1) });
+        assert_eq!((s.fifo, s.crash_tail), (0.2, CrashTailMode::Torn));
+        assert!(s.has_restarts() && !s.is_fault_free());
+        assert_eq!(s.to_string(), line);
+        // At their defaults the new fields are not written: older lines print as they did.
+        let plain = Scenario::default().to_string();
+        assert!(!plain.contains("fifo") && !plain.contains("crash_tail") && plain.ends_with("faults=none"), "{plain}");
+        assert_eq!("crash_tail=random fifo=0".parse::<Scenario>().unwrap(), Scenario::default());
+        assert_eq!("crash_tail=lost".parse::<Scenario>().unwrap().to_string(), format!("{plain} crash_tail=lost"));
+        let e = |l: &str| l.parse::<Scenario>().unwrap_err().0;
+        assert!(e("faults=restart(1)@5ms").contains("restart(1)@5ms: member 1 is not down"));
+        assert!(e("faults=crash(1)@5ms,restart(1)@5ms").contains("restart(1)@5ms is not after crash(1)@5ms"));
+        assert!(e("faults=crash(1)@5ms,restart(1)@6ms,restart(1)@7ms").contains("restart(1)@7ms: member 1 is not down"));
+        assert!(e("faults=leave(1)@4ms,crash(1)@5ms,restart(1)@6ms").contains("restart(1)@6ms comes after leave(1)@4ms"));
+        assert!(e("members=2 faults=restart(2)@1ms").contains("restart(2) names no member"));
+        assert!(e("faults=join(1)@5ms,restart(1)@6ms").contains("not down"));
+        assert!(e("crash_tail=half").contains("crash_tail=`half`: expected random, lost or torn"));
+        assert!(e("fifo=2").contains("fifo=2 is not a probability"));
+        // Down twice, up once; crash, restart, crash, restart.
+        "faults=crash(1)@5ms,crash(1)@6ms,restart(1)@7ms".parse::<Scenario>().unwrap();
+        "faults=join(1)@2ms,crash(1)@5ms,restart(1)@6ms,crash(1)@8ms,restart(1)@9ms".parse::<Scenario>().unwrap();
+        // Shrinking drops a crash with its restart, and drops restarts and members cleanly.
+        for smaller in s.shrink() {
+            smaller.validate().unwrap_or_else(|e| panic!("{e}: {smaller}"));
+        }
+        assert!(s.shrink().iter().any(|x| x.faults.len() == 4 && !x.faults.iter().any(|f| matches!(f.kind, FaultKind::Crash(0) | FaultKind::Restart(0)))));
+        assert_eq!(s.with_members(2).faults.len(), 4);
+    }
+
+    #[test]
+    fn crash_tails_are_drawn_as_the_mode_says() {
+        use strata_stack::CrashTail;
+        let mut rng = Rng::new(4);
+        let draws: Vec<CrashTail> = (0..1000).map(|_| CrashTailMode::Random.draw(&mut rng)).collect();
+        let lost = draws.iter().filter(|t| **t == CrashTail::Lost).count();
+        assert!((400..600).contains(&lost), "{lost} of 1000 lost");
+        assert!(draws.iter().all(|t| match t {
+            CrashTail::Torn(n) => (1..=MAX_TORN as usize).contains(n),
+            CrashTail::Lost => true,
+        }));
+        assert!((0..100).all(|_| CrashTailMode::Lost.draw(&mut rng) == CrashTail::Lost));
+        assert!((0..100).all(|_| matches!(CrashTailMode::Torn.draw(&mut rng), CrashTail::Torn(_))));
+    }
+
+    #[test]
+    fn generated_safe_scenarios_restart_crashed_members_and_can_fail_totally() {
+        let mut rng = Rng::new(3);
+        let r = Ranges::safe("FRAG:NAK:VSYNC:SAFE");
+        let (mut restarts, mut fifo, mut torn) = (0, 0, 0);
+        for _ in 0..1000 {
+            let s = Scenario::generate(&mut rng, &r);
+            s.validate().unwrap_or_else(|e| panic!("{e}: {s}"));
+            assert_eq!(s.to_string().parse::<Scenario>().unwrap(), s);
+            assert!((2..=7).contains(&s.members) && s.fifo <= 0.2, "{s}");
+            restarts += s.faults.iter().filter(|f| matches!(f.kind, FaultKind::Restart(_))).count();
+            fifo += usize::from(s.fifo > 0.0);
+            torn += usize::from(s.crash_tail == CrashTailMode::Torn);
+            for smaller in s.shrink() {
+                smaller.validate().unwrap_or_else(|e| panic!("{e}: {smaller} from {s}"));
+            }
+        }
+        assert!(restarts > 150 && fifo > 500 && torn > 150, "{restarts} {fifo} {torn}");
+
+        let r = Ranges { total_failure: true, max_leaves: 0, partitions: false, ..Ranges::safe("FRAG:NAK:VSYNC:SAFE(log_dir=/safe)") };
+        let (mut together, mut spread, mut staggered, mut earlier_restarts) = (0, 0, 0, 0);
+        for _ in 0..1000 {
+            let s = Scenario::generate(&mut rng, &r);
+            s.validate().unwrap_or_else(|e| panic!("{e}: {s}"));
+            assert_eq!(s.to_string().parse::<Scenario>().unwrap(), s);
+            assert!(!s.faults.iter().any(|f| matches!(f.kind, FaultKind::Leave(_) | FaultKind::Partition(_))), "{s}");
+            // The last restart of each member comes after the last crash of all, and every member is down just before the first of them.
+            let faults = s.faults_in_order();
+            let last_crash = faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash(_))).map(|f| f.at).max().unwrap();
+            let back: Vec<Duration> = faults.iter().filter(|f| matches!(f.kind, FaultKind::Restart(_)) && f.at > last_crash).map(|f| f.at).collect();
+            assert_eq!(back.len(), usize::from(s.members), "every member restarts after the total failure: {s}");
+            let first_back = *back.iter().min().unwrap();
+            assert!((0..s.members).all(|i| s.state_at(i, first_back - Duration::from_nanos(1)) == Life::Down), "{s}");
+            assert!(*back.iter().max().unwrap() <= last_crash + Duration::from_millis(1000), "{s}");
+            let burst: Vec<Duration> =
+                faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash(_)) && f.at + Duration::from_millis(20) >= last_crash).map(|f| f.at).collect();
+            assert!(burst.len() >= 1, "{s}");
+            let first_of_burst = *burst.iter().min().unwrap();
+            together += usize::from(first_of_burst == last_crash);
+            spread += usize::from(first_of_burst < last_crash);
+            staggered += usize::from(*back.iter().max().unwrap() > first_back + Duration::from_millis(50));
+            earlier_restarts += usize::from(faults.iter().any(|f| matches!(f.kind, FaultKind::Restart(_)) && f.at < last_crash));
+            for smaller in s.shrink() {
+                smaller.validate().unwrap_or_else(|e| panic!("{e}: {smaller} from {s}"));
+            }
+        }
+        assert!(together > 300 && spread > 200 && staggered > 300 && earlier_restarts > 50, "{together} {spread} {staggered} {earlier_restarts}");
     }
 
     const PINNED_FRAG_NAK: [&str; 3] = [

@@ -31,11 +31,22 @@
 //! members. The reactions draw from a random stream of their own, and other
 //! stacks (the FRAG:NAK and VSYNC properties) get the plain workload, run
 //! for run unchanged.
+//!
+//! ## FIFO-only casts
+//! With `fifo=p` in the scenario, each cast asks for `Order::Fifo` with
+//! probability `p` (drawn from a stream of its own, so `fifo=0` leaves
+//! everything else as it was): on SAFE such a cast is plain, outside the
+//! total order.
+//!
+//! ## Restarts
+//! A crash stops a member's casts; a `restart(i)@T` resumes them
+//! ([`Caster::resume`]): the remaining casts, numbered on from where the
+//! member stopped, the first within one interval of the restart.
 
 use super::scenario::Scenario;
 use bytes::Bytes;
 use std::time::Duration;
-use strata_stack::{Instant, Rng};
+use strata_stack::{Instant, Order, Rng};
 
 /// How long a member waits before retrying a cast refused by backpressure.
 pub const RETRY: Duration = Duration::from_micros(200);
@@ -49,7 +60,7 @@ pub const REACT_PERCENT: u64 = 50;
 pub const REACT_DELAY: Duration = Duration::from_micros(1);
 
 /// The layer names that make the workload reactive (see the module doc).
-pub const REACTIVE_LAYERS: &[&str] = &["CAUSAL", "TOTAL", "TOKEN"];
+pub const REACTIVE_LAYERS: &[&str] = &["CAUSAL", "TOTAL", "TOKEN", "SAFE"];
 
 /// Whether the workload of a run of `stack` has reactive casts: whether the
 /// stack string names a layer of [`REACTIVE_LAYERS`] (a layer's name is
@@ -82,8 +93,8 @@ pub(crate) struct Caster {
     pub next_k: u64,
     /// When to try it; `None` once all are cast (or the member crashed).
     pub next_at: Option<Instant>,
-    /// The payload being retried after backpressure, if any.
-    pending: Option<Bytes>,
+    /// The payload being retried after backpressure, if any, and the order it asks for.
+    pending: Option<(Bytes, Option<Order>)>,
     /// Refused, and its stack has had no input since: the attempt due at
     /// `next_at` (and those after it on the [`RETRY`] grid) would be refused too.
     pub parked: bool,
@@ -95,6 +106,8 @@ pub(crate) struct Caster {
     /// The next cast is reactive: it goes out [`REACT_DELAY`] after the
     /// first input at or after this point.
     react_from: Option<Instant>,
+    /// The FIFO-only draws' own random stream and share; `None` for `fifo=0`.
+    fifo: Option<(Rng, f64)>,
 }
 
 impl Caster {
@@ -106,18 +119,29 @@ impl Caster {
         let next_at = (s.casts > 0).then_some(first);
         // Forked only for a reactive workload, so the plain one draws as it always did.
         let react = reacts(&s.stack).then(|| rng.fork());
-        Caster { rng, name, next_k: 0, next_at, pending: None, parked: false, total: u64::from(s.casts), interval, size: s.size, react, react_from: None }
+        // Likewise forked only when some casts are FIFO-only.
+        let fifo = (s.fifo > 0.0).then(|| (rng.fork(), s.fifo));
+        Caster { rng, name, next_k: 0, next_at, pending: None, parked: false, total: u64::from(s.casts), interval, size: s.size, react, react_from: None, fifo }
     }
 
     /// The payload of the cast due now (the same one again after backpressure).
+    #[cfg(test)]
     pub fn payload(&mut self) -> Bytes {
+        self.next_cast().0
+    }
+
+    /// The payload of the cast due now and the order it asks for (`None`:
+    /// the stack's strongest); the same again after backpressure.
+    pub fn next_cast(&mut self) -> (Bytes, Option<Order>) {
         if let Some(p) = &self.pending {
             return p.clone();
         }
         let size = draw_size(&mut self.rng, self.size.0, self.size.1);
         let p = crate::payload::make(&self.name, self.next_k, size);
-        self.pending = Some(p.clone());
-        p
+        let fifo_only = self.fifo.as_mut().is_some_and(|(rng, share)| rng.chance(*share));
+        let order = fifo_only.then_some(Order::Fifo);
+        self.pending = Some((p.clone(), order));
+        (p, order)
     }
 
     /// The cast due now was accepted at `now`.
@@ -183,6 +207,16 @@ impl Caster {
         self.next_at = None;
         self.react_from = None;
         skipped
+    }
+
+    /// The member restarted at `now`: its remaining casts go on, the first
+    /// at a random point within one interval (a cast refused before the
+    /// crash is tried again with the same payload and number). Whether any remain.
+    pub fn resume(&mut self, now: Instant) -> bool {
+        self.parked = false;
+        self.react_from = None;
+        self.next_at = (self.next_k < self.total).then(|| now + Duration::from_nanos(self.rng.below(self.interval.as_nanos().max(1) as u64)));
+        self.next_at.is_some()
     }
 }
 

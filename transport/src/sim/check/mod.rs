@@ -19,6 +19,16 @@
 //! [`VIRTUAL_SYNCHRONY_CAUSAL`], [`VIRTUAL_SYNCHRONY_TOTAL`] and
 //! [`VIRTUAL_SYNCHRONY_CAUSAL_TOTAL`] with VSYNC, and [`for_stack`] picks
 //! the right set from a stack string.
+//!
+//! A stack with SAFE is held to [`SAFE_CHECKS`] ([`SAFE_CAUSAL_CHECKS`]
+//! with CAUSAL): [`uniform`] agreement and one order of its durable
+//! deliveries, [`replay`] after total failures, and the checks above that
+//! apply, per era of the run ([`Outcome::eras`], so that a run restarted
+//! after a total failure is judged like a fresh one) and leaving out the
+//! plain casts (`Order::Fifo`, delivered as `Delivery::Cast`) where they
+//! promise no order. Incarnations replace members in duplication and FIFO
+//! (a restarted member may deliver again what its earlier self delivered):
+//! [`uniform`] checks both per incarnation.
 
 pub mod buffers;
 pub mod causal_order;
@@ -28,7 +38,9 @@ pub mod integrity;
 pub mod no_creation;
 pub mod no_duplication;
 mod numbering;
+pub mod replay;
 pub mod total_order;
+pub mod uniform;
 pub mod view_agreement;
 pub mod virtual_synchrony;
 pub mod vsync_liveness;
@@ -36,6 +48,7 @@ pub mod vsync_liveness;
 use super::{Entry, MemberLog, MsgId, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use strata_stack::Delivery;
 use strata_stack::{Instant, View, ViewId};
 
 /// A named property.
@@ -78,6 +91,28 @@ pub const TOTAL_ORDER: Check = Check { name: "total order", run: total_order::ch
 /// The same, counting every delivery (for stacks that promise uniformity).
 pub const UNIFORM_TOTAL_ORDER: Check = Check { name: "uniform total order", run: total_order::check_uniform };
 
+/// Durable deliveries: uniform agreement, one order, no duplicate and
+/// per-sender FIFO per incarnation, in each era.
+pub const UNIFORM: Check = Check { name: "uniform agreement", run: uniform::check };
+/// One replay per incarnation before any durable delivery; after a total
+/// failure, every unfinished message replayed, in order.
+pub const REPLAY: Check = Check { name: "replay", run: replay::check };
+/// [`VIEW_AGREEMENT`] in each era.
+pub const ERA_VIEW_AGREEMENT: Check = Check { name: "view agreement", run: |o| per_era(o, view_agreement::check) };
+/// [`VIRTUAL_SYNCHRONY_CHECK`] in each era, leaving out the durable
+/// deliveries of a member in a view it failed out of (see
+/// [`without_durable_deliveries_in_failed_views`]).
+pub const ERA_VIRTUAL_SYNCHRONY: Check =
+    Check { name: "virtual synchrony", run: |o| per_era(o, |e| virtual_synchrony::check(&without_durable_deliveries_in_failed_views(e))) };
+/// [`VSYNC_LIVENESS`] in each era (only the last can have live members).
+pub const ERA_VSYNC_LIVENESS: Check = Check { name: "vsync liveness", run: |o| per_era(o, vsync_liveness::check) };
+/// [`TOTAL_ORDER`] in each era, plain casts left out.
+pub const ERA_TOTAL_ORDER: Check =
+    Check { name: "total order", run: |o| per_era(o, |e| total_order::check_except(e, &|s, k| plain_casts(e).contains(&(s, k)))) };
+/// [`CAUSAL_ORDER`] in each era, plain casts left out.
+pub const ERA_CAUSAL_ORDER: Check =
+    Check { name: "causal order", run: |o| per_era(o, |e| causal_order::check_except(e, &|s, k| plain_casts(e).contains(&(s, k)))) };
+
 /// What every stack must satisfy, whatever it claims.
 pub const SAFETY: &[Check] = &[INTEGRITY, NO_DUPLICATION, NO_CREATION];
 /// What a reliable FIFO stack (FRAG:NAK) must satisfy.
@@ -97,13 +132,82 @@ pub const VIRTUAL_SYNCHRONY_TOTAL: &[Check] =
 pub const VIRTUAL_SYNCHRONY_CAUSAL_TOTAL: &[Check] =
     &[INTEGRITY, NO_DUPLICATION, NO_CREATION, FIFO, VIEW_AGREEMENT, VIRTUAL_SYNCHRONY_CHECK, VSYNC_LIVENESS, CAUSAL_ORDER, TOTAL_ORDER];
 
+/// What a stack with SAFE (FRAG:NAK:VSYNC:SAFE) must satisfy, per era.
+pub const SAFE_CHECKS: &[Check] = &[INTEGRITY, NO_CREATION, ERA_VIEW_AGREEMENT, UNIFORM, REPLAY, ERA_VIRTUAL_SYNCHRONY, ERA_TOTAL_ORDER, ERA_VSYNC_LIVENESS];
+/// The same with CAUSAL below VSYNC (FRAG:NAK:CAUSAL:VSYNC:SAFE): causal order as well.
+pub const SAFE_CAUSAL_CHECKS: &[Check] =
+    &[INTEGRITY, NO_CREATION, ERA_VIEW_AGREEMENT, UNIFORM, REPLAY, ERA_VIRTUAL_SYNCHRONY, ERA_CAUSAL_ORDER, ERA_TOTAL_ORDER, ERA_VSYNC_LIVENESS];
+
+/// Runs `check` on each era of `o` as a run of its own ([`Outcome::era_outcome`]);
+/// on `o` itself when it has no restart.
+fn per_era(o: &Outcome, check: fn(&Outcome) -> Result<(), String>) -> Result<(), String> {
+    if !o.scenario.has_restarts() {
+        return check(o);
+    }
+    let eras = o.eras();
+    for k in 0..eras.len() {
+        check(&o.era_outcome(k)).map_err(|e| if eras.len() > 1 { format!("{e} (era {k}, from {:?})", eras[k].from) } else { e })?;
+    }
+    Ok(())
+}
+
+/// `o` without the durable deliveries (`Delivery::Safe`) each member made in
+/// a view it *failed out of*: one it crashed in, or left for a non-primary
+/// view or for one it joined anew (see [`total_order`]). SAFE decides a
+/// message in a view once a majority acknowledged it; a member that
+/// delivers it and is then cut off may have been the only one to see those
+/// acknowledgements, and the others learn the decision in the next view
+/// (from its leader's NEWVIEW). The delivery is uniform ([`uniform`] checks
+/// that the others deliver it, in the same place of the order), but not in
+/// the same view.
+pub fn without_durable_deliveries_in_failed_views(o: &Outcome) -> Outcome {
+    let mut out = o.clone();
+    for (m, copy) in o.members.iter().zip(out.members.iter_mut()) {
+        let epochs = epochs(o, m);
+        let failed: Vec<bool> = (0..epochs.len())
+            .map(|e| match epochs.get(e + 1) {
+                Some(next) => !next.view.is_primary() || next.joined,
+                None => m.crashed_at.is_some(),
+            })
+            .collect();
+        let mut epoch: Option<usize> = None;
+        copy.log.retain(|e| {
+            if let Entry::View { .. } = e {
+                epoch = Some(epoch.map_or(0, |x| x + 1));
+            }
+            let in_failed = epoch.is_some_and(|x| failed[x]);
+            !(in_failed && matches!(e, Entry::Deliver(d) if matches!(d.kind, Delivery::Safe { .. })))
+        });
+    }
+    out
+}
+
+/// The casts delivered somewhere as plain casts (`Delivery::Cast`): on a
+/// stack with SAFE, those that asked for FIFO order only. As
+/// `(member index, k)`.
+pub fn plain_casts(o: &Outcome) -> BTreeSet<(usize, u64)> {
+    let mut out = BTreeSet::new();
+    for m in &o.members {
+        for d in m.deliveries().filter(|d| d.kind == Delivery::Cast) {
+            if let Some((s, k)) = d.id.as_ref().and_then(|(name, k)| Some((o.index_of(name)?, *k))) {
+                out.insert((s, k));
+            }
+        }
+    }
+    out
+}
+
 /// The checks a stack is held to, by the built-in layers its string names:
 /// [`VIRTUAL_SYNCHRONY`] with VSYNC, else [`RELIABLE_FIFO`]; plus
 /// [`CAUSAL_ORDER`] with CAUSAL, and [`TOTAL_ORDER`] with TOTAL or TOKEN.
 /// (For the stacks the constants above name, the same checks in the same order.)
+/// A stack with SAFE gets [`SAFE_CHECKS`], or [`SAFE_CAUSAL_CHECKS`] with CAUSAL.
 pub fn for_stack(stack: &str) -> Vec<Check> {
     let names: Vec<&str> = super::workload::layer_names(stack).collect();
     let has = |name: &str| names.contains(&name);
+    if has("SAFE") {
+        return if has("CAUSAL") { SAFE_CAUSAL_CHECKS.to_vec() } else { SAFE_CHECKS.to_vec() };
+    }
     let mut checks = if has("VSYNC") { VIRTUAL_SYNCHRONY.to_vec() } else { RELIABLE_FIFO.to_vec() };
     let mut extra = Vec::new();
     if has("CAUSAL") {
