@@ -323,6 +323,13 @@ pub struct Safe {
     sync_due: bool,
     /// StateBegin seen: SAFE's state chunk is awaited.
     awaiting_state: bool,
+    /// SAFE's state being received: (delivered, gc, chunks expected, entries).
+    incoming_state: Option<(u64, u64, u64, Vec<(u64, SafeTag, Bytes)>)>,
+    /// SAFE's state received whole, adopted when the transfer completes
+    /// (a view change before that restarts the transfer).
+    received_state: Option<(u64, u64, Vec<(u64, SafeTag, Bytes)>)>,
+    /// The last ballot this member sent a NEWVIEW for.
+    newview_sent: u64,
     joining: bool,
     recovery: Recovery,
     waiting_reported: bool,
@@ -412,6 +419,9 @@ impl Safe {
             syncs: HashMap::new(),
             sync_due: false,
             awaiting_state: false,
+            incoming_state: None,
+            received_state: None,
+            newview_sent: 0,
             joining: false,
             recovery: Recovery { complete: true, ..Recovery::default() },
             waiting_reported: false,
@@ -594,6 +604,8 @@ impl Safe {
         self.sync_due = false;
         self.joining = false;
         self.awaiting_state = false;
+        self.incoming_state = None;
+        self.received_state = None;
         self.waiting_reported = false;
         for t in [TIMER_PROPOSE, TIMER_SYNC, TIMER_RECOVER] {
             cx.cancel_timer(t);
@@ -623,8 +635,67 @@ impl Safe {
         self.installed = false;
     }
 
-    /// A joiner got SAFE's state from a live member: it delivers from there.
-    fn adopt_state(&mut self, cx: &mut Context<'_>, delivered: u64, gc: u64) {
+    /// SAFE's part of a state transfer: where the application state stands,
+    /// and everything this member knows that is not delivered yet (a joiner
+    /// may lead the next view, and must then know what this view proposed).
+    fn provide_state(&mut self, cx: &mut Context<'_>, token: u64) {
+        let live = self.phase == Phase::Live;
+        let undelivered: Vec<(u64, SafeTag, Bytes)> = if live {
+            let slots = self.slots.range(self.delivered + 1..).filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, slot.tag, b)));
+            let loose = self.data_order.iter().filter_map(|k| self.data.get(k)).map(|d| (0, d.tag, d.body.clone()));
+            slots.chain(loose).collect()
+        } else {
+            Vec::new()
+        };
+        let chunk = |h: Header, body: Option<&Bytes>| {
+            let mut msg = match body {
+                Some(b) => Msg::new(b.clone()),
+                None => Msg::empty(),
+            };
+            msg.push_with(|w| h.encode(w));
+            msg.to_bytes()
+        };
+        let head = Header::State { live, delivered: self.delivered, gc: self.gc, count: undelivered.len() as u64 };
+        cx.down(Down::StateChunk { token, data: chunk(head, None) });
+        for (slot, tag, body) in &undelivered {
+            cx.down(Down::StateChunk { token, data: chunk(Header::Entry { ballot: 0, slot: *slot, tag: *tag }, Some(body)) });
+        }
+    }
+
+    fn on_state_chunk(&mut self, cx: &mut Context<'_>, data: Bytes) {
+        let mut msg = Msg::new(data);
+        let header = match msg.pop_with(|r| Header::decode(r, 0)) {
+            Ok(h) => h,
+            Err(e) => {
+                self.awaiting_state = false;
+                return cx.drop_malformed(e.0);
+            }
+        };
+        match (header, self.incoming_state.as_mut()) {
+            (Header::State { live: true, delivered, gc, count }, None) if count <= MAX_ANNOUNCED => {
+                self.incoming_state = Some((delivered, gc, count, Vec::new()));
+            }
+            (Header::State { live: false, .. }, None) => {
+                self.awaiting_state = false;
+                return self.joined_recovering(cx);
+            }
+            (Header::Entry { slot, tag, .. }, Some(incoming)) => incoming.3.push((slot, tag, msg.to_bytes())),
+            _ => {
+                self.awaiting_state = false;
+                self.incoming_state = None;
+                return cx.drop_malformed("bad_state");
+            }
+        }
+        if self.incoming_state.as_ref().is_some_and(|(_, _, n, e)| e.len() as u64 == *n) {
+            let (delivered, gc, _, entries) = self.incoming_state.take().expect("just checked");
+            self.awaiting_state = false;
+            self.received_state = Some((delivered, gc, entries));
+        }
+    }
+
+    /// A joiner got SAFE's state from a live member: it delivers from
+    /// there, knowing what the provider knew of the undelivered rest.
+    fn adopt_state(&mut self, cx: &mut Context<'_>, delivered: u64, gc: u64, undelivered: Vec<(u64, SafeTag, Bytes)>) {
         // A restarted transfer re-adopts: nothing was delivered meanwhile
         // (VSYNC holds deliveries while the state loads).
         self.phase = Phase::Recovering;
@@ -636,11 +707,30 @@ impl Safe {
         self.slots.clear();
         self.slot_of.clear();
         self.next_slot = delivered + 1;
+        for (slot, tag, body) in undelivered {
+            if self.slot_of.contains_key(&tag) || self.data.contains_key(&(tag.sender, tag.id)) {
+                continue;
+            }
+            self.pending_ids.entry(tag.sender).or_default().insert(tag.id);
+            if slot > delivered {
+                self.slot_of.insert(tag, slot);
+                self.slots.insert(slot, Slot { tag, body: Some(body), delivered: false, done: false, replayed: false });
+                self.next_slot = self.next_slot.max(slot + 1);
+            } else if slot == 0 {
+                self.data.insert((tag.sender, tag.id), Data { tag, body, arrived: self.ballot });
+                self.data_order.push_back((tag.sender, tag.id));
+            }
+        }
         if self.log.is_some() {
             // Its old log is superseded by the group's sequence.
             self.log_write(cx, &[], true);
         }
         self.go_live(cx, Vec::new());
+        // A joiner that leads this view (the members before it are gone)
+        // owes the view its NEWVIEW, which it could not send while loading.
+        if self.leader && self.view.is_primary() && !self.installed {
+            self.send_newview(cx, false, self.gc, None);
+        }
     }
 
     /// A joiner whose state provider is not live either: the group is
@@ -837,6 +927,10 @@ impl Safe {
     /// every slot it knows above the GC point and then every cast nobody
     /// proposed yet.
     fn send_newview(&mut self, cx: &mut Context<'_>, replay: bool, base: u64, entries: Option<Vec<(u64, SafeTag, Bytes)>>) {
+        if self.newview_sent == self.ballot {
+            return;
+        }
+        self.newview_sent = self.ballot;
         let entries = entries.unwrap_or_else(|| {
             let mut out: Vec<(u64, SafeTag, Bytes)> = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, slot.tag, b))).collect();
             let mut next = out.last().map_or(self.delivered.max(self.gc), |e| e.0).max(self.delivered) + 1;
@@ -1262,30 +1356,24 @@ impl Layer for Safe {
             }
             Up::StateRequest { token, joiners } => {
                 self.release_all_plain(cx);
-                let h = Header::State { live: self.phase == Phase::Live, delivered: self.delivered, gc: self.gc };
-                let mut msg = Msg::empty();
-                msg.push_with(|w| h.encode(w));
-                cx.down(Down::StateChunk { token, data: msg.to_bytes() });
+                self.provide_state(cx, token);
                 cx.up(Up::StateRequest { token, joiners });
             }
             // Every transfer (a restarted one too) opens with SAFE's chunk:
             // the provider's SAFE sends it ahead of the application's.
             Up::StateBegin => {
+                self.incoming_state = None;
+                self.received_state = None;
                 self.joining = true;
                 self.awaiting_state = true;
                 cx.up(Up::StateBegin);
             }
-            Up::StateChunk(data) if self.awaiting_state => {
-                self.awaiting_state = false;
-                match Header::decode(&mut strata_stack::Reader::new(&data), 0) {
-                    Ok(Header::State { live: true, delivered, gc }) => self.adopt_state(cx, delivered, gc),
-                    Ok(Header::State { live: false, .. }) => self.joined_recovering(cx),
-                    Ok(_) => cx.drop_malformed("bad_state"),
-                    Err(e) => cx.drop_malformed(e.0),
-                }
-            }
+            Up::StateChunk(data) if self.awaiting_state => self.on_state_chunk(cx, data),
             Up::StateDone => {
-                if self.awaiting_state {
+                self.incoming_state = None;
+                if let Some((delivered, gc, entries)) = self.received_state.take() {
+                    self.adopt_state(cx, delivered, gc, entries);
+                } else if self.awaiting_state {
                     // The state was lost (VSYNC begins and ends it empty).
                     self.awaiting_state = false;
                     self.joined_recovering(cx);

@@ -57,8 +57,10 @@ pub(super) enum Header {
     /// One entry of a SYNC; the payload is the body.
     SyncEntry { ballot: u64, slot: u64, entry_ballot: u64, tag: SafeTag },
     /// SAFE's part of a state transfer: whether the provider is live, the
-    /// last slot its application state includes, the GC point.
-    State { live: bool, delivered: u64, gc: u64 },
+    /// last slot its application state includes, the GC point, and how many
+    /// chunks follow (ENTRY headers with bodies: the provider's undelivered
+    /// slots, and with slot 0 its casts not yet proposed).
+    State { live: bool, delivered: u64, gc: u64, count: u64 },
 }
 
 /// The longest header carried in front of a body (ENTRY, SYNC_ENTRY).
@@ -117,8 +119,8 @@ impl Header {
                 w.u8(kind::SYNC_ENTRY).varint(*ballot).varint(*slot).varint(*entry_ballot);
                 encode_tag(w, tag);
             }
-            Header::State { live, delivered, gc } => {
-                w.u8(kind::STATE).u8(u8::from(*live)).varint(*delivered).varint(*gc);
+            Header::State { live, delivered, gc, count } => {
+                w.u8(kind::STATE).u8(u8::from(*live)).varint(*delivered).varint(*gc).varint(*count);
             }
         }
     }
@@ -176,7 +178,7 @@ impl Header {
             }
             kind::SYNC_ENTRY => Header::SyncEntry { ballot: r.varint()?, slot: r.varint()?, entry_ballot: r.varint()?, tag: decode_tag(r)? },
             kind::STATE => {
-                let h = Header::State { live: flag(r)?, delivered: r.varint()?, gc: r.varint()? };
+                let h = Header::State { live: flag(r)?, delivered: r.varint()?, gc: r.varint()?, count: r.varint()? };
                 r.finish()?;
                 h
             }
@@ -211,7 +213,7 @@ mod tests {
         round_trip(Header::Entry { ballot: 5, slot: 1, tag });
         round_trip(Header::Sync { ballot: 5, last_view: 4, acceptors: vec![addr], gc: 1, count: 3, complete: false });
         round_trip(Header::SyncEntry { ballot: 5, slot: 2, entry_ballot: 4, tag });
-        round_trip(Header::State { live: true, delivered: 8, gc: 3 });
+        round_trip(Header::State { live: true, delivered: 8, gc: 3, count: 2 });
         let mut w = Writer::new();
         Header::Entry {
             ballot: u64::MAX,

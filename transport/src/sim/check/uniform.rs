@@ -318,22 +318,35 @@ fn agreement(o: &Outcome, era: &Era, lives: &[NamedLife<'_>]) -> Result<(), Stri
     }
     // Each message's first durable delivery: who, when, in which view.
     let mut first: BTreeMap<&MsgId, (SafeTag, String, Instant, Option<ViewId>)> = BTreeMap::new();
+    // A member that loads state again after it was a member had its group
+    // absorbed by a merge (a group founded while the member was cut off,
+    // or concurrently with another): VSYNC does not carry the absorbed
+    // side's updates over (docs/layers/VSYNC.md). Returns where the
+    // absorbing group's view begins in the log.
+    let absorbed_at = |log: &[Entry]| -> Option<usize> {
+        let begin = log.iter().rposition(|e| matches!(e, Entry::StateBegin { .. }))?;
+        let views: Vec<usize> = log[..begin].iter().enumerate().filter(|(_, e)| matches!(e, Entry::View { .. })).map(|(i, _)| i).collect();
+        (views.len() > 1).then(|| *views.last().expect("more than one"))
+    };
+    // Views some survivor installed in the lineage it ended in: a delivery
+    // in one of them binds it.
+    let survivors_views: BTreeSet<ViewId> = lives
+        .iter()
+        .filter(|l| survivor(o, l))
+        .flat_map(|l| {
+            let from = absorbed_at(l.life.log).unwrap_or(0);
+            l.life.log[from..].iter().filter_map(|e| if let Entry::View { view, .. } = e { Some(view.id()) } else { None })
+        })
+        .collect();
     for l in lives {
+        let absorbed_until = absorbed_at(l.life.log);
         let mut view = None;
-        let mut alone = false;
-        for e in l.life.log {
+        for (i, e) in l.life.log.iter().enumerate() {
             match e {
-                Entry::View { view: v, .. } => {
-                    view = Some(v.id());
-                    alone = v.len() == 1;
-                }
+                Entry::View { view: v, .. } => view = Some(v.id()),
                 Entry::Deliver(d) => {
                     let (Delivery::Safe { tag, .. }, Some(id)) = (d.kind, &d.id) else { continue };
-                    // A group of one founded while another group of the
-                    // same name was forming: VSYNC merges them and the
-                    // absorbed side's updates are not carried over
-                    // (docs/layers/VSYNC.md), so its deliveries bind nobody.
-                    if alone {
+                    if absorbed_until.is_some_and(|until| i < until) && view.is_some_and(|v| !survivors_views.contains(&v)) {
                         continue;
                     }
                     first.entry(id).or_insert_with(|| (tag, l.who(), d.at, view));
