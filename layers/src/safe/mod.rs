@@ -951,6 +951,9 @@ impl Safe {
 
     fn process_newview(&mut self, cx: &mut Context<'_>, nv: IncomingNewView) {
         let recovering = self.phase == Phase::Recovering;
+        // A member that was live earlier in this incarnation (then cut off)
+        // replays nothing: what it delivered then it does not deliver again.
+        let fresh = recovering && !self.replay_announced && self.delivered_id.is_empty();
         if recovering && !nv.replay {
             // A live group's sequence reaches a member without its state
             // (the transfer was lost): it cannot know what it has applied.
@@ -976,14 +979,15 @@ impl Safe {
                 continue;
             }
             let before = old.get(&slot);
-            let delivered = slot <= self.delivered;
-            let done = before.is_some_and(|b| b.done);
-            if recovering {
+            let seen_before = recovering && self.delivered_id.get(&tag.sender).is_some_and(|d| *d >= tag.id);
+            let delivered = slot <= self.delivered || seen_before;
+            let done = before.is_some_and(|b| b.done) || seen_before;
+            if fresh {
                 replay_list.push((tag, body.clone()));
             }
             self.key_done(&tag);
             self.slot_of.insert(tag, slot);
-            self.slots.insert(slot, Slot { tag, body: Some(body), delivered, done, replayed: recovering });
+            self.slots.insert(slot, Slot { tag, body: Some(body), delivered, done, replayed: fresh });
         }
         self.next_slot = self.slots.keys().next_back().map_or(self.delivered, |s| *s).max(self.delivered) + 1;
         // Casts now in a slot are no longer loose; loose ones of older
@@ -1004,7 +1008,9 @@ impl Safe {
         // The log becomes exactly this ballot's sequence.
         self.acked = self.slots.keys().next_back().copied().unwrap_or(self.delivered).max(self.delivered);
         if self.log.is_some() {
-            let records = if self.acceptor { self.snapshot_records() } else { Vec::new() };
+            // A non-acceptor keeps only the VIEW record: restarted, it then
+            // knows whose logs a recovery needs.
+            let records = if self.acceptor { self.snapshot_records() } else { vec![Record::View { ballot: self.ballot, acceptors: self.acceptor_addrs() }] };
             self.log_write(cx, &records, true);
         }
         if recovering {
@@ -1195,6 +1201,11 @@ impl Safe {
         let auto_done = !self.durable();
         loop {
             let Some((&s, slot)) = self.slots.range(self.delivered + 1..).next() else { break };
+            if slot.delivered {
+                // Delivered before this member was cut off (see process_newview).
+                self.delivered = s;
+                continue;
+            }
             if slot.body.is_none() || !self.chosen(s) {
                 break;
             }

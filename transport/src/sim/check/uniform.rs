@@ -346,7 +346,12 @@ fn agreement(o: &Outcome, era: &Era, lives: &[NamedLife<'_>]) -> Result<(), Stri
                 Entry::View { view: v, .. } => view = Some(v.id()),
                 Entry::Deliver(d) => {
                     let (Delivery::Safe { tag, .. }, Some(id)) = (d.kind, &d.id) else { continue };
-                    if absorbed_until.is_some_and(|until| i < until) && view.is_some_and(|v| !survivors_views.contains(&v)) {
+                    // A view no survivor's final lineage includes: its
+                    // group was lost (absorbed by a merge, or a primary
+                    // lost to fragmentation and founded anew), and VSYNC
+                    // keeps nothing of it (docs/layers/VSYNC.md).
+                    let lost = view.is_some_and(|v| !survivors_views.contains(&v));
+                    if lost && (absorbed_until.is_some_and(|until| i < until) || !survivor(o, l)) {
                         continue;
                     }
                     first.entry(id).or_insert_with(|| (tag, l.who(), d.at, view));
