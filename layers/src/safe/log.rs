@@ -106,8 +106,8 @@ pub(crate) struct Entry {
 pub(crate) enum Record {
     /// A message accepted in `ballot` at `slot`.
     Entry(Entry),
-    /// This member became an acceptor of view `ballot` (a view counter) whose acceptors are these addresses.
-    View { ballot: u64, acceptors: Vec<SocketAddr> },
+    /// This member installed view `ballot` (a view counter) as SAFE saw it: its members, in rank order (the acceptors are the first of them).
+    View { ballot: u64, members: Vec<SocketAddr> },
     /// Every position up to and including `slot` is finished by every member: forget it.
     Gc { slot: u64 },
 }
@@ -285,11 +285,11 @@ fn decode_payload(payload: &[u8]) -> Result<Record, &'static str> {
                 // Bounded by the bytes present, so the allocation is too.
                 let most = (r.remaining() / MIN_ADDRESS_LEN) as u64;
                 let count = r.varint_max(most, "too_many_addresses")? as usize;
-                let mut acceptors = Vec::with_capacity(count);
+                let mut members = Vec::with_capacity(count);
                 for _ in 0..count {
-                    acceptors.push(decode_address(r)?);
+                    members.push(decode_address(r)?);
                 }
-                Ok(Record::View { ballot, acceptors })
+                Ok(Record::View { ballot, members })
             };
             decode(&mut r).map_err(|_| UNDECODABLE)?
         }
@@ -328,9 +328,9 @@ fn encode_record(out: &mut Vec<u8>, scratch: &mut Writer, record: &Record) {
             scratch.varint(e.tag.view).varint(e.tag.id).varint(e.body.len() as u64);
             &e.body
         }
-        Record::View { ballot, acceptors } => {
-            scratch.u8(kind::VIEW).varint(*ballot).varint(acceptors.len() as u64);
-            for addr in acceptors {
+        Record::View { ballot, members } => {
+            scratch.u8(kind::VIEW).varint(*ballot).varint(members.len() as u64);
+            for addr in members {
                 encode_address(scratch, addr);
             }
             &[]
@@ -537,8 +537,8 @@ mod tests {
                 tag: SafeTag { sender: MemberId::new(v6, u64::MAX), view: u64::MAX, id: u64::MAX },
                 body: Bytes::new(),
             }),
-            Record::View { ballot: 7, acceptors: vec![MemberId::sim(1).addr(), v6, MemberId::sim(300).addr()] },
-            Record::View { ballot: 8, acceptors: Vec::new() },
+            Record::View { ballot: 7, members: vec![MemberId::sim(1).addr(), v6, MemberId::sim(300).addr()] },
+            Record::View { ballot: 8, members: Vec::new() },
             Record::Gc { slot: 0 },
             Record::Gc { slot: 1 << 40 },
         ]
@@ -582,7 +582,7 @@ mod tests {
                 1 => {
                     Record::View {
                         ballot: *a,
-                        acceptors: bytes
+                        members: bytes
                             .iter()
                             .map(|&n| {
                                 if n % 2 == 0 {
@@ -631,7 +631,7 @@ mod tests {
         ];
         assert_eq!(encode_file(&[entry(1, b"hi")]), [&MAGIC[..], &entry_bytes].concat());
         // A view: kind, ballot 5, two addresses (10.0.0.1:7000 and [::1]:9000).
-        let view = Record::View { ballot: 5, acceptors: vec![MemberId::sim(1).addr(), "[::1]:9000".parse().unwrap()] };
+        let view = Record::View { ballot: 5, members: vec![MemberId::sim(1).addr(), "[::1]:9000".parse().unwrap()] };
         let mut payload = vec![0x02, 0x05, 0x02, 0x04, 0x0a, 0x00, 0x00, 0x01, 0x1b, 0x58, 0x06];
         payload.extend_from_slice(&[0; 15]);
         payload.extend_from_slice(&[0x01, 0x23, 0x28]);
@@ -708,7 +708,7 @@ mod tests {
 
     #[test]
     fn a_torn_write_at_every_cut_is_found_and_repaired() {
-        let synced = [entry(1, b"one"), Record::View { ballot: 1, acceptors: vec![MemberId::sim(1).addr()] }, entry(2, b"two")];
+        let synced = [entry(1, b"one"), Record::View { ballot: 1, members: vec![MemberId::sim(1).addr()] }, entry(2, b"two")];
         let batch = vec![entry(3, b"three"), Record::Gc { slot: 1 }, entry(4, &[0xA5; 40])];
         let all: Vec<Record> = synced.iter().chain(&batch).cloned().collect();
         let ends = boundaries(&all);
@@ -772,11 +772,8 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_anywhere_is_never_applied_silently() {
-        let records = vec![
-            entry(1, b"first body"),
-            Record::View { ballot: 2, acceptors: vec![MemberId::sim(1).addr(), MemberId::sim(2).addr()] },
-            Record::Gc { slot: 1 },
-        ];
+        let records =
+            vec![entry(1, b"first body"), Record::View { ballot: 2, members: vec![MemberId::sim(1).addr(), MemberId::sim(2).addr()] }, Record::Gc { slot: 1 }];
         let file = encode_file(&records);
         let mut corrupt = 0;
         for at in 0..file.len() {

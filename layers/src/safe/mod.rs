@@ -240,7 +240,8 @@ struct Data {
 #[derive(Debug, Default, Clone)]
 struct Recovery {
     last_view: u64,
-    acceptors: Vec<SocketAddr>,
+    /// The members of `last_view`, in rank order.
+    members: Vec<SocketAddr>,
     gc: u64,
     entries: BTreeMap<u64, (u64, SafeTag, Bytes)>,
     complete: bool,
@@ -470,15 +471,15 @@ impl Safe {
         let mut gc = 0;
         for rec in &scan.records {
             match rec {
-                Record::View { ballot, acceptors } => views.push((*ballot, acceptors.clone())),
+                Record::View { ballot, members } => views.push((*ballot, members.clone())),
                 Record::Gc { slot } => gc = gc.max(*slot),
                 Record::Entry(_) => {}
             }
         }
         let last = views.into_iter().max_by_key(|(b, _)| *b);
-        if let Some((last_view, acceptors)) = last {
+        if let Some((last_view, members)) = last {
             self.recovery.last_view = last_view;
-            self.recovery.acceptors = acceptors;
+            self.recovery.members = members;
         }
         self.recovery.gc = gc;
         for rec in scan.records {
@@ -522,13 +523,13 @@ impl Safe {
             .filter(|(s, _)| **s <= self.acked)
             .filter_map(|(s, slot)| slot.body.clone().map(|body| Record::Entry(Entry { slot: *s, ballot: self.ballot, tag: slot.tag, body })))
             .collect();
-        out.push(Record::View { ballot: self.ballot, acceptors: self.acceptor_addrs() });
+        out.push(Record::View { ballot: self.ballot, members: self.member_addrs() });
         out.push(Record::Gc { slot: self.gc });
         out
     }
 
-    fn acceptor_addrs(&self) -> Vec<SocketAddr> {
-        self.view.members()[..self.n_acceptors].iter().map(|m| m.addr()).collect()
+    fn member_addrs(&self) -> Vec<SocketAddr> {
+        self.view.members().iter().map(|m| m.addr()).collect()
     }
 
     // ---- sending ----------------------------------------------------------------
@@ -631,7 +632,7 @@ impl Safe {
     fn become_stale(&mut self) {
         self.phase = Phase::Recovering;
         let entries = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, (self.ballot, slot.tag, b)))).collect();
-        self.recovery = Recovery { last_view: self.ballot, acceptors: self.acceptor_addrs(), gc: self.gc, entries, complete: true };
+        self.recovery = Recovery { last_view: self.ballot, members: self.member_addrs(), gc: self.gc, entries, complete: true };
         self.installed = false;
     }
 
@@ -811,14 +812,14 @@ impl Safe {
                     self.process_newview(cx, nv);
                 }
             }
-            Header::Sync { ballot, last_view, acceptors, gc, count, complete } => {
+            Header::Sync { ballot, last_view, members, gc, count, complete } => {
                 if !current(ballot, self, cx) {
                     return;
                 }
                 if count > MAX_ANNOUNCED {
                     return cx.drop_malformed("bad_sync");
                 }
-                let info = Recovery { last_view, acceptors, gc, entries: BTreeMap::new(), complete };
+                let info = Recovery { last_view, members, gc, entries: BTreeMap::new(), complete };
                 self.syncs.insert(from, IncomingSync { info, expected: count });
                 self.try_recover(cx, false);
             }
@@ -857,7 +858,7 @@ impl Safe {
         let h = Header::Sync {
             ballot: self.ballot,
             last_view: r.last_view,
-            acceptors: r.acceptors.clone(),
+            members: r.members.clone(),
             gc: r.gc,
             count: r.entries.len() as u64,
             complete: r.complete,
@@ -885,23 +886,30 @@ impl Safe {
             }
         }
         let last_view = infos.iter().map(|(_, r)| r.last_view).max().unwrap_or(0);
-        let acceptors: Vec<SocketAddr> = infos.iter().find(|(_, r)| r.last_view == last_view).map(|(_, r)| r.acceptors.clone()).unwrap_or_default();
+        let members: Vec<SocketAddr> = infos.iter().find(|(_, r)| r.last_view == last_view).map(|(_, r)| r.members.clone()).unwrap_or_default();
+        let acceptors = &members[..self.acceptors_wanted.min(members.len())];
         let present: HashSet<SocketAddr> = infos.iter().filter(|(_, r)| r.complete).map(|(m, _)| m.addr()).collect();
         let have = acceptors.iter().filter(|a| present.contains(*a)).count();
-        if last_view > 0 && have < majority(acceptors.len()) {
+        let have_members = members.iter().filter(|a| present.contains(*a)).count();
+        // A majority of the acceptors: one of them has every message
+        // delivered in that view. A majority of the members: a group that
+        // went on without them (a member restarted into a partition) must
+        // have kept a majority of that view, so it is not this one.
+        if last_view > 0 && (have < majority(acceptors.len()) || have_members < majority(members.len())) {
             if !self.waiting_reported {
                 self.waiting_reported = true;
-                let missing: Vec<String> = acceptors.iter().filter(|a| !present.contains(*a)).map(|a| a.to_string()).collect();
+                let missing: Vec<String> = members.iter().filter(|a| !present.contains(*a)).map(|a| a.to_string()).collect();
                 let what = format!(
-                    "recovery waits for the logs of a majority of the acceptors of view {last_view}: {have} of {} present (missing {}); SAFE casts are held",
+                    "recovery waits for the logs of a majority of the acceptors and of the members of view {last_view}: {have} of {} acceptors and {have_members} of {} members present (missing {}); SAFE casts are held",
                     acceptors.len(),
+                    members.len(),
                     missing.join(", ")
                 );
                 cx.up(Up::Problem(Problem { layer: "SAFE", what }));
             }
             return;
         }
-        if last_view > 0 && have < acceptors.len() && !waited {
+        if last_view > 0 && have_members < members.len() && !waited {
             let deadline = self.view_started + self.recover_wait;
             if cx.now() < deadline {
                 cx.set_timer(TIMER_RECOVER, deadline);
@@ -1010,7 +1018,7 @@ impl Safe {
         if self.log.is_some() {
             // A non-acceptor keeps only the VIEW record: restarted, it then
             // knows whose logs a recovery needs.
-            let records = if self.acceptor { self.snapshot_records() } else { vec![Record::View { ballot: self.ballot, acceptors: self.acceptor_addrs() }] };
+            let records = if self.acceptor { self.snapshot_records() } else { vec![Record::View { ballot: self.ballot, members: self.member_addrs() }] };
             self.log_write(cx, &records, true);
         }
         if recovering {

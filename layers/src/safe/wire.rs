@@ -18,8 +18,11 @@ pub(super) mod kind {
     pub const STATE: u8 = 10;
 }
 
-/// Most acceptor addresses a SYNC names (the `acceptors` parameter's bound).
+/// The `acceptors` parameter's bound.
 pub(super) const MAX_ACCEPTORS: usize = 64;
+
+/// Most member addresses a SYNC names.
+pub(super) const MAX_MEMBERS: usize = 1 << 16;
 
 /// A proposal's reference to a cast: the sender's rank in the view and its id.
 pub(super) type Refs = SmallVec<[Ref; 32]>;
@@ -52,8 +55,9 @@ pub(super) enum Header {
     NewView { ballot: u64, count: u64, replay: bool, base: u64 },
     /// One slot of a NEWVIEW; the payload is the body.
     Entry { ballot: u64, slot: u64, tag: SafeTag },
-    /// A recovering member's log follows in `count` entries.
-    Sync { ballot: u64, last_view: u64, acceptors: Vec<SocketAddr>, gc: u64, count: u64, complete: bool },
+    /// A recovering member's log follows in `count` entries: its latest
+    /// view (ballot and members in rank order), GC point, completeness.
+    Sync { ballot: u64, last_view: u64, members: Vec<SocketAddr>, gc: u64, count: u64, complete: bool },
     /// One entry of a SYNC; the payload is the body.
     SyncEntry { ballot: u64, slot: u64, entry_ballot: u64, tag: SafeTag },
     /// SAFE's part of a state transfer: whether the provider is live, the
@@ -108,9 +112,9 @@ impl Header {
                 w.u8(kind::ENTRY).varint(*ballot).varint(*slot);
                 encode_tag(w, tag);
             }
-            Header::Sync { ballot, last_view, acceptors, gc, count, complete } => {
-                w.u8(kind::SYNC).varint(*ballot).varint(*last_view).varint(acceptors.len() as u64);
-                for a in acceptors {
+            Header::Sync { ballot, last_view, members, gc, count, complete } => {
+                w.u8(kind::SYNC).varint(*ballot).varint(*last_view).varint(members.len() as u64);
+                for a in members {
                     MemberId::new(*a, 0).encode(w);
                 }
                 w.varint(*gc).varint(*count).u8(u8::from(*complete));
@@ -167,12 +171,13 @@ impl Header {
             kind::ENTRY => Header::Entry { ballot: r.varint()?, slot: r.varint()?, tag: decode_tag(r)? },
             kind::SYNC => {
                 let (ballot, last_view) = (r.varint()?, r.varint()?);
-                let n = r.varint_max(MAX_ACCEPTORS as u64, "too_many_acceptors")? as usize;
-                let mut acceptors = Vec::with_capacity(n);
+                // Bounded by the bytes present too (an address takes at least 8).
+                let n = r.varint_max((MAX_MEMBERS as u64).min(r.remaining() as u64 / 8), "too_many_members")? as usize;
+                let mut members = Vec::with_capacity(n);
                 for _ in 0..n {
-                    acceptors.push(MemberId::decode(r)?.addr());
+                    members.push(MemberId::decode(r)?.addr());
                 }
-                let h = Header::Sync { ballot, last_view, acceptors, gc: r.varint()?, count: r.varint()?, complete: flag(r)? };
+                let h = Header::Sync { ballot, last_view, members, gc: r.varint()?, count: r.varint()?, complete: flag(r)? };
                 r.finish()?;
                 h
             }
@@ -211,7 +216,7 @@ mod tests {
         round_trip(Header::Gc { ballot: 4, slot: 3 });
         round_trip(Header::NewView { ballot: 5, count: 2, replay: true, base: 6 });
         round_trip(Header::Entry { ballot: 5, slot: 1, tag });
-        round_trip(Header::Sync { ballot: 5, last_view: 4, acceptors: vec![addr], gc: 1, count: 3, complete: false });
+        round_trip(Header::Sync { ballot: 5, last_view: 4, members: vec![addr], gc: 1, count: 3, complete: false });
         round_trip(Header::SyncEntry { ballot: 5, slot: 2, entry_ballot: 4, tag });
         round_trip(Header::State { live: true, delivered: 8, gc: 3, count: 2 });
         let mut w = Writer::new();
