@@ -707,6 +707,12 @@ impl Safe {
         self.done_upto = delivered;
         self.slots.clear();
         self.slot_of.clear();
+        // What it held from before it (re)joined is superseded by the
+        // provider's knowledge, which includes it if it still matters.
+        self.data.clear();
+        self.data_order.clear();
+        self.awaiting.clear();
+        self.pending_ids.clear();
         self.next_slot = delivered + 1;
         for (slot, tag, body) in undelivered {
             if self.slot_of.contains_key(&tag) || self.data.contains_key(&(tag.sender, tag.id)) {
