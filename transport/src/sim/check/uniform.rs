@@ -363,8 +363,12 @@ fn agreement(o: &Outcome, era: &Era, lives: &[NamedLife<'_>]) -> Result<(), Stri
     let text = |v: &Option<ViewId>| v.map_or_else(|| "no view".to_string(), |v| format!("view {v}"));
     for s in lives.iter().filter(|l| survivor(o, l)) {
         let known = s.life.knowledge();
+        // What it delivered itself counts even if a state it loaded later
+        // (its group absorbed) does not hold it: SAFE delivers a message
+        // once per incarnation, and VSYNC replaced the application's state.
+        let delivered: BTreeSet<&MsgId> = s.life.log.iter().filter_map(|e| if let Entry::Deliver(d) = e { d.id.as_ref() } else { None }).collect();
         for (id, (tag, who, at, view)) in &first {
-            if known.contains(*id) {
+            if known.contains(*id) || delivered.contains(*id) {
                 continue;
             }
             let installed = s.life.log.iter().any(|e| matches!(e, Entry::View { view: v, .. } if Some(v.id()) == *view));
