@@ -45,16 +45,23 @@
 //!   value because W's leader proposes exactly what V's leader proposed.
 //!   Proposals and ACKs of an older ballot that arrive late are ignored.
 //! * **Joining.** A member joining a live group gets SAFE's part of the state
-//!   transfer (the last slot in the application state, the GC point) ahead of
-//!   the application's own chunks, and delivers from there.
+//!   transfer ahead of the application's own chunks: the last slot in the
+//!   application state, the GC point, and every slot and cast the provider
+//!   knows but has not delivered (the joiner may lead the next view). It
+//!   adopts them when the transfer completes and delivers from there; a
+//!   joiner that finds itself leading sends the view's NEWVIEW then.
 //! * **Recovery from total failure.** A member starts *recovering*. When a
 //!   view forms in which nobody is live (the group restarted), each member
-//!   casts SYNC: its log's latest VIEW record (ballot and acceptors), GC
-//!   point, and the entries of that ballot. The leader waits for the SYNC of
-//!   every member, then for logs of a majority of the acceptors of the latest
+//!   casts SYNC: its log's latest VIEW record (ballot and members; every
+//!   member with a log keeps one, acceptors also the entries), GC point, and
+//!   the entries of that ballot. The leader waits for the SYNC of every
+//!   member, then for logs of a majority of the acceptors of the latest
 //!   ballot any log records (a message delivered in that ballot was accepted
-//!   by a majority of them, so at least one of them has it), and for
-//!   `recover_ms` more if some of those acceptors are still missing. It then
+//!   by a majority of them, so at least one of them has it) and of a
+//!   majority of its members (a group that went on without them kept a
+//!   majority of that view, so a member restarted into a partition does not
+//!   re-found the group alone), and for `recover_ms` more if some of those
+//!   members are still missing. It then
 //!   casts NEWVIEW with the union of those entries above the highest GC
 //!   point, marked *replay*. Every member announces the list with
 //!   [`Up::Replay`] and redelivers it (`replayed: true`) before anything new.
@@ -95,9 +102,9 @@
 //!  GC          | 5 | ballot | slot                                      no body
 //!  NEWVIEW     | 6 | ballot | n | replay u8 | base slot                 then n ENTRY casts
 //!  ENTRY       | 7 | ballot | slot | tag | body
-//!  SYNC        | 8 | ballot | last view | n acc | acc addr * | gc | n | complete u8,  then n SYNC_ENTRY
+//!  SYNC        | 8 | ballot | last view | n | member addr * n | gc | n | complete u8,  then n SYNC_ENTRY
 //!  SYNC_ENTRY  | 9 | ballot | slot | entry ballot | tag | body
-//!  STATE       | 10 | live u8 | delivered slot | gc slot                (state transfer chunk)
+//!  STATE       | 10 | live u8 | delivered slot | gc slot | n          (state transfer chunk, then n ENTRY chunks, slot 0: not yet proposed)
 //! ```
 //! Integers are varints; a tag is the sender (address, port, incarnation),
 //! the view counter and the id. The log's format is in docs/safe-log.md.
@@ -111,7 +118,7 @@
 //! | `batch_msgs` | 32 | casts the leader names in one PROPOSE at most (wire) |
 //! | `batch_us` | 200 | most time a cast waits at the leader before it is proposed |
 //! | `max_pending` | 10000 | undelivered casts held before this member's send window closes |
-//! | `recover_ms` | 1000 | after a total failure, how long the leader waits for missing acceptors once a majority is back |
+//! | `recover_ms` | 1000 | after a total failure, how long the leader waits for missing members once a majority is back |
 //!
 //! ## Bad input
 //! Headers are decoded into typed values or dropped and counted: unknown
@@ -181,7 +188,7 @@ pub const SAFE: LayerDescriptor = LayerDescriptor {
             name: "recover_ms",
             kind: ParamKind::U64 { min: 0, max: 600_000 },
             default: "1000",
-            doc: "after a total failure, how long to wait for missing acceptors once a majority is back",
+            doc: "after a total failure, how long to wait for missing members once a majority is back",
             wire: false,
         },
     ],
