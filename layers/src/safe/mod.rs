@@ -338,6 +338,10 @@ pub struct Safe {
     received_state: Option<(u64, u64, Vec<(u64, SafeTag, Bytes)>)>,
     /// The last ballot this member sent a NEWVIEW for.
     newview_sent: u64,
+    /// The ballot (and its members) whose NEWVIEW this member last
+    /// installed: what its sequence belongs to.
+    installed_ballot: u64,
+    installed_members: Vec<SocketAddr>,
     joining: bool,
     recovery: Recovery,
     waiting_reported: bool,
@@ -430,6 +434,8 @@ impl Safe {
             incoming_state: None,
             received_state: None,
             newview_sent: 0,
+            installed_ballot: 0,
+            installed_members: Vec::new(),
             joining: false,
             recovery: Recovery { complete: true, ..Recovery::default() },
             waiting_reported: false,
@@ -638,8 +644,9 @@ impl Safe {
     /// it takes the group's state if it returns to a live group.
     fn become_stale(&mut self) {
         self.phase = Phase::Recovering;
-        let entries = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, (self.ballot, slot.tag, b)))).collect();
-        self.recovery = Recovery { last_view: self.ballot, members: self.member_addrs(), gc: self.gc, entries, complete: true };
+        let ballot = self.installed_ballot;
+        let entries = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, (ballot, slot.tag, b)))).collect();
+        self.recovery = Recovery { last_view: ballot, members: self.installed_members.clone(), gc: self.gc, entries, complete: true };
         self.installed = false;
     }
 
@@ -750,6 +757,11 @@ impl Safe {
     /// A joiner whose state provider is not live either: the group is
     /// recovering, and this member's log is part of it.
     fn joined_recovering(&mut self, cx: &mut Context<'_>) {
+        if self.phase == Phase::Live {
+            // Its group was absorbed into one that is recovering: it takes
+            // part with what it holds.
+            self.become_stale();
+        }
         self.joining = false;
         self.sync_due = false;
         if self.leader {
@@ -1026,6 +1038,8 @@ impl Safe {
         self.data_order.retain(|k| self.data.contains_key(k));
         self.awaiting.clear();
         self.installed = true;
+        self.installed_ballot = self.ballot;
+        self.installed_members = self.member_addrs();
         // The log becomes exactly this ballot's sequence.
         self.acked = self.slots.keys().next_back().copied().unwrap_or(self.delivered).max(self.delivered);
         if self.log.is_some() {
@@ -1394,6 +1408,11 @@ impl Layer for Safe {
             // Every transfer (a restarted one too) opens with SAFE's chunk:
             // the provider's SAFE sends it ahead of the application's.
             Up::StateBegin => {
+                // The application's state is replaced: for it, this is a
+                // new start (a group absorbed, or re-formed around another
+                // member), with its own Replay and deliveries.
+                self.replay_announced = false;
+                self.delivered_id.clear();
                 self.incoming_state = None;
                 self.received_state = None;
                 self.joining = true;

@@ -74,14 +74,41 @@ impl NamedLife<'_> {
 }
 
 /// The incarnations of `era`.
+///
+/// An incarnation whose state VSYNC replaces after it was a member (its
+/// group absorbed by a merge, or re-formed around another member after the
+/// primary was lost: a `StateBegin` after more than one view) counts as two
+/// application lives, split at the view that brought the new state: the
+/// application starts again from that state, and SAFE delivers and
+/// replays for it as for a new member.
 pub(crate) fn era_lives<'a>(o: &'a Outcome, era: &Era) -> Vec<NamedLife<'a>> {
-    era.lives
-        .iter()
-        .map(|&(i, l)| {
-            let m = &o.members[i];
-            NamedLife { member: i, name: m.name.as_str(), life: m.lives().swap_remove(l) }
-        })
-        .collect()
+    let mut out = Vec::new();
+    for &(i, l) in &era.lives {
+        let m = &o.members[i];
+        let whole = m.lives().swap_remove(l);
+        let (mut start, mut started_at, mut views, mut last_view) = (0, whole.started_at, 0, None);
+        for (n, e) in whole.log.iter().enumerate() {
+            match e {
+                Entry::View { at, .. } => {
+                    views += 1;
+                    last_view = Some((n, *at));
+                }
+                Entry::StateBegin { .. } if views > 1 => {
+                    let (split, at) = last_view.expect("a view came before");
+                    if split > start {
+                        let ended =
+                            Life { left_at: Some(at), crashed_at: None, log: &whole.log[start..split], log_from: whole.log_from + start, started_at, ..whole };
+                        out.push(NamedLife { member: i, name: m.name.as_str(), life: ended });
+                    }
+                    (start, started_at, views) = (split, at, 1);
+                }
+                _ => {}
+            }
+        }
+        let rest = Life { log: &whole.log[start..], log_from: whole.log_from + start, started_at, ..whole };
+        out.push(NamedLife { member: i, name: m.name.as_str(), life: rest });
+    }
+    out
 }
 
 /// A tag as failures print it: `tag (payload id)`.
