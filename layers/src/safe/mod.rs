@@ -65,6 +65,10 @@
 //!   casts NEWVIEW with the union of those entries above the highest GC
 //!   point, marked *replay*. Every member announces the list with
 //!   [`Up::Replay`] and redelivers it (`replayed: true`) before anything new.
+//!   A state transfer replaces the application's state, so for SAFE it
+//!   starts a new application life: a member whose group is absorbed, or
+//!   re-formed around a restarted member, gets its own Replay again (a live
+//!   member absorbed into a recovering group brings what it holds).
 //! * **Garbage collection.** The application calls `done(tag)` when it has
 //!   applied a message ([`Down::Done`]). Each member's ACKs carry the last
 //!   slot up to which it is done; the leader casts GC(s) once every member of
