@@ -24,7 +24,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_stack::{AppEvent, Delivery, Dest, FsStorage, Instant, MemberId, Stack, StackConfig};
+use strata_stack::harness::net::LoopNet;
+use strata_stack::{FsStorage, MemberId, Stack, StackConfig};
 
 const MEMBERS: usize = 3;
 const BURST: usize = 1000;
@@ -54,12 +55,9 @@ const VARIANTS: [Variant; 4] = [
     Variant { label: "SAFE-log-fsync", top: "SAFE", log: Some("") },
 ];
 
-/// Members on one lossless, zero-latency network with a virtual clock.
+/// The benchmarked group: members on `LoopNet`, and their log directories.
 struct Net {
-    now: Instant,
-    nodes: Vec<Stack>,
-    /// Application deliveries (casts and SAFE deliveries) per member.
-    delivered: Vec<u64>,
+    net: LoopNet,
     safe: bool,
     /// Log directories to remove when done.
     dirs: Vec<PathBuf>,
@@ -69,7 +67,9 @@ impl Net {
     /// Starts the members 50 ms apart and waits until every one has a view of
     /// all (and, with SAFE, SAFE is live).
     fn form(v: &Variant) -> Net {
-        let mut net = Net { now: Instant::ZERO, nodes: Vec::new(), delivered: vec![0; MEMBERS], safe: v.top == "SAFE", dirs: Vec::new() };
+        let mut net = LoopNet::new();
+        net.record = false;
+        let mut this = Net { net, safe: v.top == "SAFE", dirs: Vec::new() };
         let registry = strata_layers::builtin();
         for i in 0..MEMBERS {
             let spec = match v.log {
@@ -78,7 +78,7 @@ impl Net {
                     let dir = std::env::temp_dir().join(format!("strata-safebench-{}-{}-m{i}", std::process::id(), v.label));
                     let _ = std::fs::remove_dir_all(&dir);
                     let spec = format!("FRAG:NAK:VSYNC:SAFE({params}log_dir={})", dir.display());
-                    net.dirs.push(dir);
+                    this.dirs.push(dir);
                     spec
                 }
             };
@@ -87,150 +87,75 @@ impl Net {
             let mut cfg = StackConfig::new("bench", local, seeds);
             cfg.seed = i as u64;
             cfg.storage = Arc::new(FsStorage);
-            let stack = Stack::new(&registry, &spec, cfg, net.now).unwrap_or_else(|e| panic!("{spec} builds: {e}"));
-            net.nodes.push(stack);
-            net.settle();
-            net.run_for(Duration::from_millis(50));
+            let stack = Stack::new(&registry, &spec, cfg, this.net.now()).unwrap_or_else(|e| panic!("{spec} builds: {e}"));
+            this.net.push(stack);
+            this.net.run_for(Duration::from_millis(50));
         }
         for _ in 0..100 {
-            if (0..MEMBERS).all(|i| net.nodes[i].view().len() == MEMBERS && (!net.safe || net.safe_counter(i, "live") == 1)) {
-                return net;
+            if (0..MEMBERS).all(|i| this.stack(i).view().len() == MEMBERS && (!this.safe || this.safe_counter(i, "live") == 1)) {
+                return this;
             }
-            net.run_for(Duration::from_millis(100));
+            this.net.run_for(Duration::from_millis(100));
         }
         panic!("{}: no view of all {MEMBERS} members formed", v.label);
     }
 
+    fn stack(&self, i: usize) -> &Stack {
+        self.net.stack(i).expect("no member crashes in the bench")
+    }
+
     fn safe_counter(&self, i: usize, name: &str) -> u64 {
-        let stats = self.nodes[i].stats();
+        let stats = self.stack(i).stats();
         stats.iter().find(|l| l.name == "SAFE").and_then(|l| l.counters.get(name)).unwrap_or(0)
     }
 
-    /// Moves every datagram and event until nothing moves at this instant.
-    fn settle(&mut self) {
-        let now = self.now;
-        let mut out = Vec::new();
-        let mut dones = Vec::new();
-        let mut states = Vec::new();
-        loop {
-            let mut moved = false;
-            for i in 0..self.nodes.len() {
-                let stack = &mut self.nodes[i];
-                while let Some(t) = stack.poll_transmit() {
-                    out.push(t);
-                }
-                while let Some(ev) = stack.poll_event() {
-                    match ev {
-                        AppEvent::Deliver { kind, .. } => {
-                            self.delivered[i] += 1;
-                            if let Delivery::Safe { tag, .. } = kind {
-                                dones.push(tag);
-                            }
-                        }
-                        AppEvent::StateRequest { token, .. } => states.push(token),
-                        _ => {}
-                    }
-                }
-                for token in states.drain(..) {
-                    // The application's state is empty; SAFE adds its own part.
-                    stack.provide_state(now, token, None).expect("the end of a state is never refused");
-                    moved = true;
-                }
-                for tag in dones.drain(..) {
-                    stack.done(now, tag).expect("SAFE is in the stack");
-                    moved = true;
-                }
-                for t in out.drain(..) {
-                    moved = true;
-                    let data = t.msg.to_bytes();
-                    for j in 0..self.nodes.len() {
-                        let to_j = match t.dest {
-                            Dest::Group => j != i,
-                            Dest::Member(m) => m.addr() == addr(j),
-                        };
-                        if to_j {
-                            self.nodes[j].handle_datagram(now, data.clone());
-                        }
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Fires the earliest due timers, moving the clock to them, if one is due by `limit`.
-    fn fire_next_timer(&mut self, limit: Instant) -> bool {
-        match self.nodes.iter().filter_map(|s| s.poll_timeout()).min() {
-            Some(d) if d <= limit => {
-                self.now = self.now.max(d);
-                for s in &mut self.nodes {
-                    if s.poll_timeout().is_some_and(|d| d <= self.now) {
-                        s.handle_timeout(self.now);
-                    }
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Runs until `t`, firing timers in order.
-    fn run_until(&mut self, t: Instant) {
-        loop {
-            self.settle();
-            if !self.fire_next_timer(t) {
-                break;
-            }
-        }
-        self.now = self.now.max(t);
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        self.run_until(self.now + d);
+    fn delivered(&self) -> Vec<u64> {
+        (0..MEMBERS).map(|i| self.net.delivered(i)).collect()
     }
 
     /// Casts `body` at member `i`, letting the network run while its send window is closed.
     fn cast(&mut self, i: usize, body: Bytes) {
         for _ in 0..10_000 {
-            if self.nodes[i].cast(self.now, body.clone()).is_ok() {
+            let now = self.net.now();
+            if self.net.stack_mut(i).expect("alive").cast(now, body.clone()).is_ok() {
                 return;
             }
-            self.run_for(TICK);
+            self.net.run_for(TICK);
         }
         panic!("member {i} refused casts for 1 s of virtual time");
     }
 
     /// Runs, timer by timer, until every member delivered `target` messages.
     fn run_until_delivered(&mut self, target: u64) {
-        let limit = self.now + DELIVERY_LIMIT;
+        let limit = self.net.now() + DELIVERY_LIMIT;
         loop {
-            self.settle();
-            if self.delivered.iter().all(|d| *d >= target) {
+            self.net.settle();
+            if self.delivered().iter().all(|d| *d >= target) {
                 return;
             }
-            assert!(self.fire_next_timer(limit), "undelivered after {DELIVERY_LIMIT:?} of virtual time: {:?} of {target}", self.delivered);
+            assert!(self.net.fire_next_timer(limit), "undelivered after {DELIVERY_LIMIT:?} of virtual time: {:?} of {target}", self.delivered());
         }
     }
 
     /// One burst of `BURST` casts, round-robin, until all are delivered everywhere.
     fn burst(&mut self, body: &Bytes) {
-        let target = self.delivered[0] + BURST as u64;
+        let target = self.net.delivered(0) + BURST as u64;
         for k in 0..BURST {
             self.cast(k % MEMBERS, body.clone());
             if (k + 1) % CASTS_PER_TICK == 0 {
-                self.run_for(TICK);
+                self.net.run_for(TICK);
             }
         }
         self.run_until_delivered(target);
-        assert!(self.delivered.iter().all(|d| *d == target), "each cast delivered once: {:?}, wanted {target}", self.delivered);
+        assert!(self.delivered().iter().all(|d| *d == target), "each cast delivered once: {:?}, wanted {target}", self.delivered());
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.nodes.clear();
+        for i in 0..MEMBERS {
+            self.net.set(i, None);
+        }
         for dir in &self.dirs {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -244,7 +169,7 @@ fn safe_vs_total(c: &mut Criterion) {
     let mut g = c.benchmark_group("safe/throughput");
     g.throughput(Throughput::Elements(BURST as u64)).sample_size(10);
     for (v, net) in &mut nets {
-        let virtual_start = net.now;
+        let virtual_start = net.net.now();
         let mut bursts = 0u32;
         g.bench_function(BenchmarkId::from_parameter(v.label), |b| {
             b.iter_custom(|iters| {
@@ -257,7 +182,7 @@ fn safe_vs_total(c: &mut Criterion) {
             })
         });
         if bursts > 0 {
-            println!("{}: {:?} of virtual time per burst of {BURST}", v.label, net.now.saturating_since(virtual_start) / bursts);
+            println!("{}: {:?} of virtual time per burst of {BURST}", v.label, net.net.now().saturating_since(virtual_start) / bursts);
         }
     }
     g.finish();
@@ -271,14 +196,14 @@ fn safe_vs_total(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
                     // Idle: acknowledgements and GC of the previous cast are exchanged.
-                    net.run_for(Duration::from_millis(5));
-                    let target = net.delivered[0] + 1;
-                    let cast_at = net.now;
+                    net.net.run_for(Duration::from_millis(5));
+                    let target = net.net.delivered(0) + 1;
+                    let cast_at = net.net.now();
                     let start = std::time::Instant::now();
                     net.cast(sender, body.clone());
                     net.run_until_delivered(target);
                     spent += start.elapsed();
-                    virtual_total += net.now.saturating_since(cast_at);
+                    virtual_total += net.net.now().saturating_since(cast_at);
                     casts += 1;
                     sender = (sender + 1) % MEMBERS;
                 }

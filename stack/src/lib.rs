@@ -27,6 +27,7 @@ pub mod spec;
 pub mod storage;
 pub mod time;
 pub mod view;
+pub mod window;
 
 pub use codec::{DecodeResult, Malformed, Reader, Writer};
 pub use context::Context;
@@ -41,3 +42,4 @@ pub use std::time::Duration;
 pub use storage::{CrashTail, FsStorage, LogFile, MemStorage, Storage};
 pub use time::Instant;
 pub use view::{MemberId, View, ViewId};
+pub use window::SendWindow;

@@ -5,7 +5,7 @@
 //! to compare the logs of a run (one tag per message, the first view all
 //! installed, where two sequences differ; tests/node_safe.rs does the rest).
 
-use super::vsync::{NodeLog, ViewLine};
+use super::vsync::{n, s, NodeLog, ViewLine};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use strata::codec::fnv1a64;
@@ -86,14 +86,6 @@ impl SafeLog {
         let Some((member, k)) = payload::split_id(id) else { return false };
         self.states.iter().any(|s| s.get(member).is_some_and(|n| k < *n))
     }
-}
-
-fn s<'a>(l: &'a Value, key: &str) -> Result<&'a str, String> {
-    l[key].as_str().ok_or_else(|| format!("`{key}` is not a string in {l}"))
-}
-
-fn n(l: &Value, key: &str) -> Result<u64, String> {
-    l[key].as_u64().ok_or_else(|| format!("`{key}` is not an integer in {l}"))
 }
 
 fn strings(l: &Value, key: &str) -> Result<Vec<String>, String> {

@@ -152,11 +152,13 @@ impl NodeLog {
     }
 }
 
-fn s<'a>(l: &'a Value, key: &str) -> Result<&'a str, String> {
+/// Field `key` of a log line, as text.
+pub fn s<'a>(l: &'a Value, key: &str) -> Result<&'a str, String> {
     l[key].as_str().ok_or_else(|| format!("`{key}` is not a string in {l}"))
 }
 
-fn n(l: &Value, key: &str) -> Result<u64, String> {
+/// Field `key` of a log line, as an integer.
+pub fn n(l: &Value, key: &str) -> Result<u64, String> {
     l[key].as_u64().ok_or_else(|| format!("`{key}` is not an integer in {l}"))
 }
 

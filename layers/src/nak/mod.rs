@@ -102,7 +102,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::{DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
 use strata_stack::{
-    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View, ViewId,
+    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, SendWindow, Stats, TimerKey, Up, View, ViewId,
 };
 
 /// The `NAK` descriptor.
@@ -423,7 +423,7 @@ pub struct Nak {
     unacked_deliveries: usize,
     /// A peer is waiting for acknowledgements this member may hold.
     ack_requested: bool,
-    window_closed: bool,
+    send_window: SendWindow,
     /// Copies of the final status still to send before passing the leave on.
     leaving: u8,
 
@@ -465,7 +465,7 @@ impl Nak {
             status_dirty: false,
             unacked_deliveries: 0,
             ack_requested: false,
-            window_closed: false,
+            send_window: SendWindow::new(p.u64("max_unstable") as usize, (p.u64("max_unstable") - p.u64("max_unstable") / 4) as usize),
             leaving: 0,
             sent: 0,
             sent_p2p: 0,
@@ -530,12 +530,8 @@ impl Nak {
     fn update_window(&mut self, cx: &mut Context<'_>) {
         let unstable = self.unstable();
         self.xmit_buffer_max = self.xmit_buffer_max.max(unstable as u64);
-        // Reopen with some room to spare, so the window does not flap per message.
-        let closed = if self.window_closed { unstable > self.max_unstable - self.max_unstable / 4 } else { unstable >= self.max_unstable };
-        if closed != self.window_closed {
-            self.window_closed = closed;
-            cx.set_backpressure(closed);
-        }
+        // Reopens with a quarter to spare.
+        self.send_window.update(cx, unstable);
     }
 
     /// Whether this member holds messages others have not acknowledged.
@@ -1045,7 +1041,7 @@ impl Layer for Nak {
             .add("out_of_order", self.held() as u64)
             .add("out_of_order_max", self.out_of_order_max)
             .add("stable", self.casts_out.base)
-            .add("backpressure", self.window_closed as u64);
+            .add("backpressure", u64::from(self.send_window.is_closed()));
     }
 }
 

@@ -141,13 +141,13 @@ mod tests;
 use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
 use log::{Damage, DurableLog, Entry, Record};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::{
-    Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Problem, Props, SafeTag, Stats, TimerKey, Up, View,
-    ViewId,
+    Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Problem, Props, SafeTag, SendWindow, Stats, TimerKey,
+    Up, View, ViewId,
 };
 use wire::{Header, Ref, Refs};
 
@@ -272,7 +272,7 @@ struct IncomingNewView {
     replay: bool,
     base: u64,
     expected: u64,
-    entries: Vec<(u64, SafeTag, Bytes)>,
+    entries: Vec<Known>,
 }
 
 /// The SAFE layer.
@@ -282,7 +282,6 @@ pub struct Safe {
     fsync: bool,
     batch: usize,
     batch_delay: Duration,
-    max_pending: usize,
     recover_wait: Duration,
 
     local: MemberId,
@@ -298,7 +297,6 @@ pub struct Safe {
     view_started: strata_stack::Instant,
 
     next_id: u64,
-    last_safe_id: u64,
     /// Own casts made while not live, sent when live.
     outbox: VecDeque<Msg>,
 
@@ -320,7 +318,7 @@ pub struct Safe {
     /// Slots proposed before their DATA arrived.
     awaiting: HashMap<(MemberId, u64), u64>,
     /// Per sender: ids of its SAFE casts held here, undelivered.
-    pending_ids: HashMap<MemberId, BTreeSet<u64>>,
+    pending_ids: HashMap<MemberId, HeldIds>,
     /// Per sender: PLAIN casts waiting for its earlier SAFE casts.
     plain_held: HashMap<MemberId, VecDeque<(u64, Msg)>>,
     /// Per sender: the highest id delivered (duplicate guard).
@@ -335,11 +333,9 @@ pub struct Safe {
     sync_due: bool,
     /// StateBegin seen: SAFE's state chunk is awaited.
     awaiting_state: bool,
-    /// SAFE's state being received: (delivered, gc, chunks expected, entries).
-    incoming_state: Option<(u64, u64, u64, Vec<(u64, SafeTag, Bytes)>)>,
-    /// SAFE's state received whole, adopted when the transfer completes
-    /// (a view change before that restarts the transfer).
-    received_state: Option<(u64, u64, Vec<(u64, SafeTag, Bytes)>)>,
+    /// SAFE's part of a state transfer being received, adopted when the
+    /// transfer completes (a view change before that restarts it).
+    transfer: Option<Transfer>,
     /// The last ballot this member sent a NEWVIEW for.
     newview_sent: u64,
     /// The ballot (and its members) whose NEWVIEW this member last
@@ -354,7 +350,7 @@ pub struct Safe {
     log_records: u64,
     log_failed: bool,
     replay_announced: bool,
-    window_closed: bool,
+    window: SendWindow,
 
     stats: Counters,
 }
@@ -372,7 +368,6 @@ struct Counters {
     recoveries: u64,
     gc_rounds: u64,
     log_damage: u64,
-    stale: u64,
     duplicates: u64,
     stale_data_dropped: u64,
 }
@@ -387,6 +382,62 @@ fn majority(of: usize) -> usize {
     of / 2 + 1
 }
 
+/// A position of the sequence with its message: (slot, tag, body).
+type Known = (u64, SafeTag, Bytes);
+
+/// SAFE's part of a state transfer: the last slot the application state
+/// holds, the GC point, and the provider's undelivered slots and casts
+/// (slot 0: not yet proposed).
+#[derive(Debug)]
+struct Transfer {
+    delivered: u64,
+    gc: u64,
+    expected: u64,
+    undelivered: Vec<Known>,
+}
+
+impl Transfer {
+    fn complete(&self) -> bool {
+        self.undelivered.len() as u64 == self.expected
+    }
+}
+
+/// A header, in front of `body` if there is one.
+fn encoded(h: Header, body: Option<&Bytes>) -> Msg {
+    let mut msg = body.map_or_else(Msg::empty, |b| Msg::new(b.clone()));
+    msg.push_with(|w| h.encode(w));
+    msg
+}
+
+/// The ids of one sender's SAFE casts held here undelivered. A sender's
+/// casts arrive and are delivered in id order, so they are one range.
+#[derive(Debug, Default)]
+struct HeldIds {
+    lo: u64,
+    hi: u64,
+}
+
+impl HeldIds {
+    fn hold(&mut self, id: u64) {
+        if self.lo > self.hi || self.lo == 0 {
+            (self.lo, self.hi) = (id, id);
+        } else {
+            (self.lo, self.hi) = (self.lo.min(id), self.hi.max(id));
+        }
+    }
+
+    fn delivered(&mut self, id: u64) {
+        if id >= self.lo {
+            self.lo = id + 1;
+        }
+    }
+
+    /// The lowest id held, if any.
+    fn first(&self) -> Option<u64> {
+        (self.lo != 0 && self.lo <= self.hi).then_some(self.lo)
+    }
+}
+
 impl Safe {
     /// A layer with the given parameters.
     pub fn new(p: &Params) -> Self {
@@ -398,7 +449,6 @@ impl Safe {
             fsync: p.bool("fsync"),
             batch: p.u64("batch_msgs") as usize,
             batch_delay: Duration::from_micros(p.u64("batch_us")),
-            max_pending: p.u64("max_pending") as usize,
             recover_wait: Duration::from_millis(p.u64("recover_ms")),
             local: placeholder,
             view,
@@ -411,7 +461,6 @@ impl Safe {
             installed: false,
             view_started: strata_stack::Instant::ZERO,
             next_id: 1,
-            last_safe_id: 0,
             outbox: VecDeque::new(),
             slots: BTreeMap::new(),
             slot_of: HashMap::new(),
@@ -435,8 +484,7 @@ impl Safe {
             syncs: HashMap::new(),
             sync_due: false,
             awaiting_state: false,
-            incoming_state: None,
-            received_state: None,
+            transfer: None,
             newview_sent: 0,
             installed_ballot: 0,
             installed_members: Vec::new(),
@@ -447,7 +495,7 @@ impl Safe {
             log_records: 0,
             log_failed: false,
             replay_announced: false,
-            window_closed: false,
+            window: SendWindow::new(p.u64("max_pending") as usize, p.u64("max_pending") as usize / 4 * 3),
             stats: Counters::default(),
         }
     }
@@ -535,10 +583,9 @@ impl Safe {
     /// The whole durable state of this ballot, as an acceptor logs it.
     fn snapshot_records(&self) -> Vec<Record> {
         let mut out: Vec<Record> = self
-            .slots
-            .iter()
-            .filter(|(s, _)| **s <= self.acked)
-            .filter_map(|(s, slot)| slot.body.clone().map(|body| Record::Entry(Entry { slot: *s, ballot: self.ballot, tag: slot.tag, body })))
+            .held_slots(0)
+            .take_while(|(s, ..)| *s <= self.acked)
+            .map(|(slot, tag, body)| Record::Entry(Entry { slot, ballot: self.ballot, tag, body }))
             .collect();
         out.push(Record::View { ballot: self.ballot, members: self.member_addrs() });
         out.push(Record::Gc { slot: self.gc });
@@ -552,17 +599,17 @@ impl Safe {
     // ---- sending ----------------------------------------------------------------
 
     fn cast(&mut self, cx: &mut Context<'_>, mut msg: Msg) {
-        let plain = msg.flags().contains(MsgFlags::OOB) || msg.order() == Some(Order::Fifo);
-        if plain {
-            let after = if msg.flags().contains(MsgFlags::OOB) { 0 } else { self.last_safe_id };
+        if msg.flags().contains(MsgFlags::OOB) {
+            msg.push_with(|w| Header::Plain { after: 0 }.encode(w));
+            return cx.down(Down::Cast(msg));
+        }
+        if msg.order() == Some(Order::Fifo) {
+            // After this member's last SAFE cast.
+            let after = self.next_id - 1;
             msg.push_with(|w| Header::Plain { after }.encode(w));
-            if msg.flags().contains(MsgFlags::OOB) {
-                return cx.down(Down::Cast(msg));
-            }
         } else {
             let id = self.next_id;
             self.next_id += 1;
-            self.last_safe_id = id;
             self.stats.cast += 1;
             let view = self.ballot;
             msg.push_with(|w| Header::Data { view, id }.encode(w));
@@ -576,27 +623,22 @@ impl Safe {
     }
 
     fn cast_header(cx: &mut Context<'_>, h: Header, body: Option<&Bytes>) {
-        let mut msg = match body {
-            Some(b) => Msg::new(b.clone()),
-            None => Msg::empty(),
-        };
-        msg.push_with(|w| h.encode(w));
-        cx.down(Down::Cast(msg));
+        cx.down(Down::Cast(encoded(h, body)));
     }
 
-    fn pending_count(&self) -> usize {
-        self.data.len() + self.slots.range(self.delivered + 1..).count().min(self.max_pending) + self.outbox.len()
+    /// Casts held here undelivered: loose, in slots, or waiting to be sent.
+    fn pending(&self) -> usize {
+        self.data.len() + self.outbox.len() + self.next_slot.saturating_sub(self.delivered + 1) as usize
     }
 
     fn update_window(&mut self, cx: &mut Context<'_>) {
-        let pending = self.data.len() + self.outbox.len() + (self.next_slot.saturating_sub(self.delivered + 1)) as usize;
-        if !self.window_closed && pending >= self.max_pending {
-            self.window_closed = true;
-            cx.set_backpressure(true);
-        } else if self.window_closed && pending <= self.max_pending / 4 * 3 {
-            self.window_closed = false;
-            cx.set_backpressure(false);
-        }
+        let pending = self.pending();
+        self.window.update(cx, pending);
+    }
+
+    /// The slots from `from` on whose bodies are here: `(slot, tag, body)`.
+    fn held_slots(&self, from: u64) -> impl Iterator<Item = Known> + '_ {
+        self.slots.range(from..).filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, slot.tag, b)))
     }
 
     // ---- views ------------------------------------------------------------------
@@ -622,8 +664,7 @@ impl Safe {
         self.sync_due = false;
         self.joining = false;
         self.awaiting_state = false;
-        self.incoming_state = None;
-        self.received_state = None;
+        self.transfer = None;
         self.waiting_reported = false;
         for t in [TIMER_PROPOSE, TIMER_SYNC, TIMER_RECOVER] {
             cx.cancel_timer(t);
@@ -649,7 +690,7 @@ impl Safe {
     fn become_stale(&mut self) {
         self.phase = Phase::Recovering;
         let ballot = self.installed_ballot;
-        let entries = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, (ballot, slot.tag, b)))).collect();
+        let entries = self.held_slots(0).map(|(s, tag, b)| (s, (ballot, tag, b))).collect();
         self.recovery = Recovery { last_view: ballot, members: self.installed_members.clone(), gc: self.gc, entries, complete: true };
         self.installed = false;
     }
@@ -659,21 +700,14 @@ impl Safe {
     /// may lead the next view, and must then know what this view proposed).
     fn provide_state(&mut self, cx: &mut Context<'_>, token: u64) {
         let live = self.phase == Phase::Live;
-        let undelivered: Vec<(u64, SafeTag, Bytes)> = if live {
-            let slots = self.slots.range(self.delivered + 1..).filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, slot.tag, b)));
+        let undelivered: Vec<Known> = if live {
+            let slots = self.held_slots(self.delivered + 1);
             let loose = self.data_order.iter().filter_map(|k| self.data.get(k)).map(|d| (0, d.tag, d.body.clone()));
             slots.chain(loose).collect()
         } else {
             Vec::new()
         };
-        let chunk = |h: Header, body: Option<&Bytes>| {
-            let mut msg = match body {
-                Some(b) => Msg::new(b.clone()),
-                None => Msg::empty(),
-            };
-            msg.push_with(|w| h.encode(w));
-            msg.to_bytes()
-        };
+        let chunk = |h: Header, body: Option<&Bytes>| encoded(h, body).to_bytes();
         let head = Header::State { live, delivered: self.delivered, gc: self.gc, count: undelivered.len() as u64 };
         cx.down(Down::StateChunk { token, data: chunk(head, None) });
         for (slot, tag, body) in &undelivered {
@@ -690,31 +724,28 @@ impl Safe {
                 return cx.drop_malformed(e.0);
             }
         };
-        match (header, self.incoming_state.as_mut()) {
+        match (header, self.transfer.as_mut()) {
             (Header::State { live: true, delivered, gc, count }, None) if count <= MAX_ANNOUNCED => {
-                self.incoming_state = Some((delivered, gc, count, Vec::new()));
+                self.transfer = Some(Transfer { delivered, gc, expected: count, undelivered: Vec::new() });
             }
             (Header::State { live: false, .. }, None) => {
                 self.awaiting_state = false;
                 return self.joined_recovering(cx);
             }
-            (Header::Entry { slot, tag, .. }, Some(incoming)) => incoming.3.push((slot, tag, msg.to_bytes())),
+            (Header::Entry { slot, tag, .. }, Some(t)) if !t.complete() => t.undelivered.push((slot, tag, msg.to_bytes())),
             _ => {
                 self.awaiting_state = false;
-                self.incoming_state = None;
+                self.transfer = None;
                 return cx.drop_malformed("bad_state");
             }
         }
-        if self.incoming_state.as_ref().is_some_and(|(_, _, n, e)| e.len() as u64 == *n) {
-            let (delivered, gc, _, entries) = self.incoming_state.take().expect("just checked");
-            self.awaiting_state = false;
-            self.received_state = Some((delivered, gc, entries));
-        }
+        // Whole: the application's chunks follow, then StateDone.
+        self.awaiting_state = !self.transfer.as_ref().is_some_and(Transfer::complete);
     }
 
     /// A joiner got SAFE's state from a live member: it delivers from
     /// there, knowing what the provider knew of the undelivered rest.
-    fn adopt_state(&mut self, cx: &mut Context<'_>, delivered: u64, gc: u64, undelivered: Vec<(u64, SafeTag, Bytes)>) {
+    fn adopt_state(&mut self, cx: &mut Context<'_>, Transfer { delivered, gc, undelivered, .. }: Transfer) {
         // A restarted transfer re-adopts: nothing was delivered meanwhile
         // (VSYNC holds deliveries while the state loads).
         self.phase = Phase::Recovering;
@@ -736,7 +767,7 @@ impl Safe {
             if self.slot_of.contains_key(&tag) || self.data.contains_key(&(tag.sender, tag.id)) {
                 continue;
             }
-            self.pending_ids.entry(tag.sender).or_default().insert(tag.id);
+            self.pending_ids.entry(tag.sender).or_default().hold(tag.id);
             if slot > delivered {
                 self.slot_of.insert(tag, slot);
                 self.slots.insert(slot, Slot { tag, body: Some(body), delivered: false, done: false, replayed: false });
@@ -787,7 +818,6 @@ impl Safe {
         let Some(rank) = self.view.rank_of(&from) else { return cx.drop_malformed("not_member") };
         let current = |ballot: u64, this: &mut Self, cx: &mut Context<'_>| {
             if ballot != this.ballot {
-                this.stats.stale += 1;
                 cx.drop_malformed("stale");
                 return false;
             }
@@ -953,7 +983,7 @@ impl Safe {
             }
         }
         let mut seen = HashSet::new();
-        let entries: Vec<(u64, SafeTag, Bytes)> = merged.into_iter().filter(|(_, (tag, _))| seen.insert(*tag)).map(|(s, (t, b))| (s, t, b)).collect();
+        let entries: Vec<Known> = merged.into_iter().filter(|(_, (tag, _))| seen.insert(*tag)).map(|(s, (t, b))| (s, t, b)).collect();
         self.stats.recoveries += 1;
         self.send_newview(cx, true, gc, Some(entries));
     }
@@ -963,13 +993,13 @@ impl Safe {
     /// The leader's sequence for this ballot: `entries` (a recovery), or
     /// every slot it knows above the GC point and then every cast nobody
     /// proposed yet.
-    fn send_newview(&mut self, cx: &mut Context<'_>, replay: bool, base: u64, entries: Option<Vec<(u64, SafeTag, Bytes)>>) {
+    fn send_newview(&mut self, cx: &mut Context<'_>, replay: bool, base: u64, entries: Option<Vec<Known>>) {
         if self.newview_sent == self.ballot {
             return;
         }
         self.newview_sent = self.ballot;
         let entries = entries.unwrap_or_else(|| {
-            let mut out: Vec<(u64, SafeTag, Bytes)> = self.slots.iter().filter_map(|(s, slot)| slot.body.clone().map(|b| (*s, slot.tag, b))).collect();
+            let mut out: Vec<Known> = self.held_slots(0).collect();
             let mut next = out.last().map_or(self.delivered.max(self.gc), |e| e.0).max(self.delivered) + 1;
             for key in &self.data_order {
                 if let Some(d) = self.data.get(key) {
@@ -1022,7 +1052,7 @@ impl Safe {
             if fresh {
                 replay_list.push((tag, body.clone()));
             }
-            self.key_done(&tag);
+            self.data.remove(&(tag.sender, tag.id));
             self.slot_of.insert(tag, slot);
             self.slots.insert(slot, Slot { tag, body: Some(body), delivered, done, replayed: fresh });
         }
@@ -1066,11 +1096,6 @@ impl Safe {
         }
         self.try_deliver(cx);
         self.update_window(cx);
-    }
-
-    /// Drops the loose DATA of `tag` (it is in a slot now).
-    fn key_done(&mut self, tag: &SafeTag) {
-        self.data.remove(&(tag.sender, tag.id));
     }
 
     fn go_live(&mut self, cx: &mut Context<'_>, replay: Vec<(SafeTag, Bytes)>) {
@@ -1161,7 +1186,7 @@ impl Safe {
             self.stats.duplicates += 1;
             return;
         }
-        self.pending_ids.entry(from).or_default().insert(id);
+        self.pending_ids.entry(from).or_default().hold(id);
         if let Some(slot) = self.awaiting.remove(&(from, id)) {
             if let Some(s) = self.slots.get_mut(&slot) {
                 s.body = Some(body);
@@ -1238,8 +1263,7 @@ impl Safe {
             return;
         }
         let auto_done = !self.durable();
-        loop {
-            let Some((&s, slot)) = self.slots.range(self.delivered + 1..).next() else { break };
+        while let Some((&s, slot)) = self.slots.range(self.delivered + 1..).next() {
             if slot.delivered {
                 // Delivered before this member was cut off (see process_newview).
                 self.delivered = s;
@@ -1261,7 +1285,7 @@ impl Safe {
             }
             self.delivered_id.insert(tag.sender, tag.id);
             if let Some(p) = self.pending_ids.get_mut(&tag.sender) {
-                p.remove(&tag.id);
+                p.delivered(tag.id);
             }
             self.stats.delivered += 1;
             cx.up(Up::Durable { tag, msg: Msg::new(body), replayed });
@@ -1274,7 +1298,7 @@ impl Safe {
     // ---- plain casts ----------------------------------------------------------------
 
     fn on_plain(&mut self, cx: &mut Context<'_>, from: MemberId, after: u64, msg: Msg) {
-        let waits = self.pending_ids.get(&from).and_then(|p| p.first()).is_some_and(|first| *first <= after);
+        let waits = self.pending_ids.get(&from).and_then(HeldIds::first).is_some_and(|first| first <= after);
         let queue = self.plain_held.entry(from).or_default();
         if waits || !queue.is_empty() {
             queue.push_back((after, msg));
@@ -1285,7 +1309,7 @@ impl Safe {
     }
 
     fn release_plain(&mut self, cx: &mut Context<'_>, from: MemberId) {
-        let first = self.pending_ids.get(&from).and_then(|p| p.first().copied());
+        let first = self.pending_ids.get(&from).and_then(HeldIds::first);
         let Some(queue) = self.plain_held.get_mut(&from) else { return };
         while let Some((after, _)) = queue.front() {
             if first.is_some_and(|f| f <= *after) {
@@ -1417,21 +1441,21 @@ impl Layer for Safe {
                 // member), with its own Replay and deliveries.
                 self.replay_announced = false;
                 self.delivered_id.clear();
-                self.incoming_state = None;
-                self.received_state = None;
+                self.transfer = None;
                 self.joining = true;
                 self.awaiting_state = true;
                 cx.up(Up::StateBegin);
             }
             Up::StateChunk(data) if self.awaiting_state => self.on_state_chunk(cx, data),
             Up::StateDone => {
-                self.incoming_state = None;
-                if let Some((delivered, gc, entries)) = self.received_state.take() {
-                    self.adopt_state(cx, delivered, gc, entries);
-                } else if self.awaiting_state {
+                match self.transfer.take() {
+                    Some(t) if t.complete() => self.adopt_state(cx, t),
                     // The state was lost (VSYNC begins and ends it empty).
-                    self.awaiting_state = false;
-                    self.joined_recovering(cx);
+                    _ if self.awaiting_state => {
+                        self.awaiting_state = false;
+                        self.joined_recovering(cx);
+                    }
+                    _ => {}
                 }
                 cx.up(Up::StateDone);
             }
@@ -1464,16 +1488,15 @@ impl Layer for Safe {
             .add("gc_slot", self.gc)
             .add("delivered_slot", self.delivered)
             .add("slots", self.slots.len() as u64)
-            .add("pending", self.pending_count() as u64)
+            .add("pending", self.pending() as u64)
             .add("live", u64::from(self.phase == Phase::Live))
             .add("acceptor", u64::from(self.acceptor))
             .add("log_records", self.log_records)
             .add("log_damage", c.log_damage)
             .add("log_failed", u64::from(self.log_failed))
-            .add("stale", c.stale)
             .add("duplicates", c.duplicates)
             .add("stale_data_dropped", c.stale_data_dropped)
-            .add("backpressure", u64::from(self.window_closed));
+            .add("backpressure", u64::from(self.window.is_closed()));
         if let Some(log) = &self.log {
             out.add("log_bytes", log.len());
             log.stats(out);

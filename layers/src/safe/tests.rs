@@ -7,23 +7,21 @@ use super::*;
 use crate::builtin;
 use quickcheck::quickcheck;
 use std::net::{IpAddr, Ipv4Addr};
+use strata_stack::harness::net::LoopNet;
 use strata_stack::harness::LayerHarness;
-use strata_stack::{AppEvent, CrashTail, Delivery, Dest, Instant, MemStorage, Stack, StackConfig};
+use strata_stack::{AppEvent, CrashTail, Delivery, Instant, MemStorage, Stack, StackConfig};
 
 const LOG_DIR: &str = "/safe";
 
-/// Members on one lossless, zero-latency network. Each has a disk that
-/// outlives its crashes.
+/// Members on one lossless, zero-latency network (`LoopNet`). Each has a
+/// disk that outlives its crashes.
 struct Net {
     spec: String,
-    now: Instant,
-    nodes: Vec<Option<Stack>>,
+    net: LoopNet,
     incarnations: Vec<u64>,
     disks: Vec<MemStorage>,
-    /// Per member, per incarnation: what the application saw.
-    events: Vec<Vec<Vec<AppEvent>>>,
-    /// Call `done` at once for every durable delivery.
-    auto_done: bool,
+    /// Per member: the application events of its earlier incarnations.
+    history: Vec<Vec<Vec<AppEvent>>>,
 }
 
 fn addr(i: usize) -> std::net::SocketAddr {
@@ -34,30 +32,36 @@ impl Net {
     fn new(spec: &str, n: usize) -> Net {
         Net {
             spec: spec.into(),
-            now: Instant::ZERO,
-            nodes: (0..n).map(|_| None).collect(),
+            net: LoopNet::new(),
             incarnations: vec![0; n],
             disks: (0..n).map(|_| MemStorage::new()).collect(),
-            events: vec![Vec::new(); n],
-            auto_done: true,
+            history: vec![Vec::new(); n],
         }
+    }
+
+    fn stack(&self, i: usize) -> Stack {
+        let local = MemberId::new(addr(i), self.incarnations[i]);
+        let seeds = (0..self.incarnations.len()).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 0)).collect();
+        let mut cfg = StackConfig::new("g", local, seeds);
+        cfg.seed = i as u64;
+        cfg.storage = Arc::new(self.disks[i].clone());
+        Stack::new(&builtin(), &self.spec, cfg, self.net.now()).expect("stack builds")
     }
 
     fn start(&mut self, i: usize) {
         self.incarnations[i] += 1;
-        let local = MemberId::new(addr(i), self.incarnations[i]);
-        let seeds = (0..self.nodes.len()).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 0)).collect();
-        let mut cfg = StackConfig::new("g", local, seeds);
-        cfg.seed = i as u64;
-        cfg.storage = Arc::new(self.disks[i].clone());
-        let stack = Stack::new(&builtin(), &self.spec, cfg, self.now).expect("stack builds");
-        self.nodes[i] = Some(stack);
-        self.events[i].push(Vec::new());
-        self.settle();
+        let stack = self.stack(i);
+        if i < self.net.len() {
+            // Restarted after `crash`, which filed what it saw.
+            self.net.set(i, Some(stack));
+        } else {
+            assert_eq!(self.net.push(stack), i, "members start in order the first time");
+        }
     }
 
     fn crash(&mut self, i: usize, tail: CrashTail) {
-        self.nodes[i] = None;
+        let seen = self.net.set(i, None);
+        self.history[i].push(seen);
         self.disks[i].crash(tail);
     }
 
@@ -65,93 +69,31 @@ impl Net {
         MemberId::new(addr(i), self.incarnations[i])
     }
 
-    /// Moves every datagram and event until nothing moves at this instant.
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            for i in 0..self.nodes.len() {
-                let Some(stack) = self.nodes[i].as_mut() else { continue };
-                let mut out = Vec::new();
-                while let Some(t) = stack.poll_transmit() {
-                    out.push(t);
-                }
-                let mut dones = Vec::new();
-                let mut states = Vec::new();
-                while let Some(ev) = stack.poll_event() {
-                    match &ev {
-                        AppEvent::Deliver { kind: Delivery::Safe { tag, .. }, .. } => dones.push(*tag),
-                        AppEvent::StateRequest { token, .. } => states.push(*token),
-                        _ => {}
-                    }
-                    self.events[i].last_mut().expect("started").push(ev);
-                }
-                for token in states {
-                    // The application's state is empty; SAFE adds its own part.
-                    stack.provide_state(self.now, token, None).expect("the end of a state is never refused");
-                    moved = true;
-                }
-                if self.auto_done {
-                    for tag in dones {
-                        stack.done(self.now, tag).expect("SAFE is in the stack");
-                        moved = true;
-                    }
-                }
-                for t in out {
-                    moved = true;
-                    let data = t.msg.to_bytes();
-                    for j in 0..self.nodes.len() {
-                        let to_j = match t.dest {
-                            Dest::Group => j != i,
-                            Dest::Member(m) => m.addr() == addr(j),
-                        };
-                        if let (true, Some(s)) = (to_j, self.nodes[j].as_mut()) {
-                            s.handle_datagram(self.now, data.clone());
-                        }
-                    }
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    /// Runs until `t`, firing timers in order.
-    fn run_until(&mut self, t: Instant) {
-        loop {
-            self.settle();
-            let next = self.nodes.iter().flatten().filter_map(|s| s.poll_timeout()).min();
-            match next {
-                Some(d) if d <= t => {
-                    self.now = self.now.max(d);
-                    for s in self.nodes.iter_mut().flatten() {
-                        if s.poll_timeout().is_some_and(|d| d <= self.now) {
-                            s.handle_timeout(self.now);
-                        }
-                    }
-                }
-                _ => break,
-            }
-        }
-        self.now = self.now.max(t);
-    }
-
     fn run_for(&mut self, d: Duration) {
-        self.run_until(self.now + d);
+        self.net.run_for(d);
+    }
+
+    fn set_auto_done(&mut self, on: bool) {
+        self.net.auto_done = on;
+    }
+
+    /// What member `i`'s application saw in incarnation `n` (from 0).
+    fn events(&self, i: usize, n: usize) -> &[AppEvent] {
+        self.history[i].get(n).map_or_else(|| self.net.events(i), |e| e.as_slice())
     }
 
     fn cast(&mut self, i: usize, body: &str) {
-        let now = self.now;
-        self.nodes[i].as_mut().expect("alive").cast(now, Bytes::copy_from_slice(body.as_bytes())).expect("cast accepted");
+        let now = self.net.now();
+        self.net.stack_mut(i).expect("alive").cast(now, Bytes::copy_from_slice(body.as_bytes())).expect("cast accepted");
     }
 
     /// Durable deliveries of member `i`'s current incarnation: (tag, body, replayed).
     fn durable(&self, i: usize) -> Vec<(SafeTag, String, bool)> {
-        self.durable_of(i, self.events[i].len() - 1)
+        self.durable_of(i, self.history[i].len())
     }
 
     fn durable_of(&self, i: usize, incarnation: usize) -> Vec<(SafeTag, String, bool)> {
-        self.events[i][incarnation]
+        self.events(i, incarnation)
             .iter()
             .filter_map(|e| match e {
                 AppEvent::Deliver { kind: Delivery::Safe { tag, replayed }, body, .. } => Some((*tag, String::from_utf8_lossy(body).into_owned(), *replayed)),
@@ -161,10 +103,9 @@ impl Net {
     }
 
     fn replays(&self, i: usize) -> Vec<Vec<String>> {
-        self.events[i]
-            .last()
-            .into_iter()
-            .flatten()
+        self.net
+            .events(i)
+            .iter()
             .filter_map(|e| match e {
                 AppEvent::Replay { messages } => Some(messages.iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect()),
                 _ => None,
@@ -173,31 +114,32 @@ impl Net {
     }
 
     fn view_len(&self, i: usize) -> usize {
-        self.nodes[i].as_ref().map_or(0, |s| s.view().len())
+        self.net.stack(i).map_or(0, |s| s.view().len())
     }
 
     fn counter(&self, i: usize, name: &str) -> u64 {
-        let stats = self.nodes[i].as_ref().expect("alive").stats();
+        let stats = self.net.stack(i).expect("alive").stats();
         stats.iter().find(|l| l.name == "SAFE").and_then(|l| l.counters.get(name)).unwrap_or(0)
     }
 
     fn problems(&self, i: usize) -> Vec<String> {
-        self.events[i].last().into_iter().flatten().filter_map(|e| if let AppEvent::Problem(p) = e { Some(p.what.clone()) } else { None }).collect()
+        self.net.events(i).iter().filter_map(|e| if let AppEvent::Problem(p) = e { Some(p.what.clone()) } else { None }).collect()
     }
 
     /// Starts members one after another and waits for one view of all.
     fn form(&mut self) {
-        for i in 0..self.nodes.len() {
+        for i in 0..self.incarnations.len() {
             self.start(i);
             self.run_for(Duration::from_millis(50));
         }
         for _ in 0..100 {
-            if (0..self.nodes.len()).all(|i| self.view_len(i) == self.nodes.len() && self.counter(i, "live") == 1) {
+            let n = self.incarnations.len();
+            if (0..n).all(|i| self.view_len(i) == n && self.counter(i, "live") == 1) {
                 return;
             }
             self.run_for(Duration::from_millis(100));
         }
-        panic!("no view of all {} members formed", self.nodes.len());
+        panic!("no view of all {} members formed", self.incarnations.len());
     }
 }
 
@@ -238,7 +180,7 @@ fn leader_and_a_majority_of_acceptors_crash_mid_stream_and_nothing_delivered_is_
     net.form();
     for k in 0..30 {
         for i in 0..5 {
-            if net.nodes[i].is_some() {
+            if net.net.stack(i).is_some() {
                 net.cast(i, &format!("{i}:{k}"));
             }
         }
@@ -283,7 +225,7 @@ fn after_a_total_failure_the_restarted_group_replays_what_was_not_finished() {
     }
     net.run_for(Duration::from_secs(1));
     // From now on member 2's application never finishes anything.
-    net.auto_done = false;
+    net.set_auto_done(false);
     for k in 0..10 {
         net.cast(k % 3, &format!("late{k}"));
     }
@@ -293,7 +235,7 @@ fn after_a_total_failure_the_restarted_group_replays_what_was_not_finished() {
     for i in 0..3 {
         net.crash(i, CrashTail::Torn(7));
     }
-    net.auto_done = true;
+    net.set_auto_done(true);
     for i in 0..3 {
         net.start(i);
         net.run_for(Duration::from_millis(20));
@@ -323,7 +265,7 @@ fn recovery_waits_for_a_majority_of_the_acceptors() {
     let spec = format!("FRAG:NAK:VSYNC:SAFE(log_dir={LOG_DIR},recover_ms=100)");
     let mut net = Net::new(&spec, 3);
     net.form();
-    net.auto_done = false;
+    net.set_auto_done(false);
     net.cast(0, "m");
     net.run_for(Duration::from_secs(1));
     for i in 0..3 {
@@ -348,7 +290,7 @@ fn a_corrupt_log_is_reported_not_applied_and_not_counted() {
     let spec = format!("FRAG:NAK:VSYNC:SAFE(log_dir={LOG_DIR})");
     let mut net = Net::new(&spec, 3);
     net.form();
-    net.auto_done = false;
+    net.set_auto_done(false);
     for k in 0..5 {
         net.cast(k % 3, &format!("m{k}"));
     }
@@ -381,15 +323,15 @@ fn a_corrupt_log_is_reported_not_applied_and_not_counted() {
 fn fifo_casts_through_safe_are_plain_and_keep_their_senders_order() {
     let mut net = Net::new("FRAG:NAK:VSYNC:SAFE", 2);
     net.form();
-    let now = net.now;
-    let s = net.nodes[1].as_mut().unwrap();
+    let now = net.net.now();
+    let s = net.net.stack_mut(1).unwrap();
     s.cast(now, Bytes::from_static(b"safe")).unwrap();
     s.cast_ordered(now, Bytes::from_static(b"fifo"), Order::Fifo).unwrap();
     net.run_for(Duration::from_secs(1));
     for i in 0..2 {
-        let seen: Vec<(String, bool)> = net.events[i]
-            .last()
-            .unwrap()
+        let seen: Vec<(String, bool)> = net
+            .net
+            .events(i)
             .iter()
             .filter_map(|e| match e {
                 AppEvent::Deliver { kind, body, .. } => Some((String::from_utf8_lossy(body).into_owned(), matches!(kind, Delivery::Safe { .. }))),
@@ -453,4 +395,27 @@ fn proposals_from_a_non_leader_or_of_another_ballot_are_dropped() {
     assert!(propose(0, 2).is_empty());
     assert_eq!(h.dropped("proposal_not_leader"), 1);
     assert_eq!(h.dropped("stale"), 1);
+}
+
+#[test]
+fn casts_held_while_recovering_close_the_send_window_at_max_pending() {
+    let mut p = Params::defaults(SAFE.params).unwrap();
+    p.set("max_pending", strata_stack::ParamValue::U64(4));
+    let view = View::new(ViewId { counter: 3, creator: MemberId::sim(0) }, vec![MemberId::sim(0), MemberId::sim(1)]).unwrap();
+    let mut h = LayerHarness::boxed("SAFE", (SAFE.build)(&p).unwrap(), MemberId::sim(1), view, 65_000);
+    for k in 0..4 {
+        assert!(!h.backpressure(), "open with {k} held");
+        assert!(h.down(Down::Cast(Msg::new(Bytes::from_static(b"m")))).is_empty(), "held in the outbox: not live yet");
+    }
+    assert!(h.backpressure(), "closed at max_pending");
+    assert_eq!(h.stats().get("pending"), Some(4));
+}
+
+#[test]
+fn a_newview_announcing_more_entries_than_allowed_is_dropped() {
+    let mut h = harness();
+    let mut m = Msg::empty();
+    m.push_with(|w| Header::NewView { ballot: 3, count: MAX_ANNOUNCED + 1, replay: false, base: 0 }.encode(w));
+    assert!(h.up(Up::Cast { from: MemberId::sim(0), msg: m }).is_empty());
+    assert_eq!(h.dropped("bad_newview"), 1);
 }

@@ -24,8 +24,9 @@ pub(super) const MAX_ACCEPTORS: usize = 64;
 /// Most member addresses a SYNC names.
 pub(super) const MAX_MEMBERS: usize = 1 << 16;
 
-/// A proposal's reference to a cast: the sender's rank in the view and its id.
-pub(super) type Refs = SmallVec<[Ref; 32]>;
+/// A proposal's references to casts (inline up to 8: a header is decoded
+/// for every message, so it stays small; a bigger batch allocates once).
+pub(super) type Refs = SmallVec<[Ref; 8]>;
 
 /// A cast named by a proposal: the sender's rank in the view, the view
 /// counter it was cast in, its id.

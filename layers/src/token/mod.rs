@@ -138,7 +138,9 @@ use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use strata_stack::codec::Malformed;
-use strata_stack::{Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View};
+use strata_stack::{
+    Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Props, SendWindow, Stats, TimerKey, Up, View,
+};
 use wire::{Header, Pass};
 
 /// The `TOKEN` descriptor.
@@ -205,7 +207,6 @@ struct Sender {
 #[derive(Debug)]
 pub struct Token {
     max_burst: u64,
-    max_queued: usize,
     max_pending: u64,
 
     /// The current view.
@@ -262,7 +263,7 @@ pub struct Token {
     queue: VecDeque<Outgoing>,
     /// Own casts passed down and not yet back through the loopback.
     in_flight: VecDeque<Outgoing>,
-    window_closed: bool,
+    window: SendWindow,
 
     ordered_delivered: u64,
     unordered_delivered: u64,
@@ -284,7 +285,6 @@ impl Token {
         let placeholder = MemberId::sim(0);
         Token {
             max_burst: p.u64("max_burst"),
-            max_queued: p.u64("max_queued") as usize,
             max_pending: p.u64("max_pending"),
             view: View::initial(vec![placeholder]).expect("one member"),
             epoch: 0,
@@ -308,7 +308,7 @@ impl Token {
             waiting_count: 0,
             queue: VecDeque::new(),
             in_flight: VecDeque::new(),
-            window_closed: false,
+            window: SendWindow::new(p.u64("max_queued") as usize, p.u64("max_queued") as usize / 2),
             ordered_delivered: 0,
             unordered_delivered: 0,
             other_delivered: 0,
@@ -352,12 +352,8 @@ impl Token {
     fn update_window(&mut self, cx: &mut Context<'_>) {
         let queued = self.queue.len();
         self.queued_max = self.queued_max.max(queued as u64);
-        // Reopen at half, so the window does not flap per message.
-        let closed = if self.window_closed { queued > self.max_queued / 2 } else { queued >= self.max_queued };
-        if closed != self.window_closed {
-            self.window_closed = closed;
-            cx.set_backpressure(closed);
-        }
+        // Reopens at half.
+        self.window.update(cx, queued);
     }
 
     // ---- sending -----------------------------------------------------------
@@ -777,6 +773,6 @@ impl Layer for Token {
             .add("pending_max", self.pending_max)
             .add("stale", self.stale)
             .add("leftovers_delivered", self.leftovers_delivered)
-            .add("backpressure", u64::from(self.window_closed));
+            .add("backpressure", u64::from(self.window.is_closed()));
     }
 }

@@ -134,7 +134,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::{
-    Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Problem, Props, Stats, TimerKey, Up, View, ViewId,
+    Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Problem, Props, SendWindow, Stats, TimerKey, Up, View,
+    ViewId,
 };
 use wire::{kind, Header, Run, Runs};
 
@@ -209,7 +210,6 @@ struct QueuedRun {
 pub struct Total {
     batch: u32,
     batch_delay: Duration,
-    max_pending: usize,
 
     local: MemberId,
     view: Arc<View>,
@@ -230,7 +230,7 @@ pub struct Total {
     unannounced_msgs: u32,
     /// Casts in `senders`.
     held: usize,
-    window_closed: bool,
+    window: SendWindow,
     overflow_reported: bool,
     /// An [`Up::StateRequest`] held until the view that follows it.
     state_request: Option<Up>,
@@ -255,7 +255,6 @@ impl Total {
         Total {
             batch: p.u64("batch_msgs") as u32,
             batch_delay: Duration::from_micros(p.u64("batch_us")),
-            max_pending: p.u64("max_pending") as usize,
             local: placeholder,
             tag: view_tag(view.id()),
             view,
@@ -267,7 +266,7 @@ impl Total {
             unannounced: VecDeque::new(),
             unannounced_msgs: 0,
             held: 0,
-            window_closed: false,
+            window: SendWindow::new(p.u64("max_pending") as usize, p.u64("max_pending") as usize / 4 * 3),
             overflow_reported: false,
             state_request: None,
             ordered: 0,
@@ -301,13 +300,7 @@ impl Total {
     }
 
     fn update_window(&mut self, cx: &mut Context<'_>) {
-        if !self.window_closed && self.held >= self.max_pending {
-            self.window_closed = true;
-            cx.set_backpressure(true);
-        } else if self.window_closed && self.held <= self.max_pending / 4 * 3 {
-            self.window_closed = false;
-            cx.set_backpressure(false);
-        }
+        self.window.update(cx, self.held);
     }
 
     // ---- sending ------------------------------------------------------------
@@ -628,6 +621,6 @@ impl Layer for Total {
             .add("pending", self.held as u64)
             .add("pending_max", self.pending_max)
             .add("queued_runs", self.runs.len() as u64)
-            .add("backpressure", u64::from(self.window_closed));
+            .add("backpressure", u64::from(self.window.is_closed()));
     }
 }

@@ -7,6 +7,7 @@
 //! [`LayerHarness::advance`], so time is entirely in the test's hands.
 
 pub mod bench;
+pub mod net;
 mod tag;
 
 pub use tag::{Tag, TAG_BYTE};

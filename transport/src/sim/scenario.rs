@@ -1224,7 +1224,7 @@ mod tests {
             assert!(*back.iter().max().unwrap() <= last_crash + Duration::from_millis(1000), "{s}");
             let burst: Vec<Duration> =
                 faults.iter().filter(|f| matches!(f.kind, FaultKind::Crash(_)) && f.at + Duration::from_millis(20) >= last_crash).map(|f| f.at).collect();
-            assert!(burst.len() >= 1, "{s}");
+            assert!(!burst.is_empty(), "{s}");
             let first_of_burst = *burst.iter().min().unwrap();
             together += usize::from(first_of_burst == last_crash);
             spread += usize::from(first_of_burst < last_crash);

@@ -191,8 +191,10 @@ fn no_duplicates(l: &NamedLife<'_>) -> Result<(), String> {
 /// (d): per sender incarnation, durable deliveries in increasing tag id and
 /// `k`, plain ones in increasing `k`.
 fn fifo(l: &NamedLife<'_>) -> Result<(), String> {
-    // (sender, durable?) -> the last delivery's (tag id, k, at, text).
-    let mut last: BTreeMap<(MemberId, bool), (u64, Option<u64>, Instant, String)> = BTreeMap::new();
+    /// The last delivery of a sender: (tag id, k, at, text).
+    type Last = (u64, Option<u64>, Instant, String);
+    // (sender, durable?) -> its last delivery.
+    let mut last: BTreeMap<(MemberId, bool), Last> = BTreeMap::new();
     for e in l.life.log {
         let Entry::Deliver(d) = e else { continue };
         let k = d.id.as_ref().map(|(_, k)| *k);
@@ -220,10 +222,8 @@ fn stretches<'a>(l: &'a NamedLife<'_>) -> Vec<Vec<(&'a Delivered, SafeTag)>> {
     let mut out: Vec<Vec<(&Delivered, SafeTag)>> = vec![Vec::new()];
     for (n, e) in l.life.log.iter().enumerate() {
         match e {
-            Entry::View { .. } if matches!(l.life.log.get(n + 1), Some(Entry::StateBegin { .. })) => {
-                if !out.last().is_some_and(Vec::is_empty) {
-                    out.push(Vec::new());
-                }
+            Entry::View { .. } if matches!(l.life.log.get(n + 1), Some(Entry::StateBegin { .. })) && !out.last().is_some_and(Vec::is_empty) => {
+                out.push(Vec::new());
             }
             Entry::Deliver(d) => {
                 if let Delivery::Safe { tag, replayed: false } = d.kind {
