@@ -9,6 +9,7 @@
 
 pub mod causal;
 pub mod debug;
+pub mod encrypt;
 pub mod frag;
 pub mod nak;
 pub mod query;
@@ -21,7 +22,7 @@ use strata_stack::{LayerDescriptor, Registry};
 
 /// Every built-in layer's descriptor, in the order `strata layers` lists them.
 pub const BUILTIN: &[LayerDescriptor] =
-    &[frag::FRAG, nak::NAK, causal::CAUSAL, vsync::VSYNC, total::TOTAL, token::TOKEN, query::QUERY, safe::SAFE, debug::loss::LOSS];
+    &[frag::FRAG, nak::NAK, causal::CAUSAL, encrypt::ENCRYPT, vsync::VSYNC, total::TOTAL, token::TOKEN, query::QUERY, safe::SAFE, debug::loss::LOSS];
 
 /// A registry holding every built-in layer. Register your own layers on it
 /// with [`Registry::register`].

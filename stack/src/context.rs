@@ -49,6 +49,7 @@ pub struct Context<'a> {
     pub(crate) backpressure: &'a mut bool,
     pub(crate) max_payload: usize,
     pub(crate) storage: &'a dyn Storage,
+    pub(crate) entropy: &'a [u8; 32],
     pub(crate) group: &'a str,
     pub(crate) refusal: &'a mut Option<String>,
 }
@@ -136,6 +137,20 @@ impl<'a> Context<'a> {
     /// `reason`. Ignored after init.
     pub fn refuse(&mut self, reason: impl Into<String>) {
         self.refusal.get_or_insert_with(|| reason.into());
+    }
+
+    /// 32 secret random bytes for this layer, to seed a cryptographic
+    /// generator (keys, nonces, challenges) in [`Layer::init`](crate::Layer::init).
+    /// Each layer of a stack gets different bytes. They come from the
+    /// operating system under the runtime, and from the seed in the
+    /// simulator and tests (see [`StackConfig::entropy`](crate::StackConfig::entropy)).
+    /// [`Context::rng`] is for protocol choices, never for secrets.
+    pub fn entropy(&self) -> [u8; 32] {
+        let mut out = *self.entropy;
+        for (b, p) in out.iter_mut().zip((self.position as u64).to_le_bytes()) {
+            *b ^= p;
+        }
+        out
     }
 
     /// The group's name.

@@ -153,6 +153,12 @@ pub struct StackConfig {
     pub max_datagram: usize,
     /// Where layers keep durable logs (SAFE's `log_dir`).
     pub storage: Arc<dyn Storage>,
+    /// Seeds the layers' *secret* random numbers (ENCRYPT's keys and
+    /// nonces, through [`Context::entropy`]). [`StackConfig::new`] derives
+    /// it from `seed`, which makes runs reproducible and the value guessable;
+    /// the runtime fills it from the operating system, and so must anyone
+    /// who runs a stack with a cryptographic layer on a real network.
+    pub entropy: [u8; 32],
 }
 
 impl fmt::Debug for StackConfig {
@@ -164,7 +170,21 @@ impl fmt::Debug for StackConfig {
 impl StackConfig {
     /// A configuration with a 64 KiB datagram limit and seed 0.
     pub fn new(group: impl Into<String>, local: MemberId, members: Vec<MemberId>) -> Self {
-        StackConfig { group: group.into(), local, members, seed: 0, max_datagram: 65_507, storage: Arc::new(FsStorage) }
+        StackConfig { group: group.into(), local, members, seed: 0, max_datagram: 65_507, storage: Arc::new(FsStorage), entropy: [0; 32] }
+    }
+
+    /// The reproducible entropy used when `entropy` is left zero: a
+    /// function of `seed` and this member.
+    fn effective_entropy(&self) -> [u8; 32] {
+        if self.entropy != [0; 32] {
+            return self.entropy;
+        }
+        let mut rng = Rng::new(self.seed ^ fnv1a64(format!("{:?}/entropy", self.local).as_bytes()));
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        out
     }
 }
 
@@ -225,6 +245,7 @@ pub struct Stack {
     /// The id of the next [`Stack::query`].
     next_query_id: u64,
     storage: Arc<dyn Storage>,
+    entropy: [u8; 32],
     /// Why a layer's init refused to run (see [`Context::refuse`]).
     refusal: Option<String>,
 }
@@ -281,6 +302,7 @@ impl Stack {
             members.push(config.local);
         }
         let view = View::initial(members).map_err(|e| BuildError::Config(e.0.into()))?;
+        let entropy = config.effective_entropy();
         let mut rng = Rng::new(config.seed ^ fnv1a64(format!("{:?}", config.local).as_bytes()));
         let mut slots = Vec::with_capacity(layers.len());
         let mut below = FRAME_HEADER_MAX;
@@ -329,6 +351,7 @@ impl Stack {
             has_query: false,
             next_query_id: 0,
             storage: config.storage,
+            entropy,
             refusal: None,
             group: config.group,
         };
@@ -624,6 +647,7 @@ impl Stack {
             backpressure: &mut slot.backpressure,
             max_payload: slot.max_payload,
             storage: self.storage.as_ref(),
+            entropy: &self.entropy,
             group: &self.group,
             refusal: &mut self.refusal,
         };

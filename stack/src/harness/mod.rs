@@ -31,6 +31,16 @@ pub enum Out {
     Up(Up),
 }
 
+/// Reproducible, per-member entropy for a layer under test.
+fn harness_entropy(local: MemberId) -> [u8; 32] {
+    let mut rng = Rng::new(crate::codec::fnv1a64(format!("{local:?}/entropy").as_bytes()));
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out
+}
+
 /// A single layer in a test rig.
 pub struct LayerHarness {
     layer: Box<dyn Layer>,
@@ -46,6 +56,7 @@ pub struct LayerHarness {
     max_payload: usize,
     init_output: Vec<Out>,
     storage: Arc<dyn Storage>,
+    entropy: [u8; 32],
     refusal: Option<String>,
 }
 
@@ -80,6 +91,7 @@ impl LayerHarness {
             max_payload,
             init_output: Vec::new(),
             storage,
+            entropy: harness_entropy(local),
             refusal: None,
         };
         let mut init = Vec::new();
@@ -200,6 +212,7 @@ impl LayerHarness {
             backpressure: &mut self.backpressure,
             max_payload: self.max_payload,
             storage: self.storage.as_ref(),
+            entropy: &self.entropy,
             group: "harness",
             refusal: &mut self.refusal,
         };

@@ -24,6 +24,21 @@ pub struct LoopNet {
     /// Keep every application event for [`LoopNet::events`] (default true;
     /// benches turn it off and read [`LoopNet::delivered`]).
     pub record: bool,
+    /// Keep a copy of every datagram sent, in [`LoopNet::wire`] (default
+    /// false): what an eavesdropper sees, for tests that replay or tamper.
+    pub capture: bool,
+    wire: Vec<Captured>,
+}
+
+/// A datagram seen on a [`LoopNet`] with `capture` on.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    /// The index of the member that sent it.
+    pub from: usize,
+    /// Where it went.
+    pub dest: Dest,
+    /// The whole datagram, frame header included.
+    pub data: bytes::Bytes,
 }
 
 #[derive(Debug)]
@@ -36,7 +51,7 @@ struct Slot {
 
 impl Default for LoopNet {
     fn default() -> Self {
-        LoopNet { now: Instant::ZERO, slots: Vec::new(), auto_done: true, record: true }
+        LoopNet { now: Instant::ZERO, slots: Vec::new(), auto_done: true, record: true, capture: false, wire: Vec::new() }
     }
 }
 
@@ -139,6 +154,9 @@ impl LoopNet {
                 for t in out.drain(..) {
                     moved = true;
                     let data = t.msg.to_bytes();
+                    if self.capture {
+                        self.wire.push(Captured { from: i, dest: t.dest, data: data.clone() });
+                    }
                     for (j, other) in self.slots.iter_mut().enumerate() {
                         let to_j = match t.dest {
                             Dest::Group => j != i,
@@ -154,6 +172,21 @@ impl LoopNet {
                 return;
             }
         }
+    }
+
+    /// Every datagram sent since `capture` was turned on, in order.
+    pub fn wire(&self) -> &[Captured] {
+        &self.wire
+    }
+
+    /// Hands `data` to member `i` as if it had arrived from the network
+    /// (an attacker's datagram), then lets everything settle.
+    pub fn inject(&mut self, i: usize, data: bytes::Bytes) {
+        let now = self.now;
+        if let Some(s) = self.slots[i].stack.as_mut() {
+            s.handle_datagram(now, data);
+        }
+        self.settle();
     }
 
     /// Fires the earliest due timers, moving the clock to them, if one is

@@ -496,6 +496,7 @@ impl<T: Transport> Driver<T> {
             seed: cfg.seed,
             max_datagram: self.transport.max_datagram(),
             storage: Arc::new(FsStorage),
+            entropy: os_entropy(),
         };
         let stack = Stack::new(&self.registry, &cfg.stack, config, now)?;
         let gid = stack.group_id();
@@ -580,4 +581,13 @@ impl<T: Transport> Driver<T> {
         }
         LayerStats { name: "endpoint", counters, dropped }
     }
+}
+
+/// 32 bytes from the operating system's random source, for the layers'
+/// keys and nonces. Without it a cryptographic layer would be predictable,
+/// so a failure here is fatal.
+fn os_entropy() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    getrandom::getrandom(&mut out).expect("the operating system's random source failed");
+    out
 }
