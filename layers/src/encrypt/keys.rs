@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn bad_contents_are_reported_with_the_file_name() {
-        let short = file_with("short", HEX[..10].as_bytes(), 0o600);
+        let short = file_with("short", &HEX.as_bytes()[..10], 0o600);
         assert_eq!(read_key_file(&short).unwrap_err(), format!("key file {}: expected 64 hex digits (a 32-byte key), found 10 characters", short.display()));
         let binary = file_with("binary", &[0xff; 64], 0o600);
         assert_eq!(read_key_file(&binary).unwrap_err(), format!("key file {}: not text (expected 64 hex digits)", binary.display()));

@@ -828,13 +828,12 @@ impl Encrypt {
         cx.down(Down::Send { to: from, msg: Msg::new(notice(reason, our_id)) });
     }
 
-    /// Reports `what` once per (address, reason).
+    /// Reports `what` once per (address, reason), and for the first
+    /// `MAX_REPORTED` of those only: notices can be forged, and must not
+    /// flood the application.
     fn report(&mut self, cx: &mut Context<'_>, addr: SocketAddr, reason: u8, what: String) {
-        if self.reported.contains(&(addr, reason)) {
+        if self.reported.contains(&(addr, reason)) || self.reported.len() >= MAX_REPORTED {
             return;
-        }
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.pop_front();
         }
         self.reported.push_back((addr, reason));
         tracing::warn!(layer = "ENCRYPT", "{what}");

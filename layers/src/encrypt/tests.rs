@@ -49,6 +49,7 @@ fn member(i: usize) -> MemberId {
 }
 
 /// A stack for member `i` of `n`, joining through the others as seeds.
+#[allow(clippy::result_large_err)] // as `Stack::new`
 fn stack(spec: &str, i: usize, n: usize, now: Instant) -> Result<Stack, BuildError> {
     let seeds = (0..n).filter(|j| *j != i).map(|j| MemberId::new(addr(j), 0)).collect();
     let mut cfg = StackConfig::new("g", member(i), seeds);
@@ -289,7 +290,7 @@ fn a_member_with_another_key_never_joins_and_is_told_why() {
 fn a_missing_or_bad_key_fails_the_build_naming_the_file() {
     let d = dir("badfile");
     let missing = d.join("nope").display().to_string();
-    let err = stack(&format!("ENCRYPT(key_file={missing}):NAK"), 0, 1, Instant::ZERO).err().expect("refused");
+    let Err(err) = stack(&format!("ENCRYPT(key_file={missing}):NAK"), 0, 1, Instant::ZERO) else { panic!("a missing key file is refused") };
     let text = err.to_string();
     assert!(matches!(err, BuildError::Init { layer: "ENCRYPT", .. }) && text.contains(&missing), "{text}");
     let short = d.join("short");

@@ -219,6 +219,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
         seed: 0,
         max_datagram: MAX_DATAGRAM,
         storage: Arc::new(strata::MemStorage::new()),
+        entropy: [0; 32],
     };
     let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
     check_size_fits(&dry, args.size)?;
@@ -625,7 +626,12 @@ impl Receiver<'_> {
             }
             AppEvent::Left => self.left = true,
             AppEvent::Lost { from, count } => tracing::warn!(%from, count, "the stack gave up on messages"),
-            AppEvent::Problem(p) => tracing::warn!(layer = p.layer, "{}", p.what),
+            AppEvent::Problem(p) => {
+                // Also in the log: a refused join (ENCRYPT's "uses a
+                // different key") must be visible to whoever reads it.
+                tracing::warn!(layer = p.layer, "{}", p.what);
+                self.shared.log.write(Line::new("problem").str("layer", p.layer).str("what", &p.what)).map_err(log_error)?;
+            }
             AppEvent::Suspect(m) => tracing::info!(member = %m, "suspected"),
             other => tracing::debug!(event = ?other, "event"),
         }
