@@ -30,7 +30,9 @@ fn render_text(layers: &[LayerDescriptor]) -> String {
     let params = || layers.iter().flat_map(|d| d.params.iter());
     let param_w = params().map(|p| p.name.len()).max().unwrap_or(0);
     let kind_w = params().map(|p| p.kind.to_string().len()).max().unwrap_or(0);
-    let default_w = params().map(|p| p.default.len()).max().unwrap_or(0);
+    // An empty text default means "not set".
+    let shown = |d: &'static str| if d.is_empty() { "-" } else { d };
+    let default_w = params().map(|p| shown(p.default).len()).max().unwrap_or(0);
     let mut out = String::new();
     for (i, d) in layers.iter().enumerate() {
         if i > 0 {
@@ -44,7 +46,7 @@ fn render_text(layers: &[LayerDescriptor]) -> String {
         for p in d.params {
             let local = if p.wire { "" } else { " [local]" };
             let kind = p.kind.to_string();
-            out.push_str(&format!("  {:param_w$}  {kind:kind_w$}  default {:default_w$}  {}{local}\n", p.name, p.default, p.doc));
+            out.push_str(&format!("  {:param_w$}  {kind:kind_w$}  default {:default_w$}  {}{local}\n", p.name, shown(p.default), p.doc));
         }
     }
     if params().any(|p| !p.wire) {

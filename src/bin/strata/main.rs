@@ -2,6 +2,8 @@
 //!
 //! - `strata node` runs one member of a group over UDP and writes a JSON-lines
 //!   delivery log (docs/strata-node.md is its specification).
+//! - `strata keygen` writes group keys and X25519 identities for ENCRYPT
+//!   (docs/strata-keygen.md).
 //! - `strata layers` lists every registered layer with its guarantees and
 //!   parameters.
 //!
@@ -11,6 +13,7 @@
 //! on stderr, so that scripts can show it as is.
 
 mod jsonl;
+mod keygen;
 mod layers;
 mod node;
 
@@ -32,10 +35,12 @@ enum Command {
     Node(node::NodeArgs),
     /// List every registered layer: what it guarantees, requires and provides, and its parameters.
     Layers(layers::LayersArgs),
+    /// Write a fresh group key or X25519 identity, or print an identity's public key (see docs/strata-keygen.md).
+    Keygen(keygen::KeygenArgs),
 }
 
 /// The names of the subcommands, to prefix error lines with.
-const COMMANDS: &[&str] = &["node", "layers"];
+const COMMANDS: &[&str] = &["node", "layers", "keygen"];
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Layers(args) => layers::run(&args),
+        Command::Keygen(args) => keygen::run(&args),
     };
     match result {
         Ok(code) => code,
