@@ -36,6 +36,9 @@ pub struct Registry {
 pub struct ResolvedStack {
     /// The layers, bottom first.
     pub layers: Vec<(LayerDescriptor, Params)>,
+    /// For each layer, where its name starts in the stack string (a
+    /// confidential layer may have moved; see [`Registry::resolve`]).
+    pub columns: Vec<usize>,
 }
 
 impl ResolvedStack {
@@ -129,8 +132,18 @@ impl Registry {
     /// Parses and checks a stack string: every layer known, every parameter
     /// declared and in range, and every layer's requirements provided by the
     /// layers below it.
+    ///
+    /// A layer that provides `confidential` (ENCRYPT) runs directly above the
+    /// transport wherever the string names it, before the others in their
+    /// written order: placed higher, the headers of the layers below it
+    /// would travel in clear and could be forged (a NAK header that makes
+    /// NAK drop a real message as a duplicate), and every packet that can
+    /// influence the group must be authenticated. The canonical form shows
+    /// the order that runs.
     pub fn resolve(&self, text: &str) -> Result<ResolvedStack, SpecError> {
-        let specs = parse(text)?;
+        let mut specs = parse(text)?;
+        let confidential = |s: &crate::spec::LayerSpec| self.get(&s.name).is_some_and(|d| d.provides.contains(Props::CONFIDENTIAL));
+        specs.sort_by_key(|s| !confidential(s));
         let mut layers = Vec::with_capacity(specs.len());
         let mut provided = Props::NONE;
         for (i, spec) in specs.iter().enumerate() {
@@ -161,7 +174,8 @@ impl Registry {
             provided = provided.union(desc.provides);
             layers.push((desc, params));
         }
-        Ok(ResolvedStack { layers })
+        let columns = specs.iter().map(|s| s.at).collect();
+        Ok(ResolvedStack { layers, columns })
     }
 }
 
@@ -205,6 +219,18 @@ mod tests {
         // Local parameters do not change the fingerprint; wire parameters do.
         assert_eq!(s.fingerprint(), r.resolve("LOW:FIFO:HIGH(size=7)").unwrap().fingerprint());
         assert_ne!(s.fingerprint(), r.resolve("LOW:FIFO:HIGH(size=8)").unwrap().fingerprint());
+    }
+
+    #[test]
+    fn a_confidential_layer_runs_at_the_bottom() {
+        let mut r = registry();
+        r.register(desc("SEAL", Props::NONE, Props::CONFIDENTIAL)).unwrap();
+        let s = r.resolve("LOW:FIFO:SEAL:HIGH(size=7)").unwrap();
+        assert_eq!(s.canonical(), "SEAL:LOW:FIFO:HIGH(size=7)");
+        assert_eq!(s.columns, vec![9, 0, 4, 14]);
+        assert_eq!(s.fingerprint(), r.resolve("SEAL:LOW:FIFO:HIGH(size=7)").unwrap().fingerprint());
+        let e = r.resolve("LOW:SEAL(size=0)").unwrap_err();
+        assert_eq!(e.at, 9, "errors still point into the string as written");
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! Everything that passes through ENCRYPT on its way down (the payload and
 //! the headers of every layer above it) is sealed with XChaCha20-Poly1305;
 //! everything coming up must open, must not be a replay, and must come from
-//! a process that proved it holds the group's credential *now*. Put it at
-//! the bottom of the stack (`"ENCRYPT(key_file=k):FRAG:NAK:VSYNC:TOTAL"`) and
-//! every packet the group acts on is protected, NAKs, retransmissions,
-//! joins, views and flushes included; placed higher, the headers of the
-//! layers below it travel in clear and can be forged (see docs/security.md).
+//! a process that proved it holds the group's credential *now*. It runs
+//! directly above the transport wherever the stack string names it (the
+//! registry places every layer that provides `confidential` there), so every
+//! packet the group acts on is protected: NAKs, retransmissions, joins,
+//! views and flushes included.
 //!
 //! * **Keys.** `key_file=PATH` (64 hex digits, as `strata keygen PATH`
 //!   writes) or `key_env=NAME` gives the 32-byte pre-shared key; the key
