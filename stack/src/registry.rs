@@ -45,7 +45,14 @@ impl ResolvedStack {
     /// The stack string in canonical form: names, and the parameters whose
     /// values differ from their defaults, in declaration order.
     pub fn canonical(&self) -> String {
-        self.render(|spec, v| ParamValue::parse(spec.kind, spec.default).ok().as_ref() != Some(v))
+        self.render(|spec, v| {
+            // An empty text default means "not set" (see `Params::defaults`).
+            let default = match (spec.kind, spec.default) {
+                (crate::layer::ParamKind::Str, "") => Some(ParamValue::Str(String::new())),
+                (kind, text) => ParamValue::parse(kind, text).ok(),
+            };
+            default.as_ref() != Some(v)
+        })
     }
 
     /// A hash of the layers and of every parameter that must agree between

@@ -414,3 +414,13 @@ quickcheck! {
         out.iter().all(|o| !matches!(o, strata_stack::harness::Out::Up(Up::Cast { .. } | Up::Send { .. })))
     }
 }
+
+#[test]
+fn written_above_nak_it_still_runs_at_the_bottom() {
+    let d = dir("placement");
+    let key = write_key(&d.join("k"), 4);
+    let s = stack(&format!("FRAG:NAK:ENCRYPT(key_file={key}):CAUSAL:VSYNC:TOTAL"), 0, 1, Instant::ZERO).unwrap();
+    assert_eq!(s.canonical(), format!("ENCRYPT(key_file={key}):FRAG:NAK:CAUSAL:VSYNC:TOTAL"));
+    let names: Vec<&str> = s.stats().iter().map(|l| l.name).collect();
+    assert_eq!(names[0], "ENCRYPT", "the bottom layer: {names:?}");
+}
