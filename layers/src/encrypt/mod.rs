@@ -24,7 +24,11 @@
 //!   the destination's address. A packet replayed to another member, a send
 //!   turned into a cast, or a frame whose sender was rewritten fails to open.
 //! * **Replays.** Each sender session has a 1024-packet sliding window;
-//!   a counter seen before, or older than the window, is dropped. A session
+//!   a counter seen before, or older than the window, is dropped, and so is
+//!   one sent more than `max_delay_ms` before a packet of the same session
+//!   this member already received: a captured packet replayed later is
+//!   refused even if the original never arrived (NAK retransmits with
+//!   fresh counters, so nothing is lost). A session
 //!   this member has not heard before must first answer a **challenge**: a
 //!   fresh nonce, sealed, to which only the live holder of that session can
 //!   reply. Until it does, its packets are held (bounded; NAK above or
@@ -64,12 +68,13 @@
 //! | `trust` | – | the trusted public keys, one per line (rotation mode) |
 //! | `max_sessions` | 1024 | sender sessions remembered (replay windows) |
 //! | `max_held` | 512 | packets held awaiting a challenge answer or a key |
+//! | `max_delay_ms` | 1000 | a packet sent this long before one already received from its session is stale |
 //! | `retry_ms` | 200 | interval of challenge and key-request retries |
 //! | `retries` | 10 | retries before held packets are dropped |
 //!
 //! Bad input never panics and is counted under `dropped`: `truncated`,
 //! `bad_kind`, `wrong_key`, `auth_failed`, `replay`, `too_old`,
-//! `untrusted`, `unknown_key`, `held_overflow`, `unverified_expired`,
+//! `untrusted`, `unknown_key`, `stale`, `sessions_full`, `held_overflow`, `unverified_expired`,
 //! `key_unavailable`, `foreign_challenge`, `bad_response`,
 //! `identity_conflict`, `key_refused`, `bad_control`.
 
@@ -92,9 +97,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::Reader;
-use strata_stack::{
-    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, ParamKind, ParamSpec, Params, Problem, Props, Stats, TimerKey, Up, View,
-};
+use strata_stack::{Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, ParamKind, ParamSpec, Params, Problem, Props, Stats, TimerKey, Up, View};
 use wire::*;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -124,7 +127,20 @@ pub const ENCRYPT: LayerDescriptor = LayerDescriptor {
             doc: "packets held awaiting a challenge answer or a key",
             wire: false,
         },
-        ParamSpec { name: "retry_ms", kind: ParamKind::U64 { min: 1, max: 60_000 }, default: "200", doc: "challenge and key-request retry interval", wire: false },
+        ParamSpec {
+            name: "max_delay_ms",
+            kind: ParamKind::U64 { min: 10, max: 3_600_000 },
+            default: "1000",
+            doc: "a packet sent this long before one already received from its session is refused as stale",
+            wire: false,
+        },
+        ParamSpec {
+            name: "retry_ms",
+            kind: ParamKind::U64 { min: 1, max: 60_000 },
+            default: "200",
+            doc: "challenge and key-request retry interval",
+            wire: false,
+        },
         ParamSpec { name: "retries", kind: ParamKind::U64 { min: 1, max: 1000 }, default: "10", doc: "retries before held packets are dropped", wire: false },
     ],
     max_header_len: |_| MAX_OVERHEAD,
@@ -159,6 +175,7 @@ fn build(p: &Params) -> Result<Box<dyn Layer>, String> {
         identity,
         max_sessions: p.u64("max_sessions") as usize,
         max_held: p.u64("max_held") as usize,
+        max_delay: Duration::from_millis(p.u64("max_delay_ms")),
         retry: Duration::from_millis(p.u64("retry_ms")),
         retries: p.u64("retries") as u32,
     })))
@@ -174,6 +191,7 @@ struct Config {
     identity: Option<(String, String)>,
     max_sessions: usize,
     max_held: usize,
+    max_delay: Duration,
     retry: Duration,
     retries: u32,
 }
@@ -247,6 +265,12 @@ struct OwnKey {
 
 struct Peer {
     window: ReplayWindow,
+    /// Freshness: counters up to `stale_below` were sent before a packet
+    /// received at least `max_delay` ago; `mark` is the candidate for the
+    /// next such bound (the highest counter at `mark_at`).
+    stale_below: u64,
+    mark: u64,
+    mark_at: Instant,
     verified: bool,
     challenge: Option<([u8; NONCE_LEN], u32)>,
     /// The identity its packets claim (admission, pairwise) and whether a
@@ -512,8 +536,18 @@ impl Encrypt {
                 _ => cx.drop_malformed("bad_control"),
             };
         }
-        let Some(peer) = self.peer(from, outer.session) else { return cx.drop_malformed("held_overflow") };
+        let max_delay = self.cfg.max_delay;
+        let now = cx.now();
+        let Some(peer) = self.peer(from, outer.session, now) else { return cx.drop_malformed("sessions_full") };
+        if outer.counter <= peer.stale_below {
+            return cx.drop_malformed("stale");
+        }
         peer.window.record(outer.counter);
+        if now.saturating_since(peer.mark_at) >= max_delay {
+            peer.stale_below = peer.mark;
+            peer.mark = peer.window.top();
+            peer.mark_at = now;
+        }
         if let Some(claimed) = outer.sender_pub {
             if let Err(reason) = self.bind_identity(from, outer.session, claimed, outer.kind == SEALED_PAIR) {
                 return cx.drop_malformed(reason);
@@ -601,17 +635,24 @@ impl Encrypt {
     /// The session's state, created if new (evicting the least recently
     /// used, unverified ones first); `None` if the table is full of
     /// sessions that may not be evicted.
-    fn peer(&mut self, from: MemberId, session: Session) -> Option<&mut Peer> {
+    fn peer(&mut self, from: MemberId, session: Session, now: Instant) -> Option<&mut Peer> {
         self.tick += 1;
         let tick = self.tick;
         if !self.peers.contains_key(&(from, session)) && self.peers.len() >= self.cfg.max_sessions {
-            let victim = self.peers.iter().min_by_key(|(_, p)| (p.verified, p.last_used)).map(|(k, _)| *k)?;
+            // A verified session of a current member is never evicted: its
+            // replay window would go with it.
+            let view = &self.view;
+            let victim =
+                self.peers.iter().filter(|((m, _), p)| !(p.verified && view.contains(m))).min_by_key(|(_, p)| (p.verified, p.last_used)).map(|(k, _)| *k)?;
             if let Some(evicted) = self.peers.remove(&victim) {
                 self.release_held_count(&evicted.held);
             }
         }
         let peer = self.peers.entry((from, session)).or_insert_with(|| Peer {
             window: ReplayWindow::default(),
+            stale_below: 0,
+            mark: 0,
+            mark_at: now,
             verified: false,
             challenge: None,
             public: None,

@@ -24,6 +24,11 @@ pub enum Refusal {
 }
 
 impl ReplayWindow {
+    /// The highest counter accepted so far (0: none).
+    pub fn top(&self) -> u64 {
+        self.top
+    }
+
     /// Whether `counter` would be accepted, without recording it.
     pub fn check(&self, counter: u64) -> Result<(), Refusal> {
         if counter == 0 {

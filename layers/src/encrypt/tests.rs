@@ -424,3 +424,38 @@ fn written_above_nak_it_still_runs_at_the_bottom() {
     let names: Vec<&str> = s.stats().iter().map(|l| l.name).collect();
     assert_eq!(names[0], "ENCRYPT", "the bottom layer: {names:?}");
 }
+
+/// A packet that never reached a member, replayed to it long after its
+/// sender's later packets did, is refused as stale (NAK would have sent it
+/// again with a fresh counter).
+#[test]
+fn a_captured_packet_replayed_late_is_stale_even_if_never_seen() {
+    let d = dir("stale");
+    let key = write_key(&d.join("k"), 6);
+    let spec = format!("ENCRYPT(key_file={key},max_delay_ms=100)");
+    let all: Vec<MemberId> = (0..3).map(member).collect();
+    let build = |i: usize, now: Instant| {
+        let mut cfg = StackConfig::new("g", member(i), all.clone());
+        cfg.seed = i as u64;
+        Stack::new(&builtin(), &spec, cfg, now).unwrap()
+    };
+    let mut net = LoopNet::new();
+    for i in 0..3 {
+        net.push(build(i, Instant::ZERO));
+    }
+    cast(&mut net, 0, b"first");
+    net.set(2, None);
+    net.capture = true;
+    cast(&mut net, 0, b"missed by 2");
+    let missed = net.wire().last().unwrap().data.clone();
+    net.set(2, Some(build(2, net.now())));
+    for k in 0..5 {
+        cast(&mut net, 0, format!("later{k}").as_bytes());
+        net.run_for(Duration::from_millis(100));
+    }
+    let before = delivered(&net, 2).len();
+    net.inject(2, missed);
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(delivered(&net, 2).len(), before, "the late replay is not delivered");
+    assert_eq!(dropped(&net, 2, "stale"), 1, "{:?}", encrypt_stats(&net, 2));
+}

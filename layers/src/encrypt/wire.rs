@@ -183,10 +183,8 @@ pub fn seal(key: &SealKey, outer: &Outer, binding: &Binding, inner_kind: u8, par
         buf.extend_from_slice(p);
     }
     let ad = aad(head.as_slice(), binding);
-    let tag = key
-        .cipher
-        .encrypt_in_place_detached(&outer.nonce(), &ad, &mut buf[head.len()..])
-        .expect("XChaCha20-Poly1305 seals any message a datagram can hold");
+    let tag =
+        key.cipher.encrypt_in_place_detached(&outer.nonce(), &ad, &mut buf[head.len()..]).expect("XChaCha20-Poly1305 seals any message a datagram can hold");
     buf.extend_from_slice(&tag);
     buf.freeze()
 }
@@ -238,7 +236,8 @@ pub fn decode_response(body: &[u8]) -> DecodeResult<[u8; NONCE_LEN]> {
 
 pub fn decode_key_request(body: &[u8]) -> DecodeResult<u32> {
     let mut r = Reader::new(body);
-    let id = r.u32()?;
+    // Little-endian, as `Encrypt::request_key` writes it.
+    let id = u32::from_le_bytes(r.array::<4>()?);
     r.finish()?;
     Ok(id)
 }

@@ -53,8 +53,21 @@
 //! incarnation, and [`Outcome::eras`] splits the run at its *total
 //! failures*, the moments when no member is up.
 //!
+//! ## The attacker
+//! With `attack=RATE` an eavesdropper on the wire injects replayed,
+//! damaged and forged datagrams at random running members, and with
+//! `keep_left=true` a member that left keeps running and is fed every later
+//! datagram; [`NetStats::attack`] counts what became of them. See
+//! [`attack`].
+//!
+//! ## Stack strings per member
+//! The text `{i}` in the scenario's stack string is replaced by the
+//! member's index when its stack is built (`identity=/keys/id{i}` gives
+//! each member a file of its own); every member still runs the same layers.
+//!
 //! See `docs/simulator.md` for the scenario line and the environment variables.
 
+pub mod attack;
 pub mod check;
 pub mod net;
 pub mod scenario;
@@ -62,6 +75,7 @@ pub mod workload;
 
 /// The payload format (shared with `strata node`).
 pub use crate::payload;
+pub use attack::{AttackKind, AttackKinds, AttackStats};
 pub use check::Check;
 pub use net::NetStats;
 pub use scenario::{CrashTailMode, Fault, FaultKind, Ranges, Scenario, ScenarioError};
@@ -778,6 +792,10 @@ struct World {
     crash_rng: Rng,
     /// Decides when the applications call `done`.
     done_rng: Rng,
+    /// The eavesdropper, with `attack=` or `keep_left=`.
+    attacker: Option<attack::Attacker>,
+    /// Whether a member that left keeps running (`keep_left=true`).
+    keep_left: bool,
 }
 
 impl World {
@@ -797,18 +815,40 @@ impl World {
                 break;
             }
         }
-        if self.logs[i].left_at.is_some() {
-            self.logs[i].stats = stack.stats();
-            self.logs[i].engine = stack.engine_stats();
-            self.digest.u64(0x1_0200 + i as u64);
-        } else {
-            self.nodes[i] = Some(stack);
+        match self.logs[i].left_at {
+            Some(left_at) if self.keep_left => {
+                if let Some(a) = self.attacker.as_mut().filter(|a| !a.lingering.contains_key(&i)) {
+                    a.lingering.insert(i, a.stats.lingered.len());
+                    let fed = attack::Effects::default();
+                    a.stats.lingered.push(attack::Lingered { member: i, left_at, stats_at_left: stack.stats(), fed: fed.clone(), after_view: fed });
+                    self.digest.u64(0x1_0200 + i as u64);
+                }
+                self.nodes[i] = Some(stack);
+            }
+            Some(_) => {
+                self.logs[i].stats = stack.stats();
+                self.logs[i].engine = stack.engine_stats();
+                self.digest.u64(0x1_0200 + i as u64);
+            }
+            None => self.nodes[i] = Some(stack),
         }
     }
 
     fn transmits(&mut self, now: Instant, i: usize, stack: &mut Stack) {
         while let Some(tx) = stack.poll_transmit() {
             let data = tx.msg.to_bytes();
+            if let Some(a) = self.attacker.as_mut() {
+                let logs = &self.logs;
+                // Point-to-point datagrams to the lingering member itself are meant for it.
+                let to = match tx.dest {
+                    Dest::Member(m) => Some(m.addr()),
+                    Dest::Group => None,
+                };
+                a.capture(i, &data, |j| {
+                    let addr = logs[j].id.addr();
+                    to != Some(addr) && logs[i].last_view().is_some_and(|v| !v.members().iter().any(|m| m.addr() == addr))
+                });
+            }
             self.net.stats.transmits += 1;
             self.digest.u64(0xD0 + i as u64);
             self.digest.u64(now.as_nanos());
@@ -1028,11 +1068,8 @@ impl World {
         let mut config = StackConfig::new(GROUP, id, ids);
         config.seed = scenario.seed;
         config.storage = Arc::new(self.disks[i].clone());
-        let stack = Stack::new(registry, &scenario.stack, config, now).map_err(|error| SimError::Build {
-            member: id,
-            stack: scenario.stack.clone(),
-            error: Box::new(error),
-        })?;
+        let spec = scenario.stack.replace("{i}", &i.to_string());
+        let stack = Stack::new(registry, &spec, config, now).map_err(|error| SimError::Build { member: id, stack: spec.clone(), error: Box::new(error) })?;
         self.nodes[i] = Some(stack);
         Ok(())
     }
@@ -1049,6 +1086,8 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
     // Forked after the others, so that they draw as they did before these existed.
     let crash_rng = master.fork();
     let done_rng = master.fork();
+    let attack_rng = master.fork();
+    let attacker = (scenario.attack > 0.0 || scenario.keep_left).then(|| attack::Attacker::new(attack_rng, scenario.attack, scenario.attack_kinds));
     let mut world = World {
         nodes: Vec::with_capacity(n),
         apps: Vec::with_capacity(n),
@@ -1059,6 +1098,8 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
         disks: (0..n).map(|_| MemStorage::new()).collect(),
         crash_rng,
         done_rng,
+        attacker,
+        keep_left: scenario.keep_left,
     };
     let mut casters = Vec::with_capacity(n);
     for (i, &id) in ids.iter().enumerate() {
@@ -1110,6 +1151,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             world.nodes.iter().filter_map(|s| s.as_ref()?.poll_timeout()).min(),
             casters.iter().filter_map(workload::Caster::due).min(),
             world.next_done(),
+            world.attacker.as_ref().and_then(|a| a.next_due(now)),
         ];
         let limit = end.unwrap_or(hard_end);
         let t = match wakeups.iter().flatten().min() {
@@ -1178,6 +1220,10 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             }
             continue;
         }
+        if world.attacker.as_ref().and_then(|a| a.next_due(now)).is_some_and(|t| t <= now) {
+            attack_step(&mut world, &mut casters, now);
+            continue;
+        }
         if let Some(i) = world.nodes.iter().position(|s| s.as_ref().and_then(Stack::poll_timeout).is_some_and(|d| d <= now)) {
             if let Some(stack) = world.nodes[i].as_mut() {
                 stack.handle_timeout(now);
@@ -1208,7 +1254,58 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             world.logs[i].backpressured += casters[i].parked_attempts_until(now);
         }
     }
-    Ok(Outcome { scenario: scenario.clone(), members: world.logs, net: world.net.stats, quiet_from, end: now, steps, digest: world.digest.0, truncated })
+    let mut net = world.net.stats;
+    if let Some(a) = world.attacker {
+        net.attack = a.stats;
+    }
+    Ok(Outcome { scenario: scenario.clone(), members: world.logs, net, quiet_from, end: now, steps, digest: world.digest.0, truncated })
+}
+
+/// The attacker acts at `now`: hands a waiting copy to a lingering member,
+/// or makes the injection due.
+fn attack_step(world: &mut World, casters: &mut [workload::Caster], now: Instant) {
+    let Some(mut attacker) = world.attacker.take() else { return };
+    if let Some(feed) = attacker.feeds.pop_front() {
+        world.attacker = Some(attacker);
+        if let Some(effect) = handle_foreign(world, casters, now, feed.to, feed.data) {
+            let a = world.attacker.as_mut().expect("put back above");
+            if let Some(l) = a.lingering.get(&feed.to).map(|&n| &mut a.stats.lingered[n]) {
+                l.fed.count(effect);
+                if feed.after_view {
+                    l.after_view.count(effect);
+                }
+            }
+        }
+        return;
+    }
+    let running: Vec<usize> = (0..world.nodes.len()).filter(|&i| world.nodes[i].is_some()).collect();
+    let injection = attacker.inject(now, &running, &world.logs);
+    world.attacker = Some(attacker);
+    let Some(Some(inj)) = injection else { return };
+    world.digest.u64(0x1_0700 + inj.to as u64);
+    world.digest.u64(fnv1a64(&inj.data));
+    let effect = handle_foreign(world, casters, now, inj.to, inj.data);
+    let a = world.attacker.as_mut().expect("put back above");
+    if let Some(effect) = effect {
+        a.stats.kinds[inj.kind as usize].effects.count(effect);
+    }
+    if let Some(stack) = world.nodes[inj.to].as_ref() {
+        attack::record_peaks(&mut a.stats.peaks, &stack.stats());
+    }
+}
+
+/// Hands `data` (not from the network) to member `to`'s stack and drains
+/// it; what the stack did with it, if it is running.
+fn handle_foreign(world: &mut World, casters: &mut [workload::Caster], now: Instant, to: usize, data: Bytes) -> Option<attack::Effect> {
+    let stack = world.nodes[to].as_mut()?;
+    let before = attack::Gauges::of(stack);
+    stack.handle_datagram(now, data);
+    // Judged before the drain: what the datagram itself did, not the
+    // application's reaction to it.
+    let after = attack::Gauges::of(stack);
+    world.logs[to].backpressured += casters[to].wake(now);
+    world.drain(now, to);
+    Some(before.effect(after))
 }
 
 fn cast(world: &mut World, caster: &mut workload::Caster, now: Instant, i: usize) {

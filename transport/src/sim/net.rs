@@ -35,6 +35,8 @@ pub struct NetStats {
     pub unroutable: u64,
     /// Copies handed to a stack.
     pub arrived: u64,
+    /// What the attacker did (`attack=`, `keep_left=`; see [`super::attack`]).
+    pub attack: super::attack::AttackStats,
 }
 
 pub(crate) struct InFlight {

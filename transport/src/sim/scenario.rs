@@ -13,7 +13,11 @@
 //! when they differ from their default, so lines written before they
 //! existed read back unchanged: `fifo=0.2` (the share of casts asking for
 //! `Order::Fifo` only) and `crash_tail=torn` (what a crash leaves of the
-//! unsynced tail of a member's log files, see [`CrashTailMode`]). A
+//! unsynced tail of a member's log files, see [`CrashTailMode`]). So are
+//! the attacker's fields (see [`super::attack`]): `attack=RATE`
+//! (injections per simulated second), `attack_kinds=replay,flip,...` (when
+//! not all kinds) and `keep_left=true` (a member that left keeps running,
+//! fed every later datagram). A
 //! crashed member starts again with `restart(i)@T`:
 //!
 //! ```text
@@ -30,6 +34,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 use strata_stack::Rng;
+
+use super::attack::AttackKinds;
 
 /// One fault, applied at a virtual time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +106,15 @@ pub struct Scenario {
     /// What a crash leaves of the unsynced tail of the member's log files.
     /// Written only when not [`CrashTailMode::Random`].
     pub crash_tail: CrashTailMode,
+    /// Injections per simulated second by the attacker on the wire (see
+    /// [`super::attack`]); 0, the default, is no attacker. Written only when not 0.
+    pub attack: f64,
+    /// The kinds of injection the attacker makes. Written only when not all.
+    pub attack_kinds: AttackKinds,
+    /// Whether a member that left keeps its stack running, fed a copy of
+    /// every later datagram by the eavesdropper (see [`super::attack`]).
+    /// Written only when set.
+    pub keep_left: bool,
 }
 
 /// What a crash does to the bytes a member appended to its log files but
@@ -172,6 +187,9 @@ impl Default for Scenario {
             faults: Vec::new(),
             fifo: 0.0,
             crash_tail: CrashTailMode::Random,
+            attack: 0.0,
+            attack_kinds: AttackKinds::ALL,
+            keep_left: false,
         }
     }
 }
@@ -228,6 +246,12 @@ impl Scenario {
             if !(0.0..=1.0).contains(&p) {
                 return err(format!("{name}={p} is not a probability in 0..=1"));
             }
+        }
+        if !(self.attack.is_finite() && (0.0..=1e6).contains(&self.attack)) {
+            return err(format!("attack={} is not a rate in 0..=1000000 injections per second", self.attack));
+        }
+        if self.attack_kinds.iter().next().is_none() {
+            return err("attack_kinds names no kind");
         }
         if self.delay_us.0 > self.delay_us.1 {
             return err(format!("delay_us={}..{} is an empty range", self.delay_us.0, self.delay_us.1));
@@ -425,6 +449,15 @@ impl fmt::Display for Scenario {
         if self.crash_tail != CrashTailMode::Random {
             write!(f, " crash_tail={}", self.crash_tail)?;
         }
+        if self.attack != 0.0 {
+            write!(f, " attack={}", self.attack)?;
+        }
+        if self.attack_kinds != AttackKinds::ALL {
+            write!(f, " attack_kinds={}", self.attack_kinds)?;
+        }
+        if self.keep_left {
+            write!(f, " keep_left=true")?;
+        }
         Ok(())
     }
 }
@@ -501,12 +534,15 @@ impl FromStr for Scenario {
                 "quiet_ms" => s.quiet_ms = parse_num(&key, &v)?,
                 "fifo" => s.fifo = parse_num(&key, &v)?,
                 "crash_tail" => s.crash_tail = v.parse()?,
+                "attack" => s.attack = parse_num(&key, &v)?,
+                "attack_kinds" => s.attack_kinds = v.parse().map_err(ScenarioError)?,
+                "keep_left" => s.keep_left = parse_num(&key, &v)?,
                 "faults" => {
                     s.faults = if v == "none" || v.is_empty() { Vec::new() } else { split_faults(&v).into_iter().map(str::parse).collect::<Result<_, _>>()? }
                 }
                 _ => {
                     return err(format!(
-                        "unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults fifo crash_tail)"
+                        "unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults fifo crash_tail attack attack_kinds keep_left)"
                     ))
                 }
             }
@@ -982,6 +1018,10 @@ impl Scenario {
         }
         if self.fifo > 0.0 {
             push(Scenario { fifo: 0.0, ..self.clone() });
+        }
+        if self.attack > 0.0 {
+            push(Scenario { attack: 0.0, ..self.clone() });
+            push(Scenario { attack: (self.attack * 500.0).floor() / 1000.0, ..self.clone() });
         }
         out
     }
