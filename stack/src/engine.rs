@@ -263,8 +263,8 @@ impl Stack {
         let resolved = registry.resolve(spec)?;
         let mut layers = Vec::with_capacity(resolved.layers.len());
         for (i, (desc, params)) in resolved.layers.iter().enumerate() {
-            let layer = (desc.build)(params)
-                .map_err(|reason| SpecError::new(SpecErrorKind::Refused { layer: desc.name.into(), reason }, spec, resolved.columns[i]))?;
+            let layer =
+                (desc.build)(params).map_err(|reason| SpecError::new(SpecErrorKind::Refused { layer: desc.name.into(), reason }, spec, resolved.columns[i]))?;
             layers.push((desc.name, layer, (desc.max_header_len)(params)));
         }
         let total: usize = FRAME_HEADER_MAX + layers.iter().map(|l| l.2).sum::<usize>();

@@ -859,6 +859,11 @@ impl Encrypt {
     /// per address.
     fn refuse_sender(&mut self, cx: &mut Context<'_>, from: MemberId, reason: u8, our_id: u32, counter: &'static str) {
         cx.drop_malformed(counter);
+        if self.is_verified_member(from) {
+            // A member this one already talks to: the packet was damaged
+            // or forged in its name; it gets no notice.
+            return;
+        }
         let now = cx.now();
         self.notices_sent.retain(|(_, at)| now.saturating_since(*at) < NOTICE_INTERVAL);
         if self.notices_sent.iter().any(|(a, _)| *a == from.addr()) || self.notices_sent.len() >= MAX_REPORTED {
@@ -869,11 +874,17 @@ impl Encrypt {
         cx.down(Down::Send { to: from, msg: Msg::new(notice(reason, our_id)) });
     }
 
+    /// Whether `from` is in the view and has a verified session here.
+    fn is_verified_member(&self, from: MemberId) -> bool {
+        self.view.contains(&from) && self.peers.iter().any(|((m, _), p)| *m == from && p.verified)
+    }
+
     /// Reports `what` once per (address, reason), and for the first
     /// `MAX_REPORTED` of those only: notices can be forged, and must not
     /// flood the application.
     fn report(&mut self, cx: &mut Context<'_>, addr: SocketAddr, reason: u8, what: String) {
-        if self.reported.contains(&(addr, reason)) || self.reported.len() >= MAX_REPORTED {
+        let about_member = self.view.members().iter().any(|m| m.addr() == addr && self.is_verified_member(*m));
+        if about_member || self.reported.contains(&(addr, reason)) || self.reported.len() >= MAX_REPORTED {
             return;
         }
         self.reported.push_back((addr, reason));
