@@ -298,6 +298,11 @@ pub fn check_safe_lines(me: &str, lines: &[Value], casts: u64, size_of: &dyn Fn(
                 }
                 log.reason = Some(s(l, "reason")?.to_string());
             }
+            // A layer's problem (ENCRYPT's refused join, SAFE's damaged log).
+            "problem" => {
+                s(l, "layer")?;
+                s(l, "what")?;
+            }
             other => return Err(format!("unexpected line `{other}` at {}: {l}", i + 1)),
         }
     }

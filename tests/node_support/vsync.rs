@@ -302,6 +302,11 @@ pub fn check_lines(me: &str, lines: &[Value], casts: u64, size: usize, killed: b
                 }
                 log.reason = Some(s(l, "reason")?.to_string());
             }
+            // A layer's problem (ENCRYPT's refused join, SAFE's damaged log).
+            "problem" => {
+                s(l, "layer")?;
+                s(l, "what")?;
+            }
             other => return Err(format!("unexpected line `{other}` at {}: {l}", i + 1)),
         }
     }
