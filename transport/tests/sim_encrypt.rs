@@ -53,13 +53,12 @@
 //! key files live in `$TMPDIR/strata-sim-encrypt` (rewritten identically by
 //! every run, so that a printed scenario replays).
 
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use std::cell::Cell;
-use std::fmt;
+mod sim_support;
+
+use sim_support::{Checks, Property};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant as WallClock;
 use strata_layers::encrypt::{public_key, to_hex, write_key_file, Secret};
 use strata_stack::Rng;
 use strata_transport::sim::{self, check, AttackKind, AttackKinds, Outcome, Ranges, Scenario};
@@ -278,39 +277,6 @@ fn run_all(s: &Scenario) -> Result<Outcome, String> {
     Ok(o)
 }
 
-#[derive(Clone)]
-struct Arb<const F: u8>(Scenario);
-
-impl<const F: u8> Arb<F> {
-    fn family() -> Family {
-        [Family::Shared, Family::Rotation, Family::AboveNak][usize::from(F)]
-    }
-}
-
-impl<const F: u8> fmt::Debug for Arb<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", sim::replay_line(&self.0))
-    }
-}
-
-impl<const F: u8> Arbitrary for Arb<F> {
-    fn arbitrary(g: &mut Gen) -> Self {
-        Arb(generate(Self::family(), &mut Rng::new(u64::arbitrary(g))))
-    }
-    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
-        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
-        if rounds >= MAX_SHRINK_ROUNDS {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.0.shrink().into_iter().map(Arb))
-    }
-}
-
-thread_local! {
-    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
-    static REPORTED: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Totals over the passing cases, per family: each property must be exercised, not just hold.
 struct Totals {
     reached: [AtomicU64; 6],
@@ -321,36 +287,27 @@ struct Totals {
 static TOTALS: [Totals; 3] =
     [const { Totals { reached: [const { AtomicU64::new(0) }; 6], replays_opened: AtomicU64::new(0), lingered_after_view: AtomicU64::new(0) } }; 3];
 
-fn property<const F: u8>(s: Arb<F>) -> TestResult {
-    match run_all(&s.0) {
-        Ok(o) => {
-            let t = &TOTALS[usize::from(F)];
-            for k in AttackKind::ALL {
-                t.reached[k as usize].fetch_add(o.net.attack.of(k).effects.reached, Ordering::Relaxed);
-            }
-            t.replays_opened.fetch_add(o.net.attack.of(AttackKind::Replay).effects.opened, Ordering::Relaxed);
-            t.lingered_after_view.fetch_add(o.net.attack.lingered.iter().map(|l| l.after_view.reached).sum(), Ordering::Relaxed);
-            TestResult::passed()
-        }
-        Err(msg) => {
-            if !REPORTED.with(|r| r.replace(true)) {
-                eprintln!("first failure, before shrinking:\n{msg}\n");
-            }
-            TestResult::error(msg)
-        }
+const FAMILIES: [Family; 3] = [Family::Shared, Family::Rotation, Family::AboveNak];
+
+/// Runs and judges a scenario of family `F`, adding to its totals.
+fn judge<const F: usize>(s: &Scenario) -> Result<(), String> {
+    let o = run_all(s)?;
+    let t = &TOTALS[F];
+    for k in AttackKind::ALL {
+        t.reached[k as usize].fetch_add(o.net.attack.of(k).effects.reached, Ordering::Relaxed);
     }
+    t.replays_opened.fetch_add(o.net.attack.of(AttackKind::Replay).effects.opened, Ordering::Relaxed);
+    t.lingered_after_view.fetch_add(o.net.attack.lingered.iter().map(|l| l.after_view.reached).sum(), Ordering::Relaxed);
+    Ok(())
 }
 
-fn quickcheck<const F: u8>() -> &'static Totals {
-    let cases = sim::cases_from_env(DEFAULT_CASES);
-    let started = WallClock::now();
-    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property::<F> as fn(Arb<F>) -> TestResult);
-    let t = &TOTALS[usize::from(F)];
+fn quickcheck<const F: usize>() -> &'static Totals {
+    let name = ["Shared", "Rotation", "AboveNak"][F];
+    Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, |rng| generate(FAMILIES[F], rng), judge::<F>).check();
+    let t = &TOTALS[F];
     let reached: Vec<String> = AttackKind::ALL.iter().map(|k| format!("{}={}", k.name(), t.reached[*k as usize].load(Ordering::Relaxed))).collect();
     eprintln!(
-        "{:?}: {cases} scenarios in {:.2?}; injections that reached a stack: {}; replays opened: {}; datagrams fed to members that left, after the view: {}",
-        Arb::<F>::family(),
-        started.elapsed(),
+        "{name}: injections that reached a stack: {}; replays opened: {}; datagrams fed to members that left, after the view: {}",
         reached.join(" "),
         t.replays_opened.load(Ordering::Relaxed),
         t.lingered_after_view.load(Ordering::Relaxed)
@@ -424,18 +381,11 @@ fn a_member_that_left_opens_nothing_of_the_next_views() {
 /// when the variable is unset.
 #[test]
 fn replay_from_env_if_set() {
-    let Some(parsed) = sim::replay_from_env() else {
-        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
-        return;
-    };
     key_dir();
-    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
-    let o = sim::run(&strata_layers::builtin(), &s).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", o.timeline(std::env::var_os("STRATA_SIM_VERBOSE").is_some()));
-    eprintln!("attack: {}", o.net.attack.summary());
-    if let Err(e) = check::run(&o, &check::for_stack(&s.stack)).and_then(|()| encrypt_properties(&o)) {
-        panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary());
-    }
+    sim_support::replay_from_env(Checks::OfStack, |o| {
+        eprintln!("attack: {}", o.net.attack.summary());
+        encrypt_properties(o)
+    });
 }
 
 #[test]

@@ -10,9 +10,9 @@
 //! a failure prints `STRATA_SIM_REPLAY='<scenario>'`, and running this file
 //! with that variable set replays the scenario (see docs/simulator.md).
 
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use std::cell::Cell;
-use std::fmt;
+mod sim_support;
+
+use sim_support::{Checks, Property};
 use std::time::Instant as WallClock;
 use strata_stack::Rng;
 use strata_transport::sim::{self, check, Ranges, Scenario};
@@ -22,70 +22,34 @@ const STACK: &str = "FRAG:NAK";
 /// every sim test to finish well within a minute on two cores.
 const DEFAULT_CASES: u64 = 100;
 
-/// A random scenario for quickcheck; `FAULTS` adds crashes and partitions.
-#[derive(Clone)]
-struct Arb<const FAULTS: bool>(Scenario);
-
-impl<const FAULTS: bool> fmt::Debug for Arb<FAULTS> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", sim::replay_line(&self.0))
-    }
-}
-
-impl<const FAULTS: bool> Arbitrary for Arb<FAULTS> {
-    fn arbitrary(g: &mut Gen) -> Self {
-        let ranges = Ranges { faults: FAULTS, ..Ranges::new(STACK) };
-        Arb(Scenario::generate(&mut Rng::new(u64::arbitrary(g)), &ranges))
-    }
-    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
-        // quickcheck shrinks only failing scenarios; bound the rounds so a
-        // failure is reported within minutes even when each run is slow.
-        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
-        if rounds >= MAX_SHRINK_ROUNDS {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.0.shrink().into_iter().map(Arb))
-    }
-}
-
+/// Shrink rounds after a failure.
 const MAX_SHRINK_ROUNDS: u32 = 40;
-
-thread_local! {
-    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
-    static REPORTED: Cell<bool> = const { Cell::new(false) };
-}
 
 fn registry() -> strata_stack::Registry {
     strata_layers::builtin()
 }
 
-fn property<const FAULTS: bool>(s: Arb<FAULTS>) -> TestResult {
-    match sim::run_checked(&registry(), &s.0, check::RELIABLE_FIFO) {
-        Ok(_) => TestResult::passed(),
-        Err(msg) => {
-            if !REPORTED.with(|r| r.replace(true)) {
-                eprintln!("first failure, before shrinking:\n{msg}\n");
-            }
-            TestResult::error(msg)
-        }
-    }
+/// Every check of a reliable FIFO stack, on scenarios drawn by `generate`.
+fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property {
+    Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim::run_checked(&registry(), s, check::RELIABLE_FIFO).map(drop))
 }
 
-fn quickcheck<const FAULTS: bool>(name: &str) {
-    let cases = sim::cases_from_env(DEFAULT_CASES);
-    let started = WallClock::now();
-    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property::<FAULTS> as fn(Arb<FAULTS>) -> TestResult);
-    eprintln!("{name}: {cases} scenarios in {:.2?}", started.elapsed());
+fn without_faults(rng: &mut Rng) -> Scenario {
+    Scenario::generate(rng, &Ranges { faults: false, ..Ranges::new(STACK) })
+}
+
+fn with_faults(rng: &mut Rng) -> Scenario {
+    Scenario::generate(rng, &Ranges { faults: true, ..Ranges::new(STACK) })
 }
 
 #[test]
 fn frag_nak_delivers_every_cast_once_in_order_intact_and_drains_buffers() {
-    quickcheck::<false>("frag_nak (no faults)");
+    property("frag_nak (no faults)", without_faults).check();
 }
 
 #[test]
 fn frag_nak_stays_safe_under_crashes_and_partitions() {
-    quickcheck::<true>("frag_nak (crashes, partitions)");
+    property("frag_nak (crashes, partitions)", with_faults).check();
 }
 
 /// Hand-picked corners, run every time: the largest payload under heavy
@@ -133,14 +97,12 @@ fn frag_nak_runs_replay_byte_for_byte() {
 /// replay and the test passes after saying so.
 #[test]
 fn replay_from_env_if_set() {
-    let Some(parsed) = sim::replay_from_env() else {
-        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
-        return;
-    };
-    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
-    let started = WallClock::now();
-    match sim::run_checked(&registry(), &s, check::RELIABLE_FIFO) {
-        Ok(o) => eprintln!("replayed in {:.2?}, every check passed: {}", started.elapsed(), o.summary()),
-        Err(e) => panic!("{e}"),
-    }
+    sim_support::replay_from_env(Checks::These(check::RELIABLE_FIFO), |_| Ok(()));
+}
+
+/// The shared property runner reports a failing scenario by its replay line.
+#[test]
+#[should_panic(expected = "STRATA_SIM_REPLAY='seed=")]
+fn a_failing_property_names_its_scenario() {
+    Property::new("always fails", 2, 1, without_faults, |_| Err("judged wrong".into())).check();
 }

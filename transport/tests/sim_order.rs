@@ -30,9 +30,9 @@
 //! checks of its stack and prints every member's timeline
 //! (docs/simulator.md).
 
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use std::cell::Cell;
-use std::fmt;
+mod sim_support;
+
+use sim_support::{Checks, Property};
 use std::time::Instant as WallClock;
 use strata_stack::{LayerDescriptor, Props, Registry, Rng};
 use strata_transport::sim::{self, check, Entry, Outcome, Ranges, Scenario};
@@ -77,84 +77,30 @@ fn generate(family: Family, rng: &mut Rng) -> Scenario {
     }
 }
 
-#[derive(Clone)]
-struct Arb<const F: u8>(Scenario);
-
-impl<const F: u8> Arb<F> {
-    fn family() -> Family {
-        [Family::Causal, Family::Total, Family::Token][usize::from(F)]
-    }
-}
-
-impl<const F: u8> fmt::Debug for Arb<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", sim::replay_line(&self.0))
-    }
-}
-
-impl<const F: u8> Arbitrary for Arb<F> {
-    fn arbitrary(g: &mut Gen) -> Self {
-        Arb(generate(Self::family(), &mut Rng::new(u64::arbitrary(g))))
-    }
-    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
-        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
-        if rounds >= MAX_SHRINK_ROUNDS {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.0.shrink().into_iter().map(Arb))
-    }
-}
-
-thread_local! {
-    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
-    static REPORTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn property<const F: u8>(s: Arb<F>) -> TestResult {
-    match sim::run_checked(&registry(), &s.0, &check::for_stack(&s.0.stack)) {
-        Ok(_) => TestResult::passed(),
-        Err(msg) => {
-            if !REPORTED.with(|r| r.replace(true)) {
-                eprintln!("first failure, before shrinking:\n{msg}\n");
-            }
-            TestResult::error(msg)
-        }
-    }
-}
-
-fn quickcheck<const F: u8>() {
-    let cases = sim::cases_from_env(DEFAULT_CASES);
-    let started = WallClock::now();
-    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property::<F> as fn(Arb<F>) -> TestResult);
-    eprintln!("{:?}: {cases} scenarios in {:.2?}", Arb::<F>::family(), started.elapsed());
+/// Every check of its stack, on scenarios drawn by `generate`.
+fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property {
+    Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim::run_checked(&registry(), s, &check::for_stack(&s.stack)).map(drop))
 }
 
 #[test]
 fn causal_stacks_deliver_in_causal_order_under_faults() {
-    quickcheck::<0>();
+    property("Causal", |rng| generate(Family::Causal, rng)).check();
 }
 
 #[test]
 fn total_stacks_deliver_in_one_order_under_faults() {
-    quickcheck::<1>();
+    property("Total", |rng| generate(Family::Total, rng)).check();
 }
 
 #[test]
 fn token_stacks_deliver_in_one_order_under_faults() {
-    quickcheck::<2>();
+    property("Token", |rng| generate(Family::Token, rng)).check();
 }
 
 /// Runs `line` with the checks of its stack; on failure panics with the
 /// replay line, the failure and every member's timeline.
 fn run_named(name: &str, line: &str) -> Outcome {
-    let s: Scenario = line.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if let Err(e) = check::run(&o, &check::for_stack(&s.stack)) {
-        panic!("{name} failed:\n{}\n{e}\n(run: {})\n{}", sim::replay_line(&s), o.summary(), o.timeline(false));
-    }
-    eprintln!("{name}: ok in {:.2?}: {}", started.elapsed(), o.summary());
-    o
+    sim_support::run_named(name, line, Checks::OfStack, false)
 }
 
 /// `line` with `{stack}` replaced by each totally ordered stack.
@@ -365,18 +311,7 @@ fn for_stack_picks_the_checks_of_each_stack() {
 /// `STRATA_SIM_VERBOSE` is set); passes with a note when the variable is unset.
 #[test]
 fn replay_from_env_if_set() {
-    let Some(parsed) = sim::replay_from_env() else {
-        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
-        return;
-    };
-    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", o.timeline(std::env::var_os("STRATA_SIM_VERBOSE").is_some()));
-    match check::run(&o, &check::for_stack(&s.stack)) {
-        Ok(()) => eprintln!("replayed in {:.2?}, every check passed: {}", started.elapsed(), o.summary()),
-        Err(e) => panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary()),
-    }
+    sim_support::replay_from_env(Checks::OfStack, |_| Ok(()));
 }
 
 /// Histories built by hand, to show that each order check passes a correct

@@ -34,10 +34,9 @@
 //! checks of its stack and prints every member's timeline.
 
 use bytes::Bytes;
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use std::cell::Cell;
-use std::fmt;
-use std::time::Instant as WallClock;
+mod sim_support;
+
+use sim_support::{Checks, Property};
 use strata_stack::{Context, Delivery, Down, LayerDescriptor, LogFile, MemberId, ParamKind, ParamSpec, Props, Registry, Rng, SafeTag, Stats, Up};
 use strata_transport::sim::{self, check, Entry, FaultKind, Outcome, Ranges, Scenario};
 
@@ -124,79 +123,29 @@ fn keeps_the_fault_model(s: &Scenario) -> bool {
     2 * down < up + down
 }
 
-#[derive(Clone)]
-struct Arb<const F: u8>(Scenario);
-
-impl<const F: u8> Arb<F> {
-    fn family() -> Family {
-        [Family::Crashes, Family::TotalFailure][usize::from(F)]
+/// Every check of its stack, on scenarios drawn by `generate`; shrinking
+/// keeps the fault model.
+fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property {
+    Property {
+        keep: keeps_the_fault_model,
+        ..Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim::run_checked(&registry(), s, &check::for_stack(&s.stack)).map(drop))
     }
-}
-
-impl<const F: u8> fmt::Debug for Arb<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", sim::replay_line(&self.0))
-    }
-}
-
-impl<const F: u8> Arbitrary for Arb<F> {
-    fn arbitrary(g: &mut Gen) -> Self {
-        Arb(generate(Self::family(), &mut Rng::new(u64::arbitrary(g))))
-    }
-    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
-        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
-        if rounds >= MAX_SHRINK_ROUNDS {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.0.shrink().into_iter().filter(keeps_the_fault_model).map(Arb))
-    }
-}
-
-thread_local! {
-    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
-    static REPORTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn property<const F: u8>(s: Arb<F>) -> TestResult {
-    match sim::run_checked(&registry(), &s.0, &check::for_stack(&s.0.stack)) {
-        Ok(_) => TestResult::passed(),
-        Err(msg) => {
-            if !REPORTED.with(|r| r.replace(true)) {
-                eprintln!("first failure, before shrinking:\n{msg}\n");
-            }
-            TestResult::error(msg)
-        }
-    }
-}
-
-fn quickcheck<const F: u8>() {
-    let cases = sim::cases_from_env(DEFAULT_CASES);
-    let started = WallClock::now();
-    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property::<F> as fn(Arb<F>) -> TestResult);
-    eprintln!("{:?}: {cases} scenarios in {:.2?}", Arb::<F>::family(), started.elapsed());
 }
 
 #[test]
 fn safe_stacks_deliver_uniformly_in_one_order_under_crashes_and_restarts() {
-    quickcheck::<0>();
+    property("Crashes", |rng| generate(Family::Crashes, rng)).check();
 }
 
 #[test]
 fn safe_stacks_replay_what_they_owe_after_a_total_failure() {
-    quickcheck::<1>();
+    property("TotalFailure", |rng| generate(Family::TotalFailure, rng)).check();
 }
 
 /// Runs `line` with the checks of its stack; on failure panics with the
 /// replay line, the failure and every member's timeline.
 fn run_named(name: &str, line: &str) -> Outcome {
-    let s: Scenario = line.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if let Err(e) = check::run(&o, &check::for_stack(&s.stack)) {
-        panic!("{name} failed:\n{}\n{e}\n(run: {})\n{}", sim::replay_line(&s), o.summary(), o.timeline(true));
-    }
-    eprintln!("{name}: ok in {:.2?}: {}", started.elapsed(), o.summary());
-    o
+    sim_support::run_named(name, line, Checks::OfStack, true)
 }
 
 /// `line` with `{stack}` replaced by a SAFE stack with three acceptors and a
@@ -305,18 +254,7 @@ fn a_total_failure_with_torn_log_tails() {
 /// `STRATA_SIM_VERBOSE` is set); passes with a note when the variable is unset.
 #[test]
 fn replay_from_env_if_set() {
-    let Some(parsed) = sim::replay_from_env() else {
-        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
-        return;
-    };
-    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", o.timeline(std::env::var_os("STRATA_SIM_VERBOSE").is_some()));
-    match check::run(&o, &check::for_stack(&s.stack)) {
-        Ok(()) => eprintln!("replayed in {:.2?}, every check passed: {}", started.elapsed(), o.summary()),
-        Err(e) => panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary()),
-    }
+    sim_support::replay_from_env(Checks::OfStack, |_| Ok(()));
 }
 
 #[test]

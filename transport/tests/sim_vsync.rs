@@ -20,11 +20,10 @@
 //! with that variable set replays the scenario and prints every member's
 //! timeline (see docs/simulator.md).
 
-use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use std::cell::Cell;
-use std::fmt;
+mod sim_support;
+
+use sim_support::{Checks, Property};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant as WallClock;
 use strata_stack::Rng;
 use strata_transport::sim::{self, check, Entry, Outcome, Ranges, Scenario};
 
@@ -43,52 +42,20 @@ fn registry() -> strata_stack::Registry {
     strata_layers::builtin()
 }
 
-#[derive(Clone)]
-struct Arb(Scenario);
-
-impl fmt::Debug for Arb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", sim::replay_line(&self.0))
-    }
-}
-
-impl Arbitrary for Arb {
-    fn arbitrary(g: &mut Gen) -> Self {
-        let stack = if u8::arbitrary(g) % 4 == 0 { MERGE_STACK } else { STACK };
-        Arb(Scenario::generate(&mut Rng::new(u64::arbitrary(g)), &Ranges::vsync(stack)))
-    }
-    fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
-        let rounds = SHRINK_ROUNDS.with(|r| r.replace(r.get() + 1));
-        if rounds >= MAX_SHRINK_ROUNDS {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.0.shrink().into_iter().map(Arb))
-    }
-}
-
-thread_local! {
-    static SHRINK_ROUNDS: Cell<u32> = const { Cell::new(0) };
-    static REPORTED: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Casts of departed senders that NAK relayed during flushes, over every
 /// passing case: the property must exercise that path, not just pass.
 static RELAYED: AtomicU64 = AtomicU64::new(0);
 
-fn property(s: Arb) -> TestResult {
-    match sim::run_checked(&registry(), &s.0, check::VIRTUAL_SYNCHRONY) {
-        Ok(o) => {
-            let recovered: u64 = o.members.iter().filter_map(|m| m.counter("NAK", "recovered")).sum();
-            RELAYED.fetch_add(recovered, Ordering::Relaxed);
-            TestResult::passed()
-        }
-        Err(msg) => {
-            if !REPORTED.with(|r| r.replace(true)) {
-                eprintln!("first failure, before shrinking:\n{msg}\n");
-            }
-            TestResult::error(msg)
-        }
-    }
+fn generate(rng: &mut Rng) -> Scenario {
+    let stack = if rng.below(4) == 0 { MERGE_STACK } else { STACK };
+    Scenario::generate(&mut Rng::new(rng.next_u64()), &Ranges::vsync(stack))
+}
+
+fn judge(s: &Scenario) -> Result<(), String> {
+    let o = sim::run_checked(&registry(), s, check::VIRTUAL_SYNCHRONY)?;
+    let recovered: u64 = o.members.iter().filter_map(|m| m.counter("NAK", "recovered")).sum();
+    RELAYED.fetch_add(recovered, Ordering::Relaxed);
+    Ok(())
 }
 
 #[test]
@@ -111,11 +78,10 @@ fn merge_mode_minority_keeps_working_and_merges_on_heal() {
 
 #[test]
 fn vsync_is_virtually_synchronous_and_live_under_crashes_joins_leaves_and_partitions() {
-    let cases = sim::cases_from_env(DEFAULT_CASES);
-    let started = WallClock::now();
-    QuickCheck::new().tests(cases).max_tests(cases.saturating_mul(4)).quickcheck(property as fn(Arb) -> TestResult);
-    let relayed = RELAYED.load(Ordering::Relaxed);
-    eprintln!("vsync: {cases} scenarios in {:.2?}; {relayed} casts of departed senders relayed", started.elapsed());
+    let property = Property::new("vsync", DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, judge);
+    property.check();
+    let (cases, relayed) = (property.cases(), RELAYED.load(Ordering::Relaxed));
+    eprintln!("vsync: {relayed} casts of departed senders relayed");
     if cases >= 100 {
         assert!(relayed > 0, "no scenario made a member recover a departed sender's casts from a holder");
     }
@@ -124,14 +90,7 @@ fn vsync_is_virtually_synchronous_and_live_under_crashes_joins_leaves_and_partit
 /// Runs `line` with every check; on failure panics with the replay line,
 /// the failure and every member's timeline.
 fn run_named(name: &str, line: &str) -> Outcome {
-    let s: Scenario = line.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if let Err(e) = check::run(&o, check::VIRTUAL_SYNCHRONY) {
-        panic!("{name} failed:\n{}\n{e}\n(run: {})\n{}", sim::replay_line(&s), o.summary(), o.timeline(false));
-    }
-    eprintln!("{name}: ok in {:.2?}: {}", started.elapsed(), o.summary());
-    o
+    sim_support::run_named(name, line, Checks::These(check::VIRTUAL_SYNCHRONY), false)
 }
 
 /// Member `i`'s log.
@@ -286,18 +245,7 @@ fn vsync_runs_replay_byte_for_byte() {
 /// `STRATA_SIM_VERBOSE` is set); passes with a note when the variable is unset.
 #[test]
 fn replay_from_env_if_set() {
-    let Some(parsed) = sim::replay_from_env() else {
-        eprintln!("{} is unset: nothing to replay (set it to a scenario line printed by a failing test)", sim::REPLAY_ENV);
-        return;
-    };
-    let s = parsed.unwrap_or_else(|e| panic!("{}: {e}", sim::REPLAY_ENV));
-    let started = WallClock::now();
-    let o = sim::run(&registry(), &s).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", o.timeline(std::env::var_os("STRATA_SIM_VERBOSE").is_some()));
-    match check::run(&o, check::VIRTUAL_SYNCHRONY) {
-        Ok(()) => eprintln!("replayed in {:.2?}, every check passed: {}", started.elapsed(), o.summary()),
-        Err(e) => panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary()),
-    }
+    sim_support::replay_from_env(Checks::These(check::VIRTUAL_SYNCHRONY), |_| Ok(()));
 }
 
 /// Outcomes built by hand, to show that each membership check catches the
