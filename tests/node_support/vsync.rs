@@ -170,151 +170,199 @@ pub fn check_node(node: &Node, casts: u64, size: usize, killed: bool) -> Result<
     check_lines(&node.addr, &lines, casts, size, killed).map_err(|e| format!("log of {} ({}): {e}", node.addr, node.log.display()))
 }
 
-/// Checks one node's lines against docs/strata-node.md for a membership
-/// stack: start first, stats and stop last (unless killed), `t` in order;
-/// every view holds this node, block and state lines and deliveries name the
-/// current view; each delivery's payload is intact; from each sender, the
-/// deliveries continue exactly where the loaded state (if any) ends and go
-/// on without a gap or duplicate (per-sender FIFO, no loss, exactly once);
-/// own casts are sent in order and delivered after their send line; a view
-/// change that keeps this node starts with a block line naming the old view.
-pub fn check_lines(me: &str, lines: &[Value], casts: u64, size: usize, killed: bool) -> Result<NodeLog, String> {
-    let ev = |l: &Value| l["ev"].as_str().unwrap_or("").to_string();
-    let first = lines.first().ok_or("an empty log")?;
-    if ev(first) != "start" || s(first, "member")? != me {
-        return Err(format!("bad first line {first}"));
+/// The lines every membership log has, read in order: `start` first,
+/// `stats` and `stop` last (unless `killed`), `t` in order; views that
+/// hold this node, each change that keeps it announced by a `block` line
+/// naming the old view; `block` and `state` lines naming the current view;
+/// own `send` lines in order; `problem` lines. What a checker adds
+/// (deliveries, SAFE's replay) it reads in `other`, which is given every
+/// other line and must record each delivery in `delivered_in`.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub me: String,
+    pub views: Vec<ViewLine>,
+    /// For each view in `views` (same index): the ids delivered in it, in order.
+    pub delivered_in: Vec<Vec<String>>,
+    /// The `state` lines' counts, in order.
+    pub states: Vec<BTreeMap<String, u64>>,
+    /// Per sender, the next cast expected (where a loaded state ends, then
+    /// one past the last delivered).
+    pub next_from: BTreeMap<String, u64>,
+    /// Own cast ids with a `send` line so far.
+    pub sent: BTreeSet<String>,
+    pub sends: u64,
+    /// The stop reason (`None` for a killed node).
+    pub reason: Option<String>,
+    /// `t` of the last line.
+    pub last_t: u64,
+}
+
+impl Walk {
+    /// The id of the current view.
+    pub fn current(&self) -> Option<&str> {
+        self.views.last().map(|v| v.id.as_str())
     }
-    let mut log = NodeLog {
-        me: me.to_string(),
-        views: Vec::new(),
-        delivered_in: Vec::new(),
-        delivered: Vec::new(),
-        states: Vec::new(),
-        sends: 0,
-        reason: None,
-        last_t: 0,
-    };
-    let mut t_prev = 0;
-    let mut next_from: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sent: BTreeSet<String> = BTreeSet::new();
-    let mut blocked_in: Option<String> = None;
-    let mut stats_seen = false;
-    for (i, l) in lines.iter().enumerate() {
-        let t = n(l, "t")?;
-        if t < t_prev {
-            return Err(format!("t goes back at {l}"));
+
+    /// Checks that a delivery line names the current view.
+    pub fn check_view_of(&self, l: &Value) -> Result<(), String> {
+        let v = s(l, "view")?;
+        let Some(cur) = self.current() else { return Err(format!("a delivery before any view: {l}")) };
+        if v != cur {
+            return Err(format!("delivery names view {v}, the current view is {cur}: {l}"));
         }
-        t_prev = t;
-        let current = log.views.last().map(|v| v.id.clone());
-        if log.reason.is_some() {
-            return Err(format!("a line after stop: {l}"));
+        Ok(())
+    }
+
+    /// Checks that a cast of `from` numbered `k` continues its sender's
+    /// sequence (FIFO, no loss, no duplicate, continuing the state), is one
+    /// of its `casts`, and, if it is this node's own, was sent first.
+    pub fn check_next_cast(&mut self, from: &str, k: u64, casts: u64, l: &Value) -> Result<(), String> {
+        let expected = self.next_from.entry(from.to_string()).or_insert(0);
+        if k != *expected {
+            return Err(format!("from {from}: expected k={expected} (FIFO, no loss, no duplicate, continuing the state), got {l}"));
         }
-        if stats_seen && ev(l) != "stop" {
-            return Err(format!("a line between stats and stop: {l}"));
+        *expected += 1;
+        if k >= casts {
+            return Err(format!("more than {casts} casts from {from}: {l}"));
         }
-        match ev(l).as_str() {
-            "start" if i == 0 => {}
-            "view" => {
-                let members: Vec<String> =
-                    l["members"].as_array().ok_or("members is not a list")?.iter().map(|m| m.as_str().unwrap_or("").to_string()).collect();
-                if !members.iter().any(|m| m == me) {
-                    return Err(format!("a view without this node: {l}"));
-                }
-                let primary = l["primary"].as_bool().ok_or_else(|| format!("no boolean `primary`: {l}"))?;
-                let id = s(l, "view")?.to_string();
-                if log.views.iter().any(|v| v.id == id) {
-                    return Err(format!("view {id} installed twice: {l}"));
-                }
-                // A change that keeps this node was announced by a block.
-                if let Some(old) = &current {
-                    if blocked_in.as_deref() != Some(old.as_str()) {
-                        return Err(format!("view {id} follows {old} without a block line naming {old}"));
+        if from == self.me && !self.sent.contains(&format!("{from}:{k}")) {
+            return Err(format!("own cast delivered before its send line: {l}"));
+        }
+        Ok(())
+    }
+
+    /// Reads `lines`; see the type's docs.
+    pub fn run(me: &str, lines: &[Value], killed: bool, mut other: impl FnMut(&mut Walk, usize, &Value) -> Result<(), String>) -> Result<Walk, String> {
+        let ev = |l: &Value| l["ev"].as_str().unwrap_or("").to_string();
+        let first = lines.first().ok_or("an empty log")?;
+        if ev(first) != "start" || s(first, "member")? != me {
+            return Err(format!("bad first line {first}"));
+        }
+        let mut w = Walk { me: me.to_string(), ..Walk::default() };
+        let mut blocked_in: Option<String> = None;
+        let mut stats_seen = false;
+        for (i, l) in lines.iter().enumerate() {
+            let t = n(l, "t")?;
+            if t < w.last_t {
+                return Err(format!("t goes back at {l}"));
+            }
+            w.last_t = t;
+            if w.reason.is_some() {
+                return Err(format!("a line after stop: {l}"));
+            }
+            if stats_seen && ev(l) != "stop" {
+                return Err(format!("a line between stats and stop: {l}"));
+            }
+            let current = w.current().map(str::to_string);
+            match ev(l).as_str() {
+                "start" if i == 0 => {}
+                "view" => {
+                    let list = l["members"].as_array().ok_or_else(|| format!("`members` is not a list in {l}"))?;
+                    let members = list
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("`members` holds a non-string in {l}")))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if !members.iter().any(|m| m == me) {
+                        return Err(format!("a view without this node: {l}"));
                     }
+                    let primary = l["primary"].as_bool().ok_or_else(|| format!("no boolean `primary`: {l}"))?;
+                    let id = s(l, "view")?.to_string();
+                    if w.views.iter().any(|v| v.id == id) {
+                        return Err(format!("view {id} installed twice: {l}"));
+                    }
+                    // A change that keeps this node was announced by a block.
+                    if let Some(old) = &current {
+                        if blocked_in.as_deref() != Some(old.as_str()) {
+                            return Err(format!("view {id} follows {old} without a block line naming {old}"));
+                        }
+                    }
+                    blocked_in = None;
+                    w.views.push(ViewLine { t, id, members, primary });
+                    w.delivered_in.push(Vec::new());
                 }
-                blocked_in = None;
-                log.views.push(ViewLine { t, id, members, primary });
-                log.delivered_in.push(Vec::new());
+                "block" => {
+                    let v = s(l, "view")?;
+                    if current.as_deref() != Some(v) {
+                        return Err(format!("block names {v}, the current view is {current:?}: {l}"));
+                    }
+                    blocked_in = Some(v.to_string());
+                }
+                "state" => {
+                    let v = s(l, "view")?;
+                    if current.as_deref() != Some(v) {
+                        return Err(format!("state names {v}, the current view is {current:?}: {l}"));
+                    }
+                    let counts: BTreeMap<String, u64> = serde_json::from_value(l["counts"].clone()).map_err(|e| format!("bad counts ({e}): {l}"))?;
+                    for (m, c) in &counts {
+                        let next = w.next_from.entry(m.clone()).or_insert(0);
+                        *next = (*next).max(*c);
+                    }
+                    w.states.push(counts);
+                }
+                "send" => {
+                    let id = s(l, "id")?;
+                    if id != format!("{me}:{}", w.sends) {
+                        return Err(format!("send {} expected, found {l}", w.sends));
+                    }
+                    w.sent.insert(id.to_string());
+                    w.sends += 1;
+                }
+                "stats" if !killed => stats_seen = true,
+                "stop" if !killed && stats_seen => {
+                    let delivered: usize = w.delivered_in.iter().map(Vec::len).sum();
+                    if n(l, "delivered")? != delivered as u64 {
+                        return Err(format!("stop says {} delivered, the log has {delivered}", n(l, "delivered")?));
+                    }
+                    w.reason = Some(s(l, "reason")?.to_string());
+                }
+                // A layer's problem (ENCRYPT's refused join, SAFE's damaged log).
+                "problem" => {
+                    s(l, "layer")?;
+                    s(l, "what")?;
+                }
+                "deliver" if w.views.is_empty() => return Err(format!("a delivery before any view: {l}")),
+                _ => other(&mut w, i, l)?,
             }
-            "block" => {
-                let v = s(l, "view")?;
-                if current.as_deref() != Some(v) {
-                    return Err(format!("block names {v}, the current view is {current:?}: {l}"));
-                }
-                blocked_in = Some(v.to_string());
-            }
-            "state" => {
-                let v = s(l, "view")?;
-                if current.as_deref() != Some(v) {
-                    return Err(format!("state names {v}, the current view is {current:?}: {l}"));
-                }
-                let counts: BTreeMap<String, u64> = serde_json::from_value(l["counts"].clone()).map_err(|e| format!("bad counts ({e}): {l}"))?;
-                for (m, c) in &counts {
-                    let next = next_from.entry(m.clone()).or_insert(0);
-                    *next = (*next).max(*c);
-                }
-                log.states.push(counts);
-            }
-            "send" => {
-                let id = s(l, "id")?;
-                if id != format!("{me}:{}", log.sends) {
-                    return Err(format!("send {} expected, found {l}", log.sends));
-                }
-                sent.insert(id.to_string());
-                log.sends += 1;
-            }
-            "deliver" => {
-                let id = s(l, "id")?.to_string();
-                let from = s(l, "from")?;
-                let (member, k) = payload::split_id(&id).ok_or_else(|| format!("id does not parse: {l}"))?;
-                if member != from {
-                    return Err(format!("id names another sender than `from`: {l}"));
-                }
-                let v = s(l, "view")?;
-                let Some(cur) = &current else { return Err(format!("a delivery before any view: {l}")) };
-                if v != cur {
-                    return Err(format!("delivery names view {v}, the current view is {cur}: {l}"));
-                }
-                if !log.views.last().is_some_and(|v| v.members.iter().any(|m| m == from)) {
-                    return Err(format!("a delivery from a member of another view: {l}"));
-                }
-                let expected = next_from.entry(from.to_string()).or_insert(0);
-                if k != *expected {
-                    return Err(format!("from {from}: expected k={expected} (FIFO, no loss, no duplicate, continuing the state), got {l}"));
-                }
-                *expected += 1;
-                if k >= casts {
-                    return Err(format!("more than {casts} casts from {from}: {l}"));
-                }
-                let body = payload::make(member, k, size);
-                if n(l, "len")? != body.len() as u64 || s(l, "fnv")? != format!("{:016x}", fnv1a64(&body)) {
-                    return Err(format!("len or fnv does not match the payload: {l}"));
-                }
-                if member == me && !sent.contains(&id) {
-                    return Err(format!("own cast delivered before its send line: {l}"));
-                }
-                log.delivered_in.last_mut().expect("a view").push(id.clone());
-                log.delivered.push(id);
-            }
-            "stats" if !killed => stats_seen = true,
-            "stop" if !killed && stats_seen => {
-                if n(l, "delivered")? != log.delivered.len() as u64 {
-                    return Err(format!("stop says {} delivered, the log has {}", n(l, "delivered")?, log.delivered.len()));
-                }
-                log.reason = Some(s(l, "reason")?.to_string());
-            }
-            // A layer's problem (ENCRYPT's refused join, SAFE's damaged log).
-            "problem" => {
-                s(l, "layer")?;
-                s(l, "what")?;
-            }
-            other => return Err(format!("unexpected line `{other}` at {}: {l}", i + 1)),
         }
+        if !killed && w.reason.is_none() {
+            return Err("no stats and stop at the end".into());
+        }
+        Ok(w)
     }
-    if !killed && log.reason.is_none() {
-        return Err("no stats and stop at the end".into());
-    }
-    log.last_t = t_prev;
-    Ok(log)
+}
+
+/// Checks one node's lines against docs/strata-node.md for a membership
+/// stack: the lines every membership log has ([`Walk`]), and deliveries
+/// that name the current view and a sender in it, carry an intact payload,
+/// and continue each sender's casts exactly where the loaded state (if
+/// any) ends, without a gap or duplicate (per-sender FIFO, no loss,
+/// exactly once), own casts after their send line.
+pub fn check_lines(me: &str, lines: &[Value], casts: u64, size: usize, killed: bool) -> Result<NodeLog, String> {
+    let mut delivered = Vec::new();
+    let w = Walk::run(me, lines, killed, |w, i, l| {
+        if l["ev"].as_str() != Some("deliver") {
+            return Err(format!("unexpected line `{}` at {}: {l}", l["ev"], i + 1));
+        }
+        let id = s(l, "id")?.to_string();
+        let from = s(l, "from")?;
+        let (member, k) = payload::split_id(&id).ok_or_else(|| format!("id does not parse: {l}"))?;
+        if member != from {
+            return Err(format!("id names another sender than `from`: {l}"));
+        }
+        w.check_view_of(l)?;
+        if !w.views.last().is_some_and(|v| v.members.iter().any(|m| m == from)) {
+            return Err(format!("a delivery from a member of another view: {l}"));
+        }
+        w.check_next_cast(from, k, casts, l)?;
+        let body = payload::make(member, k, size);
+        if n(l, "len")? != body.len() as u64 || s(l, "fnv")? != format!("{:016x}", fnv1a64(&body)) {
+            return Err(format!("len or fnv does not match the payload: {l}"));
+        }
+        w.delivered_in.last_mut().expect("a view").push(id.clone());
+        delivered.push(id);
+        Ok(())
+    })?;
+    Ok(NodeLog { me: w.me, views: w.views, delivered_in: w.delivered_in, delivered, states: w.states, sends: w.sends, reason: w.reason, last_t: w.last_t })
 }
 
 /// Views with the same id have the same members (in the same rank order)
