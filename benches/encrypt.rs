@@ -146,14 +146,9 @@ impl Pair {
 
     /// Casts `body` at member `i`, letting the network run while its send window is closed.
     fn cast(&mut self, i: usize, body: Bytes) {
-        for _ in 0..10_000 {
-            let now = self.net.now();
-            if self.net.stack_mut(i).expect("alive").cast(now, body.clone()).is_ok() {
-                return;
-            }
-            self.net.run_for(TICK);
+        if let Err(e) = self.net.cast_when_open(i, body, TICK, 10_000) {
+            panic!("member {i} refused casts for 1 s of virtual time: {e}");
         }
-        panic!("member {i} refused casts for 1 s of virtual time");
     }
 
     /// Runs, timer by timer, until each member delivered its `target`.

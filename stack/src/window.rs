@@ -1,6 +1,18 @@
 //! The send window a layer closes when it holds too much.
 
 use crate::context::Context;
+use crate::layer::{ParamKind, ParamSpec};
+
+/// The `max_pending` parameter of a layer that holds undelivered casts
+/// behind a [`SendWindow`] (TOTAL, SAFE): it closes at this many and
+/// reopens at three quarters ([`SendWindow::reopening_at_three_quarters`]).
+pub const MAX_PENDING: ParamSpec = ParamSpec {
+    name: "max_pending",
+    kind: ParamKind::U64 { min: 1, max: 10_000_000 },
+    default: "10000",
+    doc: "undelivered casts held before this member's send window closes (it reopens at three quarters)",
+    wire: false,
+};
 
 /// A send window with hysteresis: it closes ([`Context::set_backpressure`])
 /// when what a layer holds reaches `limit`, and reopens only once that has
@@ -16,6 +28,12 @@ impl SendWindow {
     /// An open window that closes at `limit` and reopens at `reopen_at`.
     pub fn new(limit: usize, reopen_at: usize) -> Self {
         SendWindow { limit, reopen_at, closed: false }
+    }
+
+    /// A window that closes at `limit` and reopens at three quarters of it
+    /// (rounded down to a multiple of three), as [`MAX_PENDING`] says.
+    pub fn reopening_at_three_quarters(limit: usize) -> Self {
+        SendWindow::new(limit, limit / 4 * 3)
     }
 
     /// Records that the layer now holds `level`, closing or reopening the

@@ -181,13 +181,7 @@ pub const SAFE: LayerDescriptor = LayerDescriptor {
             doc: "most time a cast waits at the leader before it is proposed",
             wire: false,
         },
-        ParamSpec {
-            name: "max_pending",
-            kind: ParamKind::U64 { min: 1, max: 10_000_000 },
-            default: "10000",
-            doc: "undelivered casts held before this member's send window closes (it reopens at three quarters)",
-            wire: false,
-        },
+        strata_stack::window::MAX_PENDING,
         ParamSpec {
             name: "recover_ms",
             kind: ParamKind::U64 { min: 0, max: 600_000 },
@@ -495,7 +489,7 @@ impl Safe {
             log_records: 0,
             log_failed: false,
             replay_announced: false,
-            window: SendWindow::new(p.u64("max_pending") as usize, p.u64("max_pending") as usize / 4 * 3),
+            window: SendWindow::reopening_at_three_quarters(p.u64("max_pending") as usize),
             stats: Counters::default(),
         }
     }

@@ -8,7 +8,7 @@
 //! durable delivery. Loss, delay and partitions are the simulator's
 //! business (`strata_transport::sim`).
 
-use crate::engine::{Dest, Stack};
+use crate::engine::{Dest, Refused, Stack};
 use crate::event::{AppEvent, Delivery};
 use crate::time::Instant;
 use std::net::SocketAddr;
@@ -172,6 +172,21 @@ impl LoopNet {
                 return;
             }
         }
+    }
+
+    /// Casts `body` at member `i`. While its send window is closed
+    /// ([`Refused::Backpressure`]), runs the network for `tick` and tries
+    /// again, `tries` times at most.
+    pub fn cast_when_open(&mut self, i: usize, body: bytes::Bytes, tick: Duration, tries: u32) -> Result<(), Refused> {
+        for _ in 0..tries {
+            let now = self.now;
+            let Some(stack) = self.slots[i].stack.as_mut() else { panic!("casting at member {i}, which crashed") };
+            match stack.cast(now, body.clone()) {
+                Err(Refused::Backpressure) => self.run_for(tick),
+                result => return result,
+            }
+        }
+        Err(Refused::Backpressure)
     }
 
     /// Every datagram sent since `capture` was turned on, in order.

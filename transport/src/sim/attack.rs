@@ -560,20 +560,7 @@ mod tests {
 
     #[test]
     fn injections_follow_the_rate_and_build_frames_that_parse_or_are_cut() {
-        let logs: Vec<MemberLog> = (0..3u16)
-            .map(|i| MemberLog {
-                id: MemberId::sim(i),
-                name: MemberId::sim(i).to_string(),
-                started_at: Some(Instant::ZERO),
-                crashed_at: None,
-                left_at: None,
-                casts: Vec::new(),
-                backpressured: 0,
-                log: Vec::new(),
-                stats: Vec::new(),
-                engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
-            })
-            .collect();
+        let logs: Vec<MemberLog> = (0..3u16).map(|i| MemberLog { started_at: Some(Instant::ZERO), ..MemberLog::new(MemberId::sim(i)) }).collect();
         let mut frame = Writer::new();
         frame.u8(FRAME_MAGIC).u8(1).u32(7).u32(9);
         MemberId::sim(0).encode(&mut frame);

@@ -326,7 +326,39 @@ pub struct MemberLog {
     pub engine: LayerStats,
 }
 
+/// The message ids a member knows at the end of `log`: every one it
+/// delivered, where a completed state load replaces what came before.
+fn knowledge(log: &[Entry]) -> BTreeSet<MsgId> {
+    let mut known = BTreeSet::new();
+    for e in log {
+        match e {
+            Entry::Deliver(Delivered { id: Some(id), .. }) => {
+                known.insert(id.clone());
+            }
+            Entry::StateLoaded { known: loaded, .. } => known = (**loaded).clone(),
+            _ => {}
+        }
+    }
+    known
+}
+
 impl MemberLog {
+    /// The log of member `id` before it starts.
+    pub fn new(id: MemberId) -> MemberLog {
+        MemberLog {
+            id,
+            name: id.to_string(),
+            started_at: None,
+            crashed_at: None,
+            left_at: None,
+            casts: Vec::new(),
+            backpressured: 0,
+            log: Vec::new(),
+            stats: Vec::new(),
+            engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
+        }
+    }
+
     /// The delivered messages, in order.
     pub fn deliveries(&self) -> impl Iterator<Item = &Delivered> {
         self.log.iter().filter_map(|e| match e {
@@ -357,17 +389,7 @@ impl MemberLog {
     /// Its knowledge at the end of its log: every message id it delivered,
     /// where a completed state load replaces what came before.
     pub fn knowledge(&self) -> BTreeSet<MsgId> {
-        let mut known = BTreeSet::new();
-        for e in &self.log {
-            match e {
-                Entry::Deliver(Delivered { id: Some(id), .. }) => {
-                    known.insert(id.clone());
-                }
-                Entry::StateLoaded { known: loaded, .. } => known = (**loaded).clone(),
-                _ => {}
-            }
-        }
-        known
+        knowledge(&self.log)
     }
 
     /// Counter `counter` of the layer named `layer`, if both exist.
@@ -435,17 +457,7 @@ impl<'a> Life<'a> {
     /// Its knowledge at the end (see [`MemberLog::knowledge`]): a
     /// restarted application starts with none.
     pub fn knowledge(&self) -> BTreeSet<MsgId> {
-        let mut known = BTreeSet::new();
-        for e in self.log {
-            match e {
-                Entry::Deliver(Delivered { id: Some(id), .. }) => {
-                    known.insert(id.clone());
-                }
-                Entry::StateLoaded { known: loaded, .. } => known = (**loaded).clone(),
-                _ => {}
-            }
-        }
-        known
+        knowledge(self.log)
     }
 
     /// Whether it was still loading state at its end (a `StateBegin`
@@ -1103,19 +1115,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
     };
     let mut casters = Vec::with_capacity(n);
     for (i, &id) in ids.iter().enumerate() {
-        let empty = LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() };
-        world.logs.push(MemberLog {
-            id,
-            name: id.to_string(),
-            started_at: None,
-            crashed_at: None,
-            left_at: None,
-            casts: Vec::new(),
-            backpressured: 0,
-            log: Vec::new(),
-            stats: Vec::new(),
-            engine: empty,
-        });
+        world.logs.push(MemberLog::new(id));
         world.nodes.push(None);
         world.apps.push(App::default());
         let start = Instant::ZERO + scenario.join_time(i as u16).unwrap_or_default();

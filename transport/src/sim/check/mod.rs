@@ -179,24 +179,40 @@ fn per_era(o: &Outcome, check: fn(&Outcome) -> Result<(), String>) -> Result<(),
 /// the same view.
 pub fn without_durable_deliveries_in_failed_views(o: &Outcome) -> Outcome {
     let mut out = o.clone();
-    for (m, copy) in o.members.iter().zip(out.members.iter_mut()) {
-        let epochs = epochs(o, m);
-        let failed: Vec<bool> = (0..epochs.len())
-            .map(|e| match epochs.get(e + 1) {
-                Some(next) => !next.view.is_primary() || next.joined,
-                None => m.crashed_at.is_some(),
-            })
-            .collect();
-        let mut epoch: Option<usize> = None;
+    for (i, copy) in out.members.iter_mut().enumerate() {
+        let failed = in_failed_views(o, i);
+        let mut position = 0;
         copy.log.retain(|e| {
-            if let Entry::View { .. } = e {
-                epoch = Some(epoch.map_or(0, |x| x + 1));
-            }
-            let in_failed = epoch.is_some_and(|x| failed[x]);
+            let in_failed = failed[position];
+            position += 1;
             !(in_failed && matches!(e, Entry::Deliver(d) if matches!(d.kind, Delivery::Safe { .. })))
         });
     }
     out
+}
+
+/// For each entry of member `i`'s log, whether it lies in a view the
+/// member failed out of: a view followed by a non-primary one or by one it
+/// joined afresh, or its last view if it crashed.
+pub(crate) fn in_failed_views(o: &Outcome, i: usize) -> Vec<bool> {
+    let m = &o.members[i];
+    let epochs = epochs(o, m);
+    let failed: Vec<bool> = (0..epochs.len())
+        .map(|e| match epochs.get(e + 1) {
+            Some(next) => !next.view.is_primary() || next.joined,
+            None => m.crashed_at.is_some(),
+        })
+        .collect();
+    let mut epoch: Option<usize> = None;
+    m.log
+        .iter()
+        .map(|e| {
+            if let Entry::View { .. } = e {
+                epoch = Some(epoch.map_or(0, |x| x + 1));
+            }
+            epoch.is_some_and(|x| failed[x])
+        })
+        .collect()
 }
 
 /// The casts delivered somewhere as plain casts (`Delivery::Cast`): on a

@@ -35,7 +35,7 @@
 
 use super::causal_order::Exempt;
 use super::numbering::{Delivery, Numbering};
-use crate::sim::{Entry, Outcome};
+use crate::sim::Outcome;
 
 /// Checks total order over every pair of members, leaving out what a
 /// member delivered in a view it failed out of; no cast is exempt.
@@ -54,34 +54,12 @@ pub fn check_except(o: &Outcome, exempt: Exempt<'_>) -> Result<(), String> {
     compare(o, exempt, true)
 }
 
-/// Member `i`'s log positions that lie in a view it failed out of (see the module doc).
-fn in_failed_views(o: &Outcome, i: usize) -> Vec<bool> {
-    let m = &o.members[i];
-    let epochs = super::epochs(o, m);
-    let failed: Vec<bool> = (0..epochs.len())
-        .map(|e| match epochs.get(e + 1) {
-            Some(next) => !next.view.is_primary() || next.joined,
-            None => m.crashed_at.is_some(),
-        })
-        .collect();
-    let mut epoch: Option<usize> = None;
-    m.log
-        .iter()
-        .map(|e| {
-            if let Entry::View { .. } = e {
-                epoch = Some(epoch.map_or(0, |x| x + 1));
-            }
-            epoch.is_some_and(|x| failed[x])
-        })
-        .collect()
-}
-
 fn compare(o: &Outcome, exempt: Exempt<'_>, non_uniform: bool) -> Result<(), String> {
     let num = Numbering::new(o);
     let n = num.members();
     let orders: Vec<Vec<Delivery>> = (0..n)
         .map(|i| {
-            let failed = if non_uniform { in_failed_views(o, i) } else { Vec::new() };
+            let failed = if non_uniform { super::in_failed_views(o, i) } else { Vec::new() };
             num.deliveries(o, i)
                 .into_iter()
                 .filter(|d| {
