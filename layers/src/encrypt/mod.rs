@@ -207,6 +207,9 @@ pub struct Encrypt {
     peers: HashMap<(MemberId, Session), Peer>,
     /// Sealed packets waiting for the sender key they name (rotation).
     awaiting_key: VecDeque<AwaitingKey>,
+    /// Plaintexts of own casts and sends to self, by counter, until the
+    /// engine loops them back.
+    loopback: VecDeque<(u64, Msg)>,
     held_count: usize,
     held_bytes: usize,
     /// The last view passed down (the initial one until then): its members
@@ -257,6 +260,37 @@ struct Rotation {
     requests: HashMap<(MemberId, u32), u32>,
 }
 
+impl Rotation {
+    /// The pairwise key with identity `peer`, computed once.
+    fn pair_key(&mut self, peer: PubKey) -> &SealKey {
+        let (secret, public) = (&self.secret, self.public);
+        self.pair_keys.entry(peer).or_insert_with(|| {
+            let shared = secret.diffie_hellman(&PublicKey::from(peer));
+            let (lo, hi) = if public <= peer { (public, peer) } else { (peer, public) };
+            let mut ikm = Zeroizing::new([0u8; 96]);
+            ikm[..32].copy_from_slice(shared.as_bytes());
+            ikm[32..64].copy_from_slice(&lo);
+            ikm[64..].copy_from_slice(&hi);
+            SealKey::new(derive(ikm.as_ref(), "pair", ""))
+        })
+    }
+}
+
+/// Which key seals or opens a packet (resolved by [`Encrypt::key`]).
+#[derive(Copy, Clone)]
+enum KeyRef {
+    /// The pre-shared group key.
+    Shared,
+    /// This member's current sender key.
+    Own,
+    /// The admission key.
+    Admit,
+    /// Member `.0`'s sender key with id `.1`.
+    Peer(MemberId, u32),
+    /// The pairwise key with this identity.
+    Pair(PubKey),
+}
+
 struct OwnKey {
     key: SealKey,
     raw: Zeroizing<[u8; 32]>,
@@ -305,6 +339,7 @@ impl Encrypt {
             mode: Mode::Shared(SealKey::new([0; 32])),
             peers: HashMap::new(),
             awaiting_key: VecDeque::new(),
+            loopback: VecDeque::new(),
             held_count: 0,
             held_bytes: 0,
             view: View::initial(vec![MemberId::sim(0)]).expect("a one-member view is valid"),
@@ -387,11 +422,6 @@ impl Encrypt {
 
     // ----- sealing -----
 
-    fn next_outer(&mut self, kind: u8, key_id: u32, sender_pub: Option<PubKey>) -> Outer {
-        self.counter += 1;
-        Outer { kind, key_id, sender_pub, session: self.session, counter: self.counter }
-    }
-
     fn binding(cx: &Context<'_>, dest: Dest) -> Binding {
         match dest {
             Dest::Cast => Binding::cast(cx.local()),
@@ -404,69 +434,57 @@ impl Encrypt {
     /// member's sender key for data to its view, the pairwise key for a
     /// destination whose identity is proven, the admission key otherwise.
     fn seal(&mut self, cx: &Context<'_>, dest: Dest, inner: u8, parts: &[&[u8]]) -> Bytes {
-        enum Choice {
-            Shared,
-            Own,
-            Pair(PubKey),
-            Admit,
-        }
-        let binding = Self::binding(cx, dest);
         let in_view = match dest {
             Dest::Cast => true,
             Dest::To(to) => to == cx.local() || self.view.contains(&to),
         };
-        let (choice, kind, key_id, sender_pub) = match &self.mode {
-            Mode::Shared(key) => (Choice::Shared, SEALED_GROUP, key.id, None),
+        let (key, kind, sender_pub) = match &self.mode {
+            Mode::Shared(_) => (KeyRef::Shared, SEALED_GROUP, None),
             Mode::Rotating(rot) => {
                 let peer_pub = match dest {
                     Dest::To(to) => rot.member_pub.get(&to).copied(),
                     Dest::Cast => None,
                 };
-                match (in_view && inner == DATA, rot.own.first(), peer_pub) {
-                    (true, Some(own), _) => (Choice::Own, SEALED_GROUP, own.key.id, None),
-                    (_, _, Some(p)) => (Choice::Pair(p), SEALED_PAIR, 0, Some(rot.public)),
-                    _ => (Choice::Admit, SEALED_ADMIT, rot.admit.id, Some(rot.public)),
+                match (in_view && inner == DATA, peer_pub) {
+                    (true, _) => (KeyRef::Own, SEALED_GROUP, None),
+                    (false, Some(p)) => (KeyRef::Pair(p), SEALED_PAIR, Some(rot.public)),
+                    (false, None) => (KeyRef::Admit, SEALED_ADMIT, Some(rot.public)),
                 }
             }
         };
-        let outer = self.next_outer(kind, key_id, sender_pub);
-        let key = match (choice, &self.mode) {
-            (Choice::Shared, Mode::Shared(key)) => key,
-            (Choice::Own, Mode::Rotating(rot)) => &rot.own[0].key,
-            (Choice::Admit, Mode::Rotating(rot)) => &rot.admit,
-            (Choice::Pair(p), Mode::Rotating(_)) => self.pair_key(p),
-            _ => unreachable!("the choice follows the mode"),
-        };
-        let sealed = seal(key, &outer, &binding, inner, parts);
+        self.seal_with(key, kind, sender_pub, Self::binding(cx, dest), inner, parts)
+    }
+
+    /// Seals `inner ‖ parts` with `key` under a fresh counter.
+    fn seal_with(&mut self, key: KeyRef, kind: u8, sender_pub: Option<PubKey>, binding: Binding, inner: u8, parts: &[&[u8]]) -> Bytes {
+        self.counter += 1;
+        let (session, counter) = (self.session, self.counter);
+        let key = self.key(key).expect("a member holds every key it seals with");
+        // Pairwise packets name the key by the sender's public key instead.
+        let key_id = if kind == SEALED_PAIR { 0 } else { key.id };
+        let sealed = seal(key, &Outer { kind, key_id, sender_pub, session, counter }, &binding, inner, parts);
         self.n.sealed += 1;
         self.n.bytes_sealed += sealed.len() as u64;
         sealed
     }
 
-    /// The pairwise key with identity `peer` (rotation mode), computed once.
-    fn pair_key(&mut self, peer: PubKey) -> &SealKey {
-        let Mode::Rotating(rot) = &mut self.mode else { unreachable!("pairwise keys exist in rotation mode only") };
-        let (secret, public) = (&rot.secret, rot.public);
-        rot.pair_keys.entry(peer).or_insert_with(|| {
-            let shared = secret.diffie_hellman(&PublicKey::from(peer));
-            let (lo, hi) = if public <= peer { (public, peer) } else { (peer, public) };
-            let mut ikm = Zeroizing::new([0u8; 96]);
-            ikm[..32].copy_from_slice(shared.as_bytes());
-            ikm[32..64].copy_from_slice(&lo);
-            ikm[64..].copy_from_slice(&hi);
-            SealKey::new(derive(ikm.as_ref(), "pair", ""))
-        })
+    /// The key `r` names, if this member holds it.
+    fn key(&mut self, r: KeyRef) -> Option<&SealKey> {
+        match (&mut self.mode, r) {
+            (Mode::Shared(key), KeyRef::Shared) => Some(key),
+            (Mode::Rotating(rot), KeyRef::Own) => rot.own.first().map(|k| &k.key),
+            (Mode::Rotating(rot), KeyRef::Admit) => Some(&rot.admit),
+            (Mode::Rotating(rot), KeyRef::Peer(m, id)) => rot.peer_keys.get(&(m, id)).map(|(k, _)| k),
+            (Mode::Rotating(rot), KeyRef::Pair(p)) => Some(rot.pair_key(p)),
+            _ => None,
+        }
     }
 
     /// Seals a control message to `to` with the pairwise key of identity `public`.
     fn seal_pair(&mut self, cx: &mut Context<'_>, to: MemberId, public: PubKey, inner: u8, parts: &[&[u8]]) {
         let Mode::Rotating(rot) = &self.mode else { return };
         let own_pub = rot.public;
-        let outer = self.next_outer(SEALED_PAIR, 0, Some(own_pub));
-        let binding = Binding::send(cx.local(), to.addr());
-        let sealed = seal(self.pair_key(public), &outer, &binding, inner, parts);
-        self.n.sealed += 1;
-        self.n.bytes_sealed += sealed.len() as u64;
+        let sealed = self.seal_with(KeyRef::Pair(public), SEALED_PAIR, Some(own_pub), Binding::send(cx.local(), to.addr()), inner, parts);
         cx.down(Down::Send { to, msg: Msg::new(sealed) });
     }
 
@@ -489,9 +507,31 @@ impl Encrypt {
         let mut out = Msg::new(sealed);
         *out.flags_mut() = msg.flags();
         out.set_tag(msg.tag());
+        // The engine loops casts (and sends to self) back up: keep the
+        // plaintext for that copy rather than open what was just sealed.
+        if matches!(dest, Dest::Cast) || matches!(dest, Dest::To(to) if to == cx.local()) {
+            self.loopback.push_back((self.counter, msg));
+        }
         match dest {
             Dest::Cast => cx.down(Down::Cast(out)),
             Dest::To(to) => cx.down(Down::Send { to, msg: out }),
+        }
+    }
+
+    /// The engine's loopback of this member's own packet `counter` (frames
+    /// from the network that claim this member as sender are dropped
+    /// before any layer): the plaintext kept when it was sealed.
+    fn loop_back(&mut self, cx: &mut Context<'_>, cast: bool, counter: u64) {
+        // Loopbacks come in the order of sealing; older entries were lost below.
+        while self.loopback.front().is_some_and(|(c, _)| *c < counter) {
+            self.loopback.pop_front();
+        }
+        match self.loopback.front() {
+            Some((c, _)) if *c == counter => {
+                let (_, msg) = self.loopback.pop_front().expect("just seen");
+                cx.up(if cast { Up::Cast { from: cx.local(), msg } } else { Up::Send { from: cx.local(), msg } });
+            }
+            _ => cx.drop_malformed("unknown_loopback"),
         }
     }
 
@@ -512,30 +552,20 @@ impl Encrypt {
         if packet.len() < outer_len + 1 + TAG_LEN {
             return cx.drop_malformed("truncated");
         }
-        let own = from == cx.local();
+        if from == cx.local() {
+            return self.loop_back(cx, cast, outer.counter);
+        }
         // A counter this session already used is refused before any work.
-        if !own {
-            if let Some(peer) = self.peers.get(&(from, outer.session)) {
-                if let Err(refusal) = peer.window.check(outer.counter) {
-                    return cx.drop_malformed(refusal_reason(refusal));
-                }
+        if let Some(peer) = self.peers.get(&(from, outer.session)) {
+            if let Err(refusal) = peer.window.check(outer.counter) {
+                return cx.drop_malformed(refusal_reason(refusal));
             }
         }
         let binding = if cast { Binding::cast(from) } else { Binding::send(from, cx.local().addr()) };
-        let opened = match self.key_for(cx, from, cast, &outer, &packet) {
-            Some(key) => open(key, &outer, outer_len, &packet, &binding),
-            None => return,
-        };
-        let Some((inner, body)) = opened else { return cx.drop_malformed("auth_failed") };
+        let Some(key) = self.key_for(cx, from, cast, &outer, &packet) else { return };
+        let key = self.key(key).expect("key_for names a key this member holds");
+        let Some((inner, body)) = open(key, &outer, outer_len, &packet, &binding) else { return cx.drop_malformed("auth_failed") };
         self.n.opened += 1;
-        if own {
-            // The engine's loopback of this member's own cast or send:
-            // frames claiming to be from this member are dropped below.
-            return match inner {
-                DATA => deliver(cx, from, cast, body),
-                _ => cx.drop_malformed("bad_control"),
-            };
-        }
         let max_delay = self.cfg.max_delay;
         let now = cx.now();
         let Some(peer) = self.peer(from, outer.session, now) else { return cx.drop_malformed("sessions_full") };
@@ -565,43 +595,19 @@ impl Encrypt {
 
     /// The key that opens `outer`, if this member has it; otherwise the
     /// packet was counted, held or answered with a notice.
-    fn key_for(&mut self, cx: &mut Context<'_>, from: MemberId, cast: bool, outer: &Outer, packet: &Bytes) -> Option<&SealKey> {
-        let local = cx.local();
-        match (&self.mode, outer.kind) {
-            (Mode::Shared(key), SEALED_GROUP) => {
-                if key.id != outer.key_id {
-                    let ours = key.id;
-                    self.refuse_sender(cx, from, NOTICE_WRONG_KEY, ours, "wrong_key");
-                    let what = format!("packets from {from} are sealed with another group key (key id {:08x}, ours {ours:08x}): it cannot join", outer.key_id);
-                    self.report(cx, from.addr(), NOTICE_WRONG_KEY, what);
-                    return None;
-                }
-                let Mode::Shared(key) = &self.mode else { unreachable!() };
-                Some(key)
-            }
-            (Mode::Shared(_), _) => {
-                cx.drop_malformed("bad_kind");
-                None
-            }
+    fn key_for(&mut self, cx: &mut Context<'_>, from: MemberId, cast: bool, outer: &Outer, packet: &Bytes) -> Option<KeyRef> {
+        let (wanted, ours, group) = match (&self.mode, outer.kind) {
+            (Mode::Shared(key), SEALED_GROUP) => (KeyRef::Shared, key.id, "group"),
             (Mode::Rotating(rot), SEALED_GROUP) => {
-                if from == local {
-                    let Mode::Rotating(rot) = &self.mode else { unreachable!() };
-                    let found = rot.own.iter().find(|k| k.key.id == outer.key_id).map(|k| &k.key);
-                    if found.is_none() {
-                        cx.drop_malformed("unknown_key");
-                    }
-                    return found;
-                }
                 if rot.peer_keys.contains_key(&(from, outer.key_id)) {
-                    let Mode::Rotating(rot) = &self.mode else { unreachable!() };
-                    return rot.peer_keys.get(&(from, outer.key_id)).map(|(k, _)| k);
+                    return Some(KeyRef::Peer(from, outer.key_id));
                 }
                 if !self.view.contains(&from) {
                     cx.drop_malformed("unknown_key");
                     return None;
                 }
                 self.await_key(cx, from, outer.key_id, cast, packet.clone());
-                None
+                return None;
             }
             (Mode::Rotating(rot), SEALED_ADMIT | SEALED_PAIR) => {
                 let claimed = outer.sender_pub.expect("decoded with a public key");
@@ -612,24 +618,23 @@ impl Encrypt {
                     self.report(cx, from.addr(), NOTICE_UNTRUSTED, what);
                     return None;
                 }
-                if outer.kind == SEALED_ADMIT {
-                    if rot.admit.id != outer.key_id {
-                        let ours = rot.admit.id;
-                        self.refuse_sender(cx, from, NOTICE_WRONG_KEY, ours, "wrong_key");
-                        let what = format!("packets from {from} are sealed with another admission key (key id {:08x}, ours {ours:08x})", outer.key_id);
-                        self.report(cx, from.addr(), NOTICE_WRONG_KEY, what);
-                        return None;
-                    }
-                    let Mode::Rotating(rot) = &self.mode else { unreachable!() };
-                    return Some(&rot.admit);
+                if outer.kind == SEALED_PAIR {
+                    return Some(KeyRef::Pair(claimed));
                 }
-                Some(self.pair_key(claimed))
+                (KeyRef::Admit, rot.admit.id, "admission")
             }
-            (Mode::Rotating(_), _) => {
+            _ => {
                 cx.drop_malformed("bad_kind");
-                None
+                return None;
             }
+        };
+        if outer.key_id != ours {
+            self.refuse_sender(cx, from, NOTICE_WRONG_KEY, ours, "wrong_key");
+            let what = format!("packets from {from} are sealed with another {group} key (key id {:08x}, ours {ours:08x}): it cannot join", outer.key_id);
+            self.report(cx, from.addr(), NOTICE_WRONG_KEY, what);
+            return None;
         }
+        Some(wanted)
     }
 
     /// The session's state, created if new (evicting the least recently

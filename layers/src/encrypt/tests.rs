@@ -459,3 +459,100 @@ fn a_captured_packet_replayed_late_is_stale_even_if_never_seen() {
     assert_eq!(delivered(&net, 2).len(), before, "the late replay is not delivered");
     assert_eq!(dropped(&net, 2, "stale"), 1, "{:?}", encrypt_stats(&net, 2));
 }
+
+/// Two members of a fixed group on a shared key, each having cast once so
+/// that each verified the other's session; capture on.
+fn verified_pair(test: &str, params: &str) -> (LoopNet, String, Vec<u8>) {
+    let d = dir(test);
+    let key = write_key(&d.join("k"), 8);
+    let spec = format!("ENCRYPT(key_file={key}{params})");
+    let all: Vec<MemberId> = (0..2).map(member).collect();
+    let mut net = LoopNet::new();
+    for i in 0..2 {
+        let mut cfg = StackConfig::new("g", member(i), all.clone());
+        cfg.seed = i as u64;
+        net.push(Stack::new(&builtin(), &spec, cfg, Instant::ZERO).unwrap());
+    }
+    net.capture = true;
+    cast(&mut net, 0, b"a");
+    cast(&mut net, 1, b"b");
+    net.run_for(Duration::from_millis(100));
+    for i in 0..2 {
+        assert_eq!(delivered(&net, i).len(), 2);
+        assert_eq!(encrypt_stats(&net, i).counters.get("sessions_verified"), Some(1));
+    }
+    let (head, _, _) = split_frame(&net.wire()[0].data);
+    (net, key, head)
+}
+
+/// A packet that opens with the group key (the test knows it), claiming a
+/// fresh session of member `from`: what a replay of a long-dead process
+/// looks like.
+fn sealed_from_new_session(head: &[u8], from: MemberId, session: u8, body: &[u8]) -> Bytes {
+    let key = SealKey::new(derive(&[8; 32], "group", "g"));
+    let outer = Outer { kind: SEALED_GROUP, key_id: key.id, sender_pub: None, session: [session; SESSION_LEN], counter: 1 };
+    frame(head, from, &seal(&key, &outer, &Binding::cast(from), DATA, &[body]))
+}
+
+#[test]
+fn sessions_that_cannot_prove_themselves_are_bounded_and_never_evict_a_verified_member() {
+    let (mut net, _, head) = verified_pair("bounds", ",max_sessions=8,max_held=4,retries=3");
+    for s in 0..50u8 {
+        net.inject(0, sealed_from_new_session(&head, member(1), s, b"from the past"));
+        let stats = encrypt_stats(&net, 0);
+        assert!(stats.counters.get("sessions").unwrap() <= 8, "{stats:?}");
+        assert!(stats.counters.get("held").unwrap() <= 4, "{stats:?}");
+    }
+    assert!(dropped(&net, 0, "held_overflow") > 0, "{:?}", encrypt_stats(&net, 0));
+    // The real member 1 is still verified: its next cast goes up at once.
+    cast(&mut net, 1, b"still here");
+    assert_eq!(delivered(&net, 0).last().map(|b| b.as_ref()), Some(&b"still here"[..]));
+    assert_eq!(encrypt_stats(&net, 0).counters.get("sessions_verified"), Some(1), "no new verification was needed");
+    // Member 1 ignores the challenges to sessions it does not own, so the
+    // held packets expire and none is delivered.
+    net.run_for(Duration::from_secs(3));
+    assert!(dropped(&net, 1, "foreign_challenge") > 0);
+    assert!(dropped(&net, 0, "unverified_expired") > 0);
+    assert_eq!(encrypt_stats(&net, 0).counters.get("held"), Some(0));
+    assert!(delivered(&net, 0).iter().all(|b| b.as_ref() != b"from the past"));
+}
+
+#[test]
+fn notices_are_rate_limited_and_problem_reports_bounded() {
+    let (mut net, _, head) = verified_pair("notices", "");
+    // A third process with another key, in the same fixed group.
+    let d = dir("notices-other");
+    let other = write_key(&d.join("k"), 9);
+    let mut cfg = StackConfig::new("g", member(2), (0..3).map(member).collect());
+    cfg.seed = 2;
+    net.push(Stack::new(&builtin(), &format!("ENCRYPT(key_file={other})"), cfg, net.now()).unwrap());
+    for k in 0..50 {
+        cast(&mut net, 2, format!("x{k}").as_bytes());
+    }
+    assert_eq!(dropped(&net, 0, "wrong_key"), 50);
+    assert_eq!(encrypt_stats(&net, 0).counters.get("notices_sent"), Some(1), "one notice a second per address");
+    net.run_for(Duration::from_millis(1100));
+    cast(&mut net, 2, b"again");
+    assert_eq!(encrypt_stats(&net, 0).counters.get("notices_sent"), Some(2));
+    // Forged notices: one problem per (address, reason), at most 64, and
+    // none about a member this one has verified.
+    let before = problems(&net, 0).len();
+    net.inject(0, frame(&head, member(1), &notice(NOTICE_WRONG_KEY, 1)));
+    assert_eq!(problems(&net, 0).len(), before, "nothing reported about a verified member");
+    for i in 0..200u16 {
+        let forger = MemberId::new(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, (i >> 8) as u8, i as u8)), 7000), 1);
+        net.inject(0, frame(&head, forger, &notice(NOTICE_WRONG_KEY, 1)));
+    }
+    assert_eq!(problems(&net, 0).len(), MAX_REPORTED, "reports stop at the bound");
+    assert_eq!(encrypt_stats(&net, 0).counters.get("notices_received"), Some(201));
+}
+
+#[test]
+fn own_casts_come_back_without_being_opened() {
+    let (mut net, _, _) = verified_pair("loopback", "");
+    let opened = encrypt_stats(&net, 0).counters.get("opened").unwrap();
+    cast(&mut net, 0, b"mine");
+    assert_eq!(delivered(&net, 0).last().map(|b| b.as_ref()), Some(&b"mine"[..]));
+    assert_eq!(encrypt_stats(&net, 0).counters.get("opened").unwrap(), opened, "the loopback copy is the kept plaintext");
+    assert_eq!(encrypt_stats(&net, 1).counters.get("opened").unwrap(), opened + 1);
+}

@@ -200,8 +200,10 @@ pub fn open(key: &SealKey, outer: &Outer, outer_len: usize, packet: &[u8], bindi
     let mut buf = bytes::BytesMut::from(sealed);
     let ad = aad(&packet[..outer_len], binding);
     key.cipher.decrypt_in_place_detached(&outer.nonce(), &ad, &mut buf, Tag::from_slice(tag)).ok()?;
-    let plain = buf.freeze();
-    Some((plain[0], plain.slice(1..)))
+    let kind = buf[0];
+    // Advancing the owned buffer, unlike slicing the frozen one, allocates nothing.
+    bytes::Buf::advance(&mut buf, 1);
+    Some((kind, buf.freeze()))
 }
 
 /// A notice: `NOTICE ‖ reason ‖ the sender's key id`.

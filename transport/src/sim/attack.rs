@@ -429,7 +429,7 @@ impl Attacker {
         sender.encode(&mut w);
         let mut out = BytesMut::with_capacity(original.len() + 16);
         out.put_slice(&original[..FRAME_FIXED]);
-        out.put_slice(&w.as_slice());
+        out.put_slice(w.as_slice());
         out.put_slice(&original[end..]);
         out.freeze()
     }
@@ -445,7 +445,7 @@ impl Attacker {
         }
         let mut w = Writer::new();
         sender.encode(&mut w);
-        out.put_slice(&w.as_slice());
+        out.put_slice(w.as_slice());
         // Log-uniform-ish length: many short bodies, some long ones.
         let cap = self.rng.between(1, MAX_FORGED_BODY);
         let len = self.rng.below(cap + 1);
