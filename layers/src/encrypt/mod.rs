@@ -76,7 +76,7 @@
 //! `bad_kind`, `wrong_key`, `auth_failed`, `replay`, `too_old`,
 //! `untrusted`, `unknown_key`, `stale`, `sessions_full`, `held_overflow`, `unverified_expired`,
 //! `key_unavailable`, `foreign_challenge`, `bad_response`,
-//! `identity_conflict`, `key_refused`, `bad_control`.
+//! `identity_conflict`, `key_refused`, `bad_control`, `unknown_loopback`.
 
 mod keys;
 mod replay;
