@@ -318,24 +318,13 @@ fn replay_from_env_if_set() {
 /// one and catches the violation it exists for.
 mod hand_built {
     use super::*;
+    use crate::sim_support::history::{self, member_log, name, payload, t};
     use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::time::Duration;
     use strata_stack::codec::fnv1a64;
-    use strata_stack::{Delivery, Instant, LayerStats, View, ViewId};
-    use strata_transport::sim::{CastRecord, Delivered, MemberLog, NetStats};
-
-    fn t(ms: u64) -> Instant {
-        Instant::ZERO + Duration::from_millis(ms)
-    }
-
-    fn name(i: u16) -> String {
-        sim::member(i).to_string()
-    }
-
-    fn payload(i: u16, k: u64) -> bytes::Bytes {
-        strata_transport::payload::make(&name(i), k, 40)
-    }
+    use strata_stack::{Delivery, LayerStats, View, ViewId};
+    use strata_transport::sim::{Delivered, MemberLog};
 
     fn view(counter: u64, members: &[u16]) -> Arc<View> {
         View::new(ViewId { counter, creator: sim::member(0) }, members.iter().map(|&i| sim::member(i)).collect()).unwrap()
@@ -344,26 +333,7 @@ mod hand_built {
     /// Member `i`, started at 0, whose stack accepted casts at `cast_ms`
     /// (cast `k` at `cast_ms[k]`), with `log`.
     fn member(i: u16, cast_ms: &[u64], log: Vec<Entry>) -> MemberLog {
-        let casts = cast_ms
-            .iter()
-            .enumerate()
-            .map(|(k, &ms)| {
-                let p = payload(i, k as u64);
-                CastRecord { k: k as u64, at: t(ms), len: p.len(), hash: fnv1a64(&p) }
-            })
-            .collect();
-        MemberLog {
-            id: sim::member(i),
-            name: name(i),
-            started_at: Some(Instant::ZERO),
-            crashed_at: None,
-            left_at: None,
-            casts,
-            backpressured: 0,
-            log,
-            stats: Vec::new(),
-            engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
-        }
+        member_log(sim::member(i), i, cast_ms.iter().copied(), log)
     }
 
     fn v(ms: u64, view: &Arc<View>) -> Entry {
@@ -390,17 +360,7 @@ mod hand_built {
     }
 
     fn outcome(stack: &str, members: Vec<MemberLog>) -> Outcome {
-        let n = members.len() as u16;
-        Outcome {
-            scenario: Scenario { members: n, stack: stack.into(), ..Scenario::default() },
-            members,
-            net: NetStats::default(),
-            quiet_from: Some(t(2000)),
-            end: t(12_000),
-            steps: 0,
-            digest: 0,
-            truncated: None,
-        }
+        history::outcome(stack, members, 2000, 12_000)
     }
 
     /// A correct causal and total history in one view of three: 0 casts

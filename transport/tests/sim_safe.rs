@@ -557,29 +557,18 @@ fn the_checks_catch_a_stand_in_that_replays_only_what_each_member_saw() {
 /// pass a correct one and catch each violation they exist for.
 mod hand_built {
     use super::*;
+    use crate::sim_support::history::{self, member_log, name, payload, t};
     use std::sync::Arc;
     use std::time::Duration;
     use strata_stack::codec::fnv1a64;
-    use strata_stack::{Instant, LayerStats, View, ViewId};
-    use strata_transport::sim::{CastRecord, Delivered, MemberLog, NetStats, Replayed};
+    use strata_stack::{View, ViewId};
+    use strata_transport::sim::{Delivered, MemberLog, Replayed};
 
     const LOGGED: &str = "FRAG:NAK:VSYNC:SAFE(log_dir=/safe)";
-
-    fn t(ms: u64) -> Instant {
-        Instant::ZERO + Duration::from_millis(ms)
-    }
-
-    fn name(i: u16) -> String {
-        sim::member(i).to_string()
-    }
 
     /// Member `i` in incarnation `inc`.
     fn mid(i: u16, inc: u64) -> MemberId {
         MemberId::new(sim::member(i).addr(), inc)
-    }
-
-    fn payload(i: u16, k: u64) -> Bytes {
-        strata_transport::payload::make(&name(i), k, 40)
     }
 
     fn view(counter: u64, creator: MemberId, members: &[MemberId]) -> Arc<View> {
@@ -638,38 +627,12 @@ mod hand_built {
     /// Member `i` with `casts` casts (at 1000 + k ms), its log, ending in
     /// the incarnation its last `Restarted` names.
     fn member(i: u16, casts: u64, log: Vec<Entry>) -> MemberLog {
-        let casts = (0..casts)
-            .map(|k| {
-                let p = payload(i, k);
-                CastRecord { k, at: t(1000 + k), len: p.len(), hash: fnv1a64(&p) }
-            })
-            .collect();
         let id = log.iter().rev().find_map(|e| if let Entry::Restarted { id, .. } = e { Some(*id) } else { None }).unwrap_or(mid(i, 0));
-        MemberLog {
-            id,
-            name: name(i),
-            started_at: Some(Instant::ZERO),
-            crashed_at: None,
-            left_at: None,
-            casts,
-            backpressured: 0,
-            log,
-            stats: Vec::new(),
-            engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
-        }
+        member_log(id, i, (0..casts).map(|k| 1000 + k), log)
     }
 
     fn outcome(members: Vec<MemberLog>) -> Outcome {
-        Outcome {
-            scenario: Scenario { members: members.len() as u16, stack: LOGGED.into(), ..Scenario::default() },
-            members,
-            net: NetStats::default(),
-            quiet_from: Some(t(5000)),
-            end: t(15_000),
-            steps: 0,
-            digest: 0,
-            truncated: None,
-        }
+        history::outcome(LOGGED, members, 5000, 15_000)
     }
 
     /// A correct history: three members, each casts one message after its

@@ -252,24 +252,13 @@ fn replay_from_env_if_set() {
 /// violation it exists for (and passes a correct history).
 mod hand_built {
     use super::*;
+    use crate::sim_support::history::{self, member_log, name, payload, t};
     use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::time::Duration;
     use strata_stack::codec::fnv1a64;
-    use strata_stack::{Delivery, Instant, LayerStats, MemberId, View, ViewId};
-    use strata_transport::sim::{CastRecord, Delivered, MemberLog, NetStats};
-
-    fn t(ms: u64) -> Instant {
-        Instant::ZERO + Duration::from_millis(ms)
-    }
-
-    fn name(i: u16) -> String {
-        sim::member(i).to_string()
-    }
-
-    fn payload(i: u16, k: u64) -> bytes::Bytes {
-        strata_transport::payload::make(&name(i), k, 40)
-    }
+    use strata_stack::{Delivery, MemberId, View, ViewId};
+    use strata_transport::sim::{CastRecord, Delivered, MemberLog};
 
     fn view(counter: u64, creator: u16, members: &[u16], primary: bool) -> Arc<View> {
         let id = ViewId { counter, creator: sim::member(creator) };
@@ -278,24 +267,7 @@ mod hand_built {
 
     /// Member `i`, started at 0, whose stack accepted `casts` casts, with `log`.
     fn member(i: u16, casts: u64, log: Vec<Entry>) -> MemberLog {
-        let casts = (0..casts)
-            .map(|k| {
-                let p = payload(i, k);
-                CastRecord { k, at: t(1000 + k), len: p.len(), hash: fnv1a64(&p) }
-            })
-            .collect();
-        MemberLog {
-            id: sim::member(i),
-            name: name(i),
-            started_at: Some(Instant::ZERO),
-            crashed_at: None,
-            left_at: None,
-            casts,
-            backpressured: 0,
-            log,
-            stats: Vec::new(),
-            engine: LayerStats { name: "engine", counters: Default::default(), dropped: Vec::new() },
-        }
+        member_log(sim::member(i), i, (0..casts).map(|k| 1000 + k), log)
     }
 
     fn v(ms: u64, view: &Arc<View>) -> Entry {
@@ -322,17 +294,7 @@ mod hand_built {
     }
 
     fn outcome(members: Vec<MemberLog>) -> Outcome {
-        let n = members.len() as u16;
-        Outcome {
-            scenario: Scenario { members: n, stack: STACK.into(), ..Scenario::default() },
-            members,
-            net: NetStats::default(),
-            quiet_from: Some(t(2000)),
-            end: t(12_000),
-            steps: 0,
-            digest: 0,
-            truncated: None,
-        }
+        history::outcome(STACK, members, 2000, 12_000)
     }
 
     /// A correct history: 0 and 1 form V2 = {0,1}, both cast one message;

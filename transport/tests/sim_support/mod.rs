@@ -165,3 +165,55 @@ pub fn replay_from_env(checks: Checks, more: impl Fn(&Outcome) -> Result<(), Str
         Err(e) => panic!("{}\n{e}\n(run: {})", sim::replay_line(&s), o.summary()),
     }
 }
+
+/// Building blocks of hand-made histories, for tests that show a check
+/// passing a correct history and catching the violation it exists for.
+pub mod history {
+    use std::time::Duration;
+    use strata_stack::codec::fnv1a64;
+    use strata_stack::{Instant, MemberId};
+    use strata_transport::sim::{self, CastRecord, MemberLog, NetStats, Outcome, Scenario};
+
+    /// `ms` milliseconds into the run.
+    pub fn t(ms: u64) -> Instant {
+        Instant::ZERO + Duration::from_millis(ms)
+    }
+
+    /// Member `i`'s name (its address).
+    pub fn name(i: u16) -> String {
+        sim::member(i).to_string()
+    }
+
+    /// The payload of member `i`'s cast `k` (40 bytes).
+    pub fn payload(i: u16, k: u64) -> bytes::Bytes {
+        strata_transport::payload::make(&name(i), k, 40)
+    }
+
+    /// The log of member `id` (named as member `i`), started at 0, whose
+    /// stack accepted cast `k` at `cast_ms[k]`, with `log`.
+    pub fn member_log(id: MemberId, i: u16, cast_ms: impl IntoIterator<Item = u64>, log: Vec<sim::Entry>) -> MemberLog {
+        let casts = cast_ms
+            .into_iter()
+            .enumerate()
+            .map(|(k, ms)| {
+                let p = payload(i, k as u64);
+                CastRecord { k: k as u64, at: t(ms), len: p.len(), hash: fnv1a64(&p) }
+            })
+            .collect();
+        MemberLog { started_at: Some(Instant::ZERO), casts, log, ..MemberLog::new(id) }
+    }
+
+    /// A run of `stack` by `members`, quiet from `quiet_ms`, ending at `end_ms`.
+    pub fn outcome(stack: &str, members: Vec<MemberLog>, quiet_ms: u64, end_ms: u64) -> Outcome {
+        Outcome {
+            scenario: Scenario { members: members.len() as u16, stack: stack.into(), ..Scenario::default() },
+            members,
+            net: NetStats::default(),
+            quiet_from: Some(t(quiet_ms)),
+            end: t(end_ms),
+            steps: 0,
+            digest: 0,
+            truncated: None,
+        }
+    }
+}
