@@ -442,6 +442,20 @@ impl Stack {
         self.run();
     }
 
+    /// Reports that the transport lost its connection to `member` (a TCP
+    /// connection closed or refused): passed up from the bottom of the stack
+    /// as [`Up::Suspect`], as a failure detector's suspicion would be. A
+    /// membership layer treats it as its own suspicion; without one it
+    /// reaches the application as [`AppEvent::Suspect`].
+    pub fn suspect(&mut self, now: Instant, member: MemberId) {
+        self.now = self.now.max(now);
+        if member == self.local {
+            return;
+        }
+        self.queue.push_back(Queued::Up(1, Up::Suspect(member)));
+        self.run();
+    }
+
     /// Fires every timer due at `now`, earliest first.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);

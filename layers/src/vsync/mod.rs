@@ -23,7 +23,9 @@
 //!   coordinator, and removed by the next view change. The defaults give ten
 //!   heartbeats per timeout, so that heavy loss (20%) almost never makes a
 //!   live member look dead; a member removed by mistake rejoins. A crashed member is
-//!   out of the view in about `suspect_ms` plus a few round trips.
+//!   out of the view in about `suspect_ms` plus a few round trips. A
+//!   suspicion passed up from below ([`Up::Suspect`]: a connection-based
+//!   transport lost its connection to a member) counts at once.
 //! * **The flush.** The coordinator (the lowest-ranked member it does not
 //!   suspect) runs every change as a round:
 //!
@@ -766,6 +768,20 @@ impl Vsync {
         }
     }
 
+    /// A suspicion from below (a lost TCP connection): suspected at once
+    /// and reported to the coordinator, as if the heartbeat had timed out.
+    fn transport_suspects(&mut self, cx: &mut Context<'_>, m: MemberId) {
+        if self.phase != Phase::Member || m == self.local || !self.view.contains(&m) || self.suspects.contains(&m) {
+            return;
+        }
+        self.suspect(cx, m);
+        if !self.is_coordinator() {
+            let c = Control::Suspect(self.suspects.iter().copied().collect());
+            self.send_control(cx, self.coordinator(), &c, true);
+        }
+        self.maybe_change(cx);
+    }
+
     /// Answers a lagging member with the message that installed this view
     /// (at most once per heartbeat period per member).
     fn repair(&mut self, cx: &mut Context<'_>, to: MemberId) {
@@ -1473,6 +1489,9 @@ impl Layer for Vsync {
             }
             // Views come from here, not from below.
             Up::View(_) => cx.drop_malformed("view_from_below"),
+            // The transport lost its connection to a member: as good as the
+            // heartbeat's silence, and sooner.
+            Up::Suspect(m) => self.transport_suspects(cx, m),
             other => cx.up(other),
         }
     }

@@ -215,3 +215,26 @@ quickcheck! {
         true
     }
 }
+
+#[test]
+fn a_suspicion_from_below_removes_a_member_at_once() {
+    let me = MemberId::sim(0);
+    let joiner = MemberId::sim(5);
+    let stranger = MemberId::sim(9);
+    let mut h = harness(me, &[]);
+    let out = control_from(&mut h, joiner, &Control::Join { joiner, last_counter: 0 }, false);
+    let rest = loop_back(&mut h, me, out);
+    assert!(views(&rest).iter().any(|v| v.members() == [me, joiner]));
+    // Long before `suspect_ms`, the transport reports the connection lost.
+    h.advance(Instant::from_nanos(10_000_000));
+    let out = h.up(Up::Suspect(joiner));
+    let rest = loop_back(&mut h, me, out);
+    assert!(rest.iter().any(|o| matches!(o, Out::Up(Up::Suspect(m)) if *m == joiner)), "{rest:?}");
+    let after: Vec<_> = views(&rest);
+    assert!(after.iter().any(|v| v.members() == [me]), "a view without the lost member: {rest:?}");
+    // Suspicions of non-members (and of itself) change nothing.
+    for m in [stranger, me] {
+        let out = h.up(Up::Suspect(m));
+        assert!(out.is_empty(), "{out:?}");
+    }
+}

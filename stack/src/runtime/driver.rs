@@ -4,7 +4,7 @@
 //! could be cancelled half-way.
 
 use super::{Control, DataCmd, GroupShared, JoinConfig, JoinError, Joined, Transport, WakeSlot, CAST_QUEUE, CLOSED, LEFT, OPEN};
-use crate::engine::{peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
+use crate::engine::{group_id, peek_group, BuildError, Dest, LayerStats, Stack, StackConfig};
 use crate::event::{AppEvent, QueryResult};
 use crate::layer::{Props, Stats};
 use crate::msg::Order;
@@ -29,6 +29,8 @@ use tokio::time::Sleep;
 const BATCH: usize = 64;
 /// Rounds of work per poll before the driver yields to other tasks.
 const MAX_ROUNDS: usize = 32;
+/// How often a join in discovery asks the transport again.
+const DISCOVERY_PROBE: Duration = Duration::from_millis(100);
 
 /// The endpoint's own counters.
 #[derive(Default)]
@@ -40,6 +42,17 @@ struct Counters {
     send_errors: u64,
     recv_errors: u64,
     casts_after_leave: u64,
+    /// Suspicions passed to stacks because the transport lost a peer.
+    peers_lost: u64,
+}
+
+/// A join waiting for the transport to discover the group's members.
+struct Discovery {
+    cfg: JoinConfig,
+    reply: oneshot::Sender<Result<Joined, JoinError>>,
+    gid: u32,
+    next_probe: Instant,
+    until: Instant,
 }
 
 /// One joined group.
@@ -190,24 +203,29 @@ impl GroupState {
         false
     }
 
+    /// Tells the transport the view the stack now routes by, if it changed.
+    fn update_view(&mut self, transport: &mut impl Transport) {
+        if Arc::ptr_eq(&self.peers_of, self.stack.view()) {
+            return;
+        }
+        self.peers_of = self.stack.view().clone();
+        let local = self.stack.local();
+        self.peers.clear();
+        self.peers.extend(self.peers_of.members().iter().filter(|m| **m != local).map(MemberId::addr));
+        let members: Vec<SocketAddr> = self.peers_of.members().iter().map(MemberId::addr).collect();
+        transport.set_view(self.gid, &members);
+    }
+
     /// Hands every datagram the stack wants sent to the transport.
     fn drain_transmits(&mut self, transport: &mut impl Transport, counters: &mut Counters) {
         while let Some(t) = self.stack.poll_transmit() {
+            // A view takes effect at the bottom of the stack before the
+            // transmits that follow it; route those by it.
+            self.update_view(transport);
             let frame = t.msg.as_slices();
             let sent = match t.dest {
-                Dest::Group => {
-                    if !Arc::ptr_eq(&self.peers_of, self.stack.view()) {
-                        self.peers_of = self.stack.view().clone();
-                        let local = self.stack.local();
-                        self.peers.clear();
-                        self.peers.extend(self.peers_of.members().iter().filter(|m| **m != local).map(MemberId::addr));
-                    }
-                    if self.peers.is_empty() {
-                        Ok(())
-                    } else {
-                        transport.send(&self.peers, &frame)
-                    }
-                }
+                Dest::Group if self.peers.is_empty() => Ok(()),
+                Dest::Group => transport.cast(self.gid, &self.peers, &frame),
                 Dest::Member(m) => transport.send(&[m.addr()], &frame),
             };
             if let Err(e) = sent {
@@ -302,6 +320,10 @@ pub(crate) struct Driver<T: Transport> {
     by_gid: HashMap<u32, u64>,
     next_key: u64,
     batch: Vec<(SocketAddr, Bytes)>,
+    /// Joins waiting for discovery, in the order they were asked for.
+    discoveries: Vec<Discovery>,
+    /// Scratch for [`Transport::poll_lost`].
+    lost: Vec<SocketAddr>,
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
     wake: Arc<WakeSlot>,
@@ -322,6 +344,8 @@ impl<T: Transport> Driver<T> {
             by_gid: HashMap::new(),
             next_key: 0,
             batch: Vec::with_capacity(BATCH),
+            discoveries: Vec::new(),
+            lost: Vec::new(),
             sleep: Box::pin(tokio::time::sleep_until(epoch)),
             sleep_at: None,
             wake,
@@ -397,6 +421,9 @@ impl<T: Transport> Driver<T> {
                 g.drain_transmits(&mut self.transport, &mut self.counters);
                 busy |= g.drain_events(now);
             }
+            self.transport.flush();
+            busy |= self.report_lost(now);
+            busy |= self.run_discoveries(now);
             self.remove_gone();
 
             // A blocked group resumes when its application reads: arm the
@@ -409,8 +436,9 @@ impl<T: Transport> Driver<T> {
                 self.remove_gone();
             }
 
-            // The one timer: the earliest deadline of all stacks.
-            match self.groups.values().filter_map(|g| g.stack.poll_timeout()).min() {
+            // The one timer: the earliest deadline of all stacks and discoveries.
+            let stacks = self.groups.values().filter_map(|g| g.stack.poll_timeout());
+            match stacks.chain(self.discoveries.iter().map(|d| d.next_probe.min(d.until))).min() {
                 Some(deadline) => {
                     if self.sleep_at != Some(deadline) {
                         match self.epoch.checked_add(Duration::from_nanos(deadline.as_nanos())) {
@@ -462,9 +490,7 @@ impl<T: Transport> Driver<T> {
     /// which stops the driver and then answers it.
     fn control(&mut self, cmd: Control, now: Instant) -> Option<oneshot::Sender<()>> {
         match cmd {
-            Control::Join(cfg, reply) => {
-                let _ = reply.send(self.join(cfg, now));
-            }
+            Control::Join(cfg, reply) => self.start_join(cfg, reply, now),
             Control::Stats(key, reply) => {
                 let stats = self.groups.get(&key).map(|g| {
                     let mut all = g.stack.stats();
@@ -484,10 +510,93 @@ impl<T: Transport> Driver<T> {
         None
     }
 
+    /// Joins at once, or first discovers members: with no seeds, a stack
+    /// with a membership layer and a transport that discovers.
+    fn start_join(&mut self, cfg: JoinConfig, reply: oneshot::Sender<Result<Joined, JoinError>>, now: Instant) {
+        if self.groups.values().any(|g| g.stack.group() == cfg.group) || self.discoveries.iter().any(|d| d.cfg.group == cfg.group) {
+            let _ = reply.send(Err(JoinError::DuplicateGroup(cfg.group)));
+            return;
+        }
+        let membership = self.registry.resolve(&cfg.stack).is_ok_and(|r| r.layers.iter().any(|(d, _)| d.provides.contains(Props::MEMBERSHIP)));
+        if !(cfg.members.is_empty() && membership && !cfg.discovery.is_zero() && self.transport.discovers()) {
+            let _ = reply.send(self.join(cfg, now));
+            return;
+        }
+        let gid = group_id(&cfg.group);
+        if let Err(e) = self.transport.open_group(gid, &cfg.group) {
+            let _ = reply.send(Err(BuildError::Config(format!("the transport cannot carry group `{}`: {e}", cfg.group)).into()));
+            return;
+        }
+        tracing::debug!(group = %cfg.group, "discovering members");
+        let until = now + cfg.discovery;
+        self.discoveries.push(Discovery { cfg, reply, gid, next_probe: now, until });
+    }
+
+    /// Probes for the joins in discovery, and joins those whose time is up
+    /// with the members found as seeds. Returns whether any joined.
+    fn run_discoveries(&mut self, now: Instant) -> bool {
+        let mut joined = false;
+        let mut i = 0;
+        while i < self.discoveries.len() {
+            let d = &mut self.discoveries[i];
+            if now >= d.until {
+                let Discovery { mut cfg, reply, gid, .. } = self.discoveries.remove(i);
+                let local = self.local;
+                cfg.members = self.transport.discovered(gid).into_iter().filter(|a| *a != local).map(|a| MemberId::new(a, 0)).collect();
+                tracing::debug!(group = %cfg.group, found = cfg.members.len(), "discovery over");
+                let _ = reply.send(self.join(cfg, now));
+                joined = true;
+                continue;
+            }
+            if now >= d.next_probe {
+                self.transport.discover(d.gid);
+                d.next_probe = now + DISCOVERY_PROBE;
+            }
+            i += 1;
+        }
+        joined
+    }
+
+    /// Passes the peers the transport lost to every group whose view has
+    /// them, as suspicions. Returns whether there were any.
+    fn report_lost(&mut self, now: Instant) -> bool {
+        self.transport.poll_lost(&mut self.lost);
+        if self.lost.is_empty() {
+            return false;
+        }
+        for addr in self.lost.drain(..) {
+            tracing::debug!(peer = %addr, "transport lost a peer");
+            for g in self.groups.values_mut() {
+                let members: Vec<MemberId> = g.stack.view().members().iter().copied().filter(|m| m.addr() == addr).collect();
+                for m in members {
+                    self.counters.peers_lost += 1;
+                    g.stack.suspect(now, m);
+                }
+            }
+        }
+        true
+    }
+
     fn join(&mut self, cfg: JoinConfig, now: Instant) -> Result<Joined, JoinError> {
         if self.groups.values().any(|g| g.stack.group() == cfg.group) {
             return Err(JoinError::DuplicateGroup(cfg.group));
         }
+        let gid = group_id(&cfg.group);
+        if let Some(other) = self.by_gid.get(&gid).and_then(|k| self.groups.get(k)) {
+            let what = format!("group `{}` has the same wire id as joined group `{}`; rename one", cfg.group, other.stack.group());
+            return Err(BuildError::Config(what).into());
+        }
+        if let Err(e) = self.transport.open_group(gid, &cfg.group) {
+            return Err(BuildError::Config(format!("the transport cannot carry group `{}`: {e}", cfg.group)).into());
+        }
+        let joined = self.build_group(cfg, now);
+        if joined.is_err() {
+            self.transport.close_group(gid);
+        }
+        joined
+    }
+
+    fn build_group(&mut self, cfg: JoinConfig, now: Instant) -> Result<Joined, JoinError> {
         let local = MemberId::new(self.local, cfg.incarnation);
         let config = StackConfig {
             group: cfg.group.clone(),
@@ -500,10 +609,6 @@ impl<T: Transport> Driver<T> {
         };
         let stack = Stack::new(&self.registry, &cfg.stack, config, now)?;
         let gid = stack.group_id();
-        if let Some(other) = self.by_gid.get(&gid).and_then(|k| self.groups.get(k)) {
-            let what = format!("group `{}` has the same wire id as joined group `{}`; rename one", cfg.group, other.stack.group());
-            return Err(BuildError::Config(what).into());
-        }
         let (data_tx, data_rx) = mpsc::channel(CAST_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(cfg.event_capacity.max(1));
         let shared = Arc::new(GroupShared { status: AtomicU8::new(OPEN) });
@@ -512,6 +617,8 @@ impl<T: Transport> Driver<T> {
         tracing::debug!(group = %cfg.group, stack = stack.canonical(), %local, "joined");
         let peers_of = stack.view().clone();
         let peers = peers_of.members().iter().filter(|m| **m != local).map(MemberId::addr).collect();
+        let members: Vec<SocketAddr> = peers_of.members().iter().map(MemberId::addr).collect();
+        self.transport.set_view(gid, &members);
         self.groups.insert(
             key,
             GroupState {
@@ -549,6 +656,7 @@ impl<T: Transport> Driver<T> {
             if let Some(g) = self.groups.remove(&key) {
                 tracing::debug!(group = g.stack.group(), "left");
                 self.by_gid.remove(&g.gid);
+                self.transport.close_group(g.gid);
                 g.finish(LEFT);
             }
         }
@@ -556,7 +664,11 @@ impl<T: Transport> Driver<T> {
 
     fn stop(&mut self) {
         for (_, g) in std::mem::take(&mut self.groups) {
+            self.transport.close_group(g.gid);
             g.finish(CLOSED);
+        }
+        for d in self.discoveries.drain(..) {
+            self.transport.close_group(d.gid);
         }
         self.by_gid.clear();
         self.control.close();
@@ -569,7 +681,8 @@ impl<T: Transport> Driver<T> {
             .add("groups", self.groups.len() as u64)
             .add("datagrams_in", c.datagrams_in)
             .add("send_errors", c.send_errors)
-            .add("recv_errors", c.recv_errors);
+            .add("recv_errors", c.recv_errors)
+            .add("peers_lost", c.peers_lost);
         self.transport.stats(&mut counters);
         let mut dropped = Vec::new();
         for (reason, n) in

@@ -121,21 +121,89 @@ use tracing::Instrument;
 /// Commands of one group that may wait in its queue (casts, sends, flushes,
 /// leaves) before the driver takes them; `Group::cast` waits when it is full.
 pub const CAST_QUEUE: usize = 128;
+/// How long a join with no seeds looks for members by default, over a
+/// transport that discovers them: long enough for several probes and their
+/// answers, well under VSYNC's default `join_timeout_ms`.
+pub const DEFAULT_DISCOVERY: Duration = Duration::from_millis(500);
 /// Commands addressed to the endpoint (join, stats, view, shutdown) that may wait.
 const CONTROL_QUEUE: usize = 64;
 
 /// Carries datagrams for an [`Endpoint`]. Implementations are best effort,
 /// like UDP: a datagram that does not fit a full buffer is dropped and counted.
+///
+/// The driver tells the transport which groups it carries and what their
+/// views are, so that a transport can route a cast its own way: one
+/// multicast datagram (IP multicast), forwarding along a spanning tree of
+/// the view (TCP tree), or one unicast per member (UDP, the default). Only
+/// the first four methods are required.
+///
+/// The driver calls, in each round: [`Transport::poll_recv`], then for each
+/// group [`Transport::set_view`] if its view changed, [`Transport::cast`] and
+/// [`Transport::send`] for its transmits, then [`Transport::flush`] once,
+/// then [`Transport::poll_lost`].
 pub trait Transport: Send + 'static {
-    /// Where this transport receives.
+    /// Where this transport receives (point-to-point); a member's id is this address.
     fn local_addr(&self) -> SocketAddr;
     /// Largest datagram it carries.
     fn max_datagram(&self) -> usize;
     /// Receives a batch of datagrams (appends to `out`); Pending when none.
+    /// Each comes with the address of the member that sent it, as far as the
+    /// transport knows (a forwarded cast: the neighbour it came from).
     fn poll_recv(&mut self, cx: &mut Context<'_>, out: &mut Vec<(SocketAddr, Bytes)>) -> Poll<std::io::Result<()>>;
     /// Sends one frame (given as slices, concatenated) to each address in `to`. Best effort like UDP:
     /// a full socket buffer may drop (count it); never blocks the driver for long.
     fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> std::io::Result<()>;
+    /// Casts one frame of group `gid` to every other member of its view;
+    /// `peers` are their addresses (the view last given to
+    /// [`Transport::set_view`], this endpoint left out). The default sends
+    /// it to each of them.
+    fn cast(&mut self, gid: u32, peers: &[SocketAddr], frame: &[&[u8]]) -> std::io::Result<()> {
+        let _ = gid;
+        self.send(peers, frame)
+    }
+    /// A group named `name` (wire id `gid`) is now carried: before its
+    /// stack sends anything, and before discovery. An error fails the join.
+    fn open_group(&mut self, gid: u32, name: &str) -> std::io::Result<()> {
+        let _ = (gid, name);
+        Ok(())
+    }
+    /// The group is no longer carried (left, or the join failed).
+    fn close_group(&mut self, gid: u32) {
+        let _ = gid;
+    }
+    /// The group's view changed: `members` are its members' addresses in
+    /// rank order (rank 0 is the coordinator), this endpoint's included if it
+    /// is a member.
+    fn set_view(&mut self, gid: u32, members: &[SocketAddr]) {
+        let _ = (gid, members);
+    }
+    /// Called once at the end of each round of the driver: sends that a
+    /// transport queued to batch them go out now.
+    fn flush(&mut self) {}
+    /// Appends the peers this transport lost its connection to since the
+    /// last call (a TCP connection closed, reset or refused). The driver
+    /// reports each to the groups whose view contains it as a suspicion
+    /// ([`Stack::suspect`](crate::Stack::suspect)).
+    fn poll_lost(&mut self, out: &mut Vec<SocketAddr>) {
+        let _ = out;
+    }
+    /// Whether this transport can find the members of a group by itself
+    /// ([`Transport::discover`]). A join with no seeds, on a stack with a
+    /// membership layer, then first spends
+    /// [`JoinConfig::discovery`] looking for members.
+    fn discovers(&self) -> bool {
+        false
+    }
+    /// Asks who carries group `gid` (IP multicast: one datagram to the
+    /// group's address). Called a few times during discovery.
+    fn discover(&mut self, gid: u32) {
+        let _ = gid;
+    }
+    /// The addresses that answered [`Transport::discover`] for `gid` so far.
+    fn discovered(&self, gid: u32) -> Vec<SocketAddr> {
+        let _ = gid;
+        Vec::new()
+    }
     /// Appends the transport's counters (datagrams and bytes sent and
     /// received, drops). Shown by [`Endpoint::stats`].
     fn stats(&self, out: &mut Stats) {
@@ -162,6 +230,11 @@ pub struct JoinConfig {
     /// How many events the [`Events`] channel holds before the driver stops
     /// taking input for the group (at least 1).
     pub event_capacity: usize,
+    /// How long a join with no seeds looks for members over a transport
+    /// that [`discovers`](Transport::discovers) them (IP multicast) before
+    /// it builds the stack with those found as seeds. Only for stacks with a
+    /// membership layer; zero turns discovery off.
+    pub discovery: Duration,
     /// Whether the application takes part in state transfer (see the module
     /// docs): `true` forwards [`AppEvent::StateRequest`],
     /// [`AppEvent::StateBegin`], [`AppEvent::StateChunk`] and
@@ -173,9 +246,18 @@ pub struct JoinConfig {
 
 impl JoinConfig {
     /// A configuration with incarnation 0, no other members, seed 0, room
-    /// for 1024 events and no state transfer.
+    /// for 1024 events, [`DEFAULT_DISCOVERY`] and no state transfer.
     pub fn new(group: impl Into<String>, stack: impl Into<String>) -> Self {
-        JoinConfig { group: group.into(), stack: stack.into(), incarnation: 0, members: Vec::new(), seed: 0, event_capacity: 1024, state_transfer: false }
+        JoinConfig {
+            group: group.into(),
+            stack: stack.into(),
+            incarnation: 0,
+            members: Vec::new(),
+            seed: 0,
+            event_capacity: 1024,
+            discovery: DEFAULT_DISCOVERY,
+            state_transfer: false,
+        }
     }
 }
 
