@@ -79,6 +79,23 @@
 //! installed a view without this member ([`AppEvent::Left`]). Without a
 //! membership layer `members` is the group's fixed membership.
 //!
+//! With no seeds, a stack with a membership layer and a transport that
+//! [discovers](Transport::discovers) members (IP multicast), the join first
+//! asks the transport who carries the group, for [`JoinConfig::discovery`],
+//! and joins through those that answered.
+//!
+//! ## Transports
+//! The driver tells its [`Transport`] which groups it carries
+//! ([`Transport::open_group`], [`Transport::close_group`]) and each group's
+//! view ([`Transport::set_view`]), and hands group casts to
+//! [`Transport::cast`]: a transport may send one multicast datagram, forward
+//! along a tree of the view, or unicast to each member. Several groups share
+//! one transport; their datagrams are told apart by the group id. A peer the
+//! transport lost ([`Transport::poll_lost`]: a TCP connection closed) is
+//! reported to each group whose view has it as a suspicion
+//! ([`Stack::suspect`](crate::Stack::suspect)), which a membership layer acts
+//! on at once.
+//!
 //! ## State transfer
 //! When members join, one old member's stack asks for the application's
 //! state ([`AppEvent::StateRequest`]) at a point of its event stream (every
