@@ -5,8 +5,12 @@
 //! the protocol properties are checked.
 #![warn(missing_docs)]
 
+mod batch;
 mod counters;
+pub mod ipmc;
 pub mod mem;
 pub mod payload;
 pub mod sim;
+pub mod tcptree;
+pub mod tree;
 pub mod udp;

@@ -680,8 +680,10 @@ impl<T: Transport> Driver<T> {
         counters
             .add("groups", self.groups.len() as u64)
             .add("datagrams_in", c.datagrams_in)
-            .add("send_errors", c.send_errors)
-            .add("recv_errors", c.recv_errors)
+            // Errors the transport returned to the driver; a transport
+            // reports the ones it absorbs itself as `send_errors`/`recv_errors`.
+            .add("transport_send_failures", c.send_errors)
+            .add("transport_recv_failures", c.recv_errors)
             .add("peers_lost", c.peers_lost);
         self.transport.stats(&mut counters);
         let mut dropped = Vec::new();
