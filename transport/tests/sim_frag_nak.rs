@@ -4,7 +4,9 @@
 //! of 1 B..=64 KiB, every member delivers every cast of every member exactly
 //! once, in each sender's order, intact; and after the quiet period the
 //! retransmission, out-of-order and reassembly buffers are empty. With
-//! crashes and partitions, the safety properties still hold.
+//! crashes and partitions, the safety properties still hold. A third of the
+//! scenarios route casts along a tree (`tree=K`, as the TCP tree transport
+//! does; `Ranges::trees`).
 //!
 //! `STRATA_SIM_CASES` sets how many random scenarios each property runs;
 //! a failure prints `STRATA_SIM_REPLAY='<scenario>'`, and running this file
@@ -35,11 +37,11 @@ fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property 
 }
 
 fn without_faults(rng: &mut Rng) -> Scenario {
-    Scenario::generate(rng, &Ranges { faults: false, ..Ranges::new(STACK) })
+    Scenario::generate(rng, &Ranges { faults: false, trees: true, ..Ranges::new(STACK) })
 }
 
 fn with_faults(rng: &mut Rng) -> Scenario {
-    Scenario::generate(rng, &Ranges { faults: true, ..Ranges::new(STACK) })
+    Scenario::generate(rng, &Ranges { faults: true, trees: true, ..Ranges::new(STACK) })
 }
 
 #[test]

@@ -12,7 +12,10 @@
 //! crashes of fewer than half the members, often the first coordinator,
 //! which is where TOTAL's sequencer runs, sometimes a second one during
 //! the flush; joins during the traffic, a leave, a minority partitioned
-//! off and healed), with casts every 0.5–10 ms. Because these stacks name
+//! off and healed), with casts every 0.5–10 ms; a third of the scenarios
+//! route casts along a tree (`tree=K`, `Ranges::trees`); with a partition
+//! (tree or not), VSYNC liveness is checked apart and failures listed
+//! (`sim_support::liveness_apart`). Because these stacks name
 //! an ordering layer, the workload is *reactive* (see
 //! `strata_transport::sim::workload`): half the casts go out 1 µs after an
 //! input to the member's stack (a datagram or a timer, what makes it
@@ -72,14 +75,14 @@ fn generate(family: Family, rng: &mut Rng) -> Scenario {
         // A quarter of the causal runs have no membership layer: no crash,
         // join, leave or partition (a crashed member's messages would be
         // awaited forever), but loss, duplication and reordering.
-        Some(stack) if rng.below(4) == 0 => Scenario::generate(rng, &Ranges { interval_us: Some((500, 10_000)), ..Ranges::new(stack) }),
+        Some(stack) if rng.below(4) == 0 => Scenario::generate(rng, &Ranges { interval_us: Some((500, 10_000)), trees: true, ..Ranges::new(stack) }),
         _ => Scenario::generate(rng, &Ranges { interval_us: Some((500, 10_000)), ..Ranges::vsync(vsync) }),
     }
 }
 
 /// Every check of its stack, on scenarios drawn by `generate`.
 fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property {
-    Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim::run_checked(&registry(), s, &check::for_stack(&s.stack)).map(drop))
+    Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim_support::run_checked_listing(s, &check::for_stack(&s.stack)).map(drop))
 }
 
 #[test]

@@ -20,6 +20,11 @@
 //!   20 ms) and restarting from its log (together or over up to 1 s), log
 //!   tails lost or torn.
 //!
+//! A third of the scenarios of each family route casts along a tree as the
+//! TCP tree transport does (`tree=K`, `Ranges::trees`); with a partition
+//! (tree or not), VSYNC liveness is checked apart and failures listed
+//! (`sim_support::liveness_apart`).
+//!
 //! Then named scenarios (the leader crashes mid-stream; two acceptors of
 //! three crash together in a group of five; a total failure right after a
 //! burst; a total failure with torn log tails), tests of the simulator's
@@ -45,10 +50,6 @@ use strata_transport::sim::{self, check, Entry, FaultKind, Outcome, Ranges, Scen
 const DEFAULT_CASES: u64 = 300;
 /// Shrink rounds after a failure (each round runs up to ~20 candidates).
 const MAX_SHRINK_ROUNDS: u32 = 15;
-
-fn registry() -> Registry {
-    strata_layers::builtin()
-}
 
 /// The SAFE stack string: with CAUSAL below VSYNC or not, `acceptors`, and a log directory or not.
 fn safe_stack(causal: bool, acceptors: u64, log: bool) -> String {
@@ -128,7 +129,7 @@ fn keeps_the_fault_model(s: &Scenario) -> bool {
 fn property(name: &'static str, generate: fn(&mut Rng) -> Scenario) -> Property {
     Property {
         keep: keeps_the_fault_model,
-        ..Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim::run_checked(&registry(), s, &check::for_stack(&s.stack)).map(drop))
+        ..Property::new(name, DEFAULT_CASES, MAX_SHRINK_ROUNDS, generate, |s| sim_support::run_checked_listing(s, &check::for_stack(&s.stack)).map(drop))
     }
 }
 

@@ -8,9 +8,16 @@
 //! `check::VIRTUAL_SYNCHRONY`: integrity, no duplication, no creation,
 //! FIFO, view agreement, virtual synchrony (members moving from one view to
 //! the same next one know the same messages; state transfer replaces a
-//! joiner's knowledge) and, once the group settles in a primary view,
-//! liveness (every live member in one view of exactly the live members,
-//! knowing the same messages, every live member's cast among them).
+//! joiner's knowledge) and liveness (every live member in one primary view
+//! of exactly the live members, knowing the same messages, every live
+//! member's cast among them) wherever a quorum of the last primary view
+//! survives (see `check::vsync_liveness`). A third of the scenarios route
+//! casts along a tree as the TCP tree transport does (`tree=K`,
+//! `Ranges::trees`), where the members' transports mark lost members
+//! unreachable, route around them and report them as suspicions; with a
+//! partition (over a tree or not) liveness is checked apart and failures
+//! listed (`sim_support::liveness_apart`: VSYNC may lose its primary to
+//! fragmentation, a known limitation).
 //!
 //! The tests at the end build `Outcome`s by hand and show that each
 //! membership check catches the violation it exists for.
@@ -52,7 +59,7 @@ fn generate(rng: &mut Rng) -> Scenario {
 }
 
 fn judge(s: &Scenario) -> Result<(), String> {
-    let o = sim::run_checked(&registry(), s, check::VIRTUAL_SYNCHRONY)?;
+    let o = sim_support::run_checked_listing(s, check::VIRTUAL_SYNCHRONY)?;
     let recovered: u64 = o.members.iter().filter_map(|m| m.counter("NAK", "recovered")).sum();
     RELAYED.fetch_add(recovered, Ordering::Relaxed);
     Ok(())
@@ -112,6 +119,29 @@ fn coordinator_crash_mid_traffic() {
     let v = log(&o, 1).last_view().unwrap();
     assert!(!v.contains(&sim::member(0)) && v.len() == 4 && v.is_primary(), "{v:?}");
     assert_eq!(v.coordinator(), sim::member(1), "the next member takes over: {v:?}");
+}
+
+#[test]
+fn over_a_tree_a_crash_is_suspected_by_its_neighbour_at_once() {
+    // Member 6 is a leaf of the binary tree of 7 (its parent is 2). Its
+    // parent's transport loses the connection one network delay after the
+    // crash and suspects it, so the view change starts long before VSYNC's
+    // own suspicion timeout (1.5 s) would start it. (A crashed *inner*
+    // member cuts its subtree off from the casts the view change needs:
+    // see "Tree routing" in docs/simulator.md.)
+    let line = "seed=106 members=7 stack=FRAG:NAK:VSYNC loss=0.05 delay_us=100..1000 casts=40 size=1..4000 interval_us=10000 quiet_ms=10000 \
+                faults=crash(6)@1300ms";
+    let crash = strata_stack::Instant::ZERO + std::time::Duration::from_millis(1300);
+    let tree = run_named("leaf crash over a tree", &format!("{line} tree=2"));
+    assert_eq!(tree.net.suspicions, 1, "{}", tree.summary());
+    let suspected_at = log(&tree, 2).log.iter().find(|e| matches!(e, Entry::Other { what, .. } if what.contains("Suspect"))).map(Entry::at);
+    assert!(suspected_at.is_some_and(|t| t > crash && t <= crash + std::time::Duration::from_millis(1)), "{suspected_at:?}");
+    for i in 0..6 {
+        let removed = log(&tree, i).views().find(|(_, v)| !v.contains(&sim::member(6))).map(|(at, _)| at);
+        assert!(removed.is_some_and(|t| t < crash + std::time::Duration::from_millis(1000)), "member {i}: {removed:?}\n{}", tree.timeline(false));
+        assert!(log(&tree, i).last_view().is_some_and(|v| v.len() == 6 && v.is_primary()));
+    }
+    assert_eq!(run_named("leaf crash over UDP", line).net.suspicions, 0);
 }
 
 #[test]
@@ -486,14 +516,49 @@ mod hand_built {
     }
 
     #[test]
-    fn liveness_is_not_required_when_no_live_member_ends_primary() {
-        // Members 0 and 1 end in non-primary views of their own, knowing nothing alike.
+    fn liveness_is_required_when_a_quorum_of_the_last_primary_view_survives() {
+        // Members 0 and 1 end in non-primary views of their own, knowing
+        // nothing alike, though both are live and no fault split them.
         let v1 = view(1, 0, &[0, 1], true);
-        let o = outcome(vec![
-            member(0, 1, vec![v(1000, &v1), d(1001, 0, 0), v(3000, &view(2, 0, &[0], false))]),
-            member(1, 1, vec![v(1000, &v1), d(1001, 1, 0), v(3000, &view(2, 1, &[1], false))]),
-        ]);
+        let apart = |i: u16| v(3000, &view(2, i, &[i], false));
+        let o = outcome(vec![member(0, 1, vec![v(1000, &v1), d(1001, 0, 0), apart(0)]), member(1, 1, vec![v(1000, &v1), d(1001, 1, 0), apart(1)])]);
+        fails(
+            &o,
+            check::VSYNC_LIVENESS,
+            &[
+                "no live member ends in a primary view, though the live members hold a quorum of the last primary view 1@10.0.0.0:7000",
+                "went on 12s after its last fault",
+                "10.0.0.1:7000 in 2@10.0.0.1:7000 [10.0.0.1:7000] non-primary",
+            ],
+        );
+        // Not required when a partition left no side a majority ...
+        let mut split = o.clone();
+        split.scenario.faults = vec![
+            sim::Fault { at: Duration::from_millis(2000), kind: sim::FaultKind::Partition(vec![vec![0], vec![1]]) },
+            sim::Fault { at: Duration::from_millis(2100), kind: sim::FaultKind::Heal },
+        ];
+        check::vsync_liveness::check(&split).unwrap();
+        // ... when the run ended sooner than SETTLE_AFTER_FAULTS after its last fault ...
+        let mut soon = o.clone();
+        soon.scenario.faults = vec![sim::Fault { at: Duration::from_millis(3000), kind: sim::FaultKind::Heal }];
+        assert!(soon.end < strata_stack::Instant::ZERO + Duration::from_millis(3000) + check::vsync_liveness::SETTLE_AFTER_FAULTS);
+        check::vsync_liveness::check(&soon).unwrap();
+        soon.scenario.faults[0].at = Duration::from_millis(2000);
+        assert!(check::vsync_liveness::check(&soon).is_err());
+        // ... or when crashes took the quorum: 2, 3 and 4 of {0..4} crashed.
+        let v1 = view(1, 0, &[0, 1, 2, 3, 4], true);
+        let mut members = vec![member(0, 1, vec![v(1000, &v1), d(1001, 0, 0), apart(0)]), member(1, 1, vec![v(1000, &v1), d(1001, 1, 0), apart(1)])];
+        for i in 2..5 {
+            let mut m = member(i, 0, vec![v(1000, &v1)]);
+            m.crashed_at = Some(t(2000));
+            members.push(m);
+        }
+        let mut o = outcome(members);
         check::vsync_liveness::check(&o).unwrap();
+        // (With one of them alive, {0, 1, 2} is a majority again; 2 ends
+        // in the primary view, so the earlier condition applies too.)
+        o.members[2].crashed_at = None;
+        fails(&o, check::VSYNC_LIVENESS, &["but 10.0.0.2:7000 ends in view 1@10.0.0.0:7000"]);
         // Nor while a partition holds at the end: member 2 is cut off for good.
         let mut o = good();
         o.members[2].log.push(v(3000, &view(4, 2, &[2], false)));

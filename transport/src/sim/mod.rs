@@ -9,8 +9,10 @@
 //! every event delivered, in order, so a test can check that.
 //!
 //! At equal times the simulator applies, one at a time and in this order: a
-//! fault, an arriving datagram (earliest sent first), a due timer (lowest
-//! member first), a due cast (lowest member first). After every input it
+//! fault, an arriving datagram or (with `tree=K`) transport event, a
+//! lost-connection notice or a stall check (earliest sent first), a due
+//! timer (lowest member first), a due cast (lowest member first). A
+//! forwarding member forwards a tree cast before its stack handles it. After every input it
 //! drains the stack as the engine asks: transmits, then events.
 //!
 //! The run ends `quiet_ms` after the later of the last accepted cast and the
@@ -60,6 +62,17 @@
 //! datagram; [`NetStats::attack`] counts what became of them. See
 //! [`attack`].
 //!
+//! ## Tree routing
+//! With `tree=K` group casts travel along the `K`-ary tree of the
+//! sender's view, as over the TCP tree transport: each member's simulated
+//! transport forwards the copies it receives to its own tree neighbours
+//! when the cast's view tag is its own view's. Each member's transport
+//! marks members unreachable (a crash noticed one network delay later, a
+//! refused connect, a connection stalled by a partition for `stall_ms`),
+//! routes copies around them ([`crate::tree::next_hops`]) and reports each
+//! new mark as a suspicion ([`Stack::suspect`]); a mark older than
+//! `retry_ms` is tried again. See [`route`].
+//!
 //! ## Stack strings per member
 //! The text `{i}` in the scenario's stack string is replaced by the
 //! member's index when its stack is built (`identity=/keys/id{i}` gives
@@ -70,6 +83,7 @@
 pub mod attack;
 pub mod check;
 pub mod net;
+pub mod route;
 pub mod scenario;
 pub mod workload;
 
@@ -78,9 +92,10 @@ pub use crate::payload;
 pub use attack::{AttackKind, AttackKinds, AttackStats};
 pub use check::Check;
 pub use net::NetStats;
-pub use scenario::{CrashTailMode, Fault, FaultKind, Ranges, Scenario, ScenarioError};
+pub use scenario::{CrashTailMode, Fault, FaultKind, Ranges, Scenario, ScenarioError, DEFAULT_RETRY_MS, DEFAULT_STALL_MS};
 
 use bytes::Bytes;
+use net::Carried;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -644,8 +659,16 @@ impl Outcome {
         let casts: usize = self.members.iter().map(|m| m.casts.len()).sum();
         let delivered: usize = self.members.iter().map(|m| m.deliveries().count()).sum();
         let n = &self.net;
+        let tree = if self.scenario.tree > 0 {
+            format!(
+                " forwarded={} not_forwarded={} routed_around={} unreachable={} reconnected={} suspicions={}",
+                n.forwarded, n.not_forwarded, n.routed_around, n.unreachable, n.reconnected, n.suspicions
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "casts={casts} delivered={delivered} transmits={} copies={} lost={} dup={} delayed={} cut={} end={:?} steps={} digest={:016x}{}",
+            "casts={casts} delivered={delivered} transmits={} copies={} lost={} dup={} delayed={} cut={}{tree} end={:?} steps={} digest={:016x}{}",
             n.transmits,
             n.copies,
             n.lost,
@@ -808,6 +831,36 @@ struct World {
     attacker: Option<attack::Attacker>,
     /// Whether a member that left keeps running (`keep_left=true`).
     keep_left: bool,
+    /// Each member's tree route, with `tree=K`.
+    router: Option<route::Router>,
+    /// With `tree=K`, each member's transport's unreachable marks: member
+    /// index -> when it was marked (or the mark renewed by a failed
+    /// reconnect). A mark younger than `retry` routes copies around the
+    /// member; an older one lets the next copy try it directly.
+    marks: Vec<BTreeMap<usize, Instant>>,
+    /// With `tree=K`: the pairs of members (lower index first) with a
+    /// connection between them: a tree copy went from one to the other.
+    links: BTreeSet<(usize, usize)>,
+    /// With `tree=K`: (member, crashed member) whose broken connection the
+    /// member will be told of; copies it sends meanwhile go into the broken
+    /// connection and are lost.
+    pending_lost: BTreeSet<(usize, usize)>,
+    /// With `tree=K`: (member, peer) edges whose tree copies a partition
+    /// cuts, with when the first was cut; a [`Carried::Stall`] is due
+    /// `stall` later.
+    stalls: BTreeMap<(usize, usize), Instant>,
+    /// How long copies may go unacknowledged before a connection times out (`stall_ms`).
+    stall: Duration,
+    /// How old a mark is before the next copy tries the member directly (`retry_ms`).
+    retry: Duration,
+    /// Scratch space for the next hops of one tree copy.
+    hops: Vec<(Option<usize>, usize)>,
+    hop_ranks: Vec<(usize, usize)>,
+}
+
+/// A pair of members as [`World::links`] keys it.
+fn link(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
 }
 
 impl World {
@@ -838,6 +891,7 @@ impl World {
                 self.nodes[i] = Some(stack);
             }
             Some(_) => {
+                self.forget_transport(i);
                 self.logs[i].stats = stack.stats();
                 self.logs[i].engine = stack.engine_stats();
                 self.digest.u64(0x1_0200 + i as u64);
@@ -867,18 +921,25 @@ impl World {
             self.digest.u64(fnv1a64(&data));
             match tx.dest {
                 Dest::Group => {
+                    if self.tree_send(now, i, stack, None, &data) {
+                        continue;
+                    }
                     for m in stack.view().members() {
                         if *m == stack.local() {
                             continue;
                         }
                         match self.index.get(&m.addr()) {
-                            Some(&to) => self.net.send(now, i, to, &data),
+                            Some(&to) => {
+                                self.net.send(now, i, to, &data, None);
+                            }
                             None => self.net.stats.unroutable += 1,
                         }
                     }
                 }
                 Dest::Member(m) => match self.index.get(&m.addr()) {
-                    Some(&to) => self.net.send(now, i, to, &data),
+                    Some(&to) => {
+                        self.net.send(now, i, to, &data, None);
+                    }
                     None => self.net.stats.unroutable += 1,
                 },
             }
@@ -1033,10 +1094,188 @@ impl World {
         self.apps.iter().filter_map(|a| a.pending_done.first_key_value().map(|((at, _), _)| *at)).min()
     }
 
+    /// Member `at`'s transport forwards a tree copy that came from member
+    /// `from`, if its tag is its own view's and it logically came from one
+    /// of its tree neighbours there (see [`route`]).
+    fn forward(&mut self, now: Instant, from: usize, at: usize, copy: net::TreeCopy, data: &Bytes) {
+        if self.router.is_none() {
+            return;
+        }
+        let Some(mut stack) = self.nodes[at].take() else { return };
+        // The sender got through: a connection between them is up (the
+        // real transport clears its mark when a peer connects to it).
+        if self.nodes[from].is_some() {
+            self.links.insert(link(from, at));
+            if self.marks[at].remove(&from).is_some() {
+                self.net.stats.reconnected += 1;
+            }
+        }
+        let route = self.router.as_mut().expect("checked above").route(at, &stack, &self.index);
+        if route.tag == copy.tag && route.forwards_from(copy.as_from) {
+            self.tree_send(now, at, &mut stack, Some(copy.as_from), data);
+        } else {
+            self.net.stats.not_forwarded += 1;
+        }
+        self.nodes[at] = Some(stack);
+    }
+
+    /// Member `i`'s transport sends a tree copy on to its next hops: as
+    /// its sender (`came` is `None`) or forwarding a copy that logically
+    /// came from rank `came`. Each member it has a fresh mark for is
+    /// routed around; one it tries and cannot reach (a refused connect, a
+    /// reconnect across a partition) is marked, and the copy routed around
+    /// it too. Returns whether `i` routes by the tree at all (it is in its
+    /// view; else the caller sends directly).
+    fn tree_send(&mut self, now: Instant, i: usize, stack: &mut Stack, came: Option<usize>, data: &Bytes) -> bool {
+        let mut hops = std::mem::take(&mut self.hops);
+        let mut scratch = std::mem::take(&mut self.hop_ranks);
+        let mut routed = None;
+        loop {
+            hops.clear();
+            let Some(router) = self.router.as_mut() else { break };
+            let route = router.route(i, stack, &self.index);
+            let Some(rank) = route.rank else { break };
+            routed = Some((route.tag, rank));
+            let (marks, retry) = (&self.marks[i], self.retry);
+            route.hops(came, |m| marks.get(&m).is_some_and(|since| now < *since + retry), &mut scratch, &mut hops);
+            let mut marked = false;
+            for &(to, _) in &hops {
+                if let Some(to) = to {
+                    marked |= !self.try_reach(now, i, stack, to);
+                }
+            }
+            if !marked {
+                break;
+            }
+        }
+        if let Some((tag, rank)) = routed {
+            for (to, as_from) in hops.drain(..) {
+                let Some(to) = to else {
+                    self.net.stats.unroutable += 1;
+                    continue;
+                };
+                self.net.stats.forwarded += u64::from(came.is_some());
+                self.net.stats.routed_around += u64::from(as_from != rank);
+                if self.net.send(now, i, to, data, Some(net::TreeCopy { tag, as_from })) {
+                    // Unacknowledged from now on: the connection times out
+                    // `stall` after the first cut copy if the cut holds.
+                    if let std::collections::btree_map::Entry::Vacant(e) = self.stalls.entry((i, to)) {
+                        e.insert(now);
+                        self.net.schedule_stall(now + self.stall, i, Carried::Stall { watcher: stack.local(), peer: to, since: now });
+                    }
+                } else if self.nodes[to].is_some() {
+                    self.links.insert(link(i, to));
+                }
+            }
+        }
+        self.hops = hops;
+        self.hop_ranks = scratch;
+        routed.is_some()
+    }
+
+    /// Member `i`'s transport is about to send a tree copy to member `to`,
+    /// for which it has no fresh mark: whether the copy can go. A member
+    /// that is down and whose connection is not known broken yet (no
+    /// notice on its way) refuses the connect; a member marked earlier is
+    /// tried again, which fails across a partition (the mark is renewed)
+    /// and otherwise clears the mark. A failure marks `to`.
+    fn try_reach(&mut self, now: Instant, i: usize, stack: &mut Stack, to: usize) -> bool {
+        let marked = self.marks[i].contains_key(&to);
+        let reachable = if self.net.cuts(i, to) {
+            // A first copy across the cut goes (and is cut): the stall timer decides.
+            !marked
+        } else {
+            // Copies written into a connection broken by a crash, before the notice, are lost.
+            self.nodes[to].is_some() || self.pending_lost.contains(&(i, to))
+        };
+        if !reachable {
+            self.mark(now, i, stack, to);
+        } else if marked && self.nodes[to].is_some() && !self.net.cuts(i, to) {
+            self.marks[i].remove(&to);
+            self.net.stats.reconnected += 1;
+        }
+        reachable
+    }
+
+    /// Member `i`'s transport marks member `to` unreachable at `now` (or
+    /// renews its mark). A new mark is reported as the real transport's
+    /// `poll_lost` reports it: the driver passes `Stack::suspect` of the
+    /// member of `i`'s view at that address, if it has one.
+    fn mark(&mut self, now: Instant, i: usize, stack: &mut Stack, to: usize) {
+        self.digest.u64(0x1_0900 + i as u64);
+        self.digest.u64(to as u64);
+        self.links.remove(&link(i, to));
+        if self.marks[i].insert(to, now).is_some() {
+            return;
+        }
+        self.net.stats.unreachable += 1;
+        let addr = self.logs[to].id.addr();
+        let Some(&suspect) = stack.view().members().iter().find(|m| m.addr() == addr) else { return };
+        self.net.stats.suspicions += 1;
+        self.digest.u64(0x1_0800 + i as u64);
+        self.digest.bytes(suspect.to_string().as_bytes());
+        stack.suspect(now, suspect);
+    }
+
+    /// Member `at`'s transport handles one of its own events that the
+    /// network carried from member `from`: a broken connection to `from`
+    /// (`Lost`), or a stall check (`Stall`); whether it marked a member (so
+    /// its stack must be drained).
+    fn transport_event(&mut self, now: Instant, at: usize, from: usize, what: Carried) -> bool {
+        let (watcher, about, fails) = match what {
+            Carried::Lost { watcher } => {
+                self.pending_lost.remove(&(at, from));
+                (watcher, from, true)
+            }
+            Carried::Stall { watcher, peer, since } => {
+                if self.stalls.get(&(at, peer)) != Some(&since) {
+                    return false;
+                }
+                self.stalls.remove(&(at, peer));
+                (watcher, peer, self.net.cuts(at, peer))
+            }
+            Carried::Datagram { .. } => return false,
+        };
+        let Some(mut stack) = self.nodes[at].take() else { return false };
+        let mine = stack.local() == watcher;
+        if mine && fails {
+            self.mark(now, at, &mut stack, about);
+        }
+        self.nodes[at] = Some(stack);
+        mine && fails
+    }
+
+    /// With `tree=K`: member `i` crashed, so every running member with a
+    /// connection to it (a tree neighbour in its own view, or a link) is
+    /// told after one network delay; `i`'s transport state is gone.
+    fn connections_lost(&mut self, now: Instant, i: usize) {
+        let Some(router) = self.router.as_mut() else { return };
+        for (j, node) in self.nodes.iter().enumerate() {
+            if let Some(stack) = node.as_ref().filter(|_| j != i) {
+                if (router.route(j, stack, &self.index).has_neighbour(i) || self.links.contains(&link(i, j))) && self.pending_lost.insert((j, i)) {
+                    self.net.notify_lost(now, j, stack.local(), i);
+                }
+            }
+        }
+        self.forget_transport(i);
+    }
+
+    /// Member `i`'s transport is gone (a crash, or a leave that closed its
+    /// connections with a goodbye): its links, marks and stall timers.
+    fn forget_transport(&mut self, i: usize) {
+        self.links.retain(|&(a, b)| a != i && b != i);
+        if let Some(m) = self.marks.get_mut(i) {
+            m.clear();
+        }
+        self.stalls.retain(|&(a, _), _| a != i);
+        self.pending_lost.retain(|&(w, _)| w != i);
+    }
+
     /// A power failure at member `i`: its disk keeps what the scenario's
     /// `crash_tail` says, its stack and its application's plans are dropped.
     fn crash(&mut self, now: Instant, i: usize, tail: CrashTailMode) {
         if let Some(stack) = self.nodes[i].take() {
+            self.connections_lost(now, i);
             // The disk first: the stack's unsynced writes die with it.
             self.disks[i].crash(tail.draw(&mut self.crash_rng));
             self.logs[i].stats = stack.stats();
@@ -1112,6 +1351,15 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
         done_rng,
         attacker,
         keep_left: scenario.keep_left,
+        router: (scenario.tree > 0).then(|| route::Router::new(n, scenario.tree)),
+        marks: vec![BTreeMap::new(); n],
+        links: BTreeSet::new(),
+        pending_lost: BTreeSet::new(),
+        stalls: BTreeMap::new(),
+        stall: Duration::from_millis(scenario.stall_ms),
+        retry: Duration::from_millis(scenario.retry_ms),
+        hops: Vec::new(),
+        hop_ranks: Vec::new(),
     };
     let mut casters = Vec::with_capacity(n);
     for (i, &id) in ids.iter().enumerate() {
@@ -1189,7 +1437,11 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
                     }
                 }
                 FaultKind::Partition(sets) => world.net.partition(n, sets),
-                FaultKind::Heal => world.net.heal(),
+                FaultKind::Heal => {
+                    world.net.heal();
+                    // Retransmissions get through: no connection times out.
+                    world.stalls.clear();
+                }
                 FaultKind::Join(i) => {
                     let i = usize::from(*i);
                     world.start(registry, scenario, i, now)?;
@@ -1209,13 +1461,24 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
             continue;
         }
         if let Some(d) = world.net.pop_due(now) {
-            match world.nodes[d.to].as_mut() {
-                None => world.net.stats.to_crashed += 1,
-                Some(stack) => {
+            match d.what {
+                Carried::Datagram { .. } if world.nodes[d.to].is_none() => world.net.stats.to_crashed += 1,
+                Carried::Datagram { data, tree } => {
+                    if let Some(copy) = tree {
+                        world.forward(now, d.from, d.to, copy, &data);
+                    }
                     world.net.stats.arrived += 1;
-                    stack.handle_datagram(now, d.data);
+                    if let Some(stack) = world.nodes[d.to].as_mut() {
+                        stack.handle_datagram(now, data);
+                    }
                     world.logs[d.to].backpressured += casters[d.to].wake(now);
                     world.drain(now, d.to);
+                }
+                what => {
+                    if world.transport_event(now, d.to, d.from, what) {
+                        world.logs[d.to].backpressured += casters[d.to].wake(now);
+                        world.drain(now, d.to);
+                    }
                 }
             }
             continue;

@@ -6,7 +6,15 @@
 //! this order of random draws: lost? (`loss`); base delay uniform in
 //! `delay_us`; extra delay (`reorder`, 1 to 4 times the largest base delay);
 //! duplicated? (`dup`, the duplicate gets its own delay). A partition cuts a
-//! copy when it is sent; a crashed member's copies vanish on arrival.
+//! copy when it is sent; a crashed member's copies vanish on arrival. With
+//! `link_fifo=true` a copy never arrives before an earlier copy between the
+//! same two members: its arrival is held back to that one's (the send order
+//! breaks the tie). With `tree=K` a forwarded copy is sent like any other,
+//! by the member that forwards it (see [`super::route`]), and the network
+//! also carries the tree transport's own events: notices of connections
+//! broken by a crash ([`Carried::Lost`]), which draw a base delay and
+//! nothing else, and the checks of stalled connections
+//! ([`Carried::Stall`]), which draw nothing.
 
 use super::scenario::Scenario;
 use std::cmp::{Ordering, Reverse};
@@ -19,7 +27,9 @@ use strata_stack::{Instant, Rng};
 pub struct NetStats {
     /// Transmits taken from the stacks.
     pub transmits: u64,
-    /// Copies addressed to a member (a group transmit makes one per other member).
+    /// Copies addressed to a member (a group transmit makes one per other
+    /// member, or with `tree=K` one per tree neighbour of the sender; every
+    /// forwarded copy counts too).
     pub copies: u64,
     /// Copies lost at random.
     pub lost: u64,
@@ -37,13 +47,59 @@ pub struct NetStats {
     pub arrived: u64,
     /// What the attacker did (`attack=`, `keep_left=`; see [`super::attack`]).
     pub attack: super::attack::AttackStats,
+    /// With `tree=K`: copies a member forwarded to a tree neighbour (see [`super::route`]).
+    pub forwarded: u64,
+    /// With `tree=K`: tree copies that arrived at a running member under a
+    /// view tag other than its own view's, and so were not forwarded.
+    pub not_forwarded: u64,
+    /// With `tree=K`: members marked unreachable by another member's
+    /// transport (a crash notice, a refused connect, a stalled connection;
+    /// a failed reconnect renews a mark and is not counted again).
+    pub unreachable: u64,
+    /// With `tree=K`: marks that cleared (a reconnect got through, or the
+    /// member connected to the one that marked it).
+    pub reconnected: u64,
+    /// With `tree=K`: new marks reported to a stack as a suspicion
+    /// (`Stack::suspect`), as the runtime's driver does with `poll_lost`
+    /// (only when the marking member's view holds a member at that address).
+    pub suspicions: u64,
+    /// With `tree=K`: copies a member sent on behalf of an unreachable
+    /// neighbour (marked as coming from it; see [`super::route`]).
+    pub routed_around: u64,
 }
 
 pub(crate) struct InFlight {
     pub at: Instant,
     seq: u64,
+    /// The member that sent this copy (the last hop of a forwarded cast).
+    pub from: usize,
     pub to: usize,
-    pub data: bytes::Bytes,
+    pub what: Carried,
+}
+
+/// What a copy in flight carries.
+pub(crate) enum Carried {
+    /// A datagram; `tree` is set if it is a cast routed along a tree (and so
+    /// to be forwarded).
+    Datagram { data: bytes::Bytes, tree: Option<TreeCopy> },
+    /// The connection to the sender of this notice (a member that crashed)
+    /// broke: `watcher`, the incarnation of the receiver that had the
+    /// connection, is told.
+    Lost { watcher: strata_stack::MemberId },
+    /// `stall_ms` after a tree copy from `watcher` (the incarnation of the
+    /// receiver of this event) to member `peer` was cut at `since`: if the
+    /// edge is still cut, the connection times out.
+    Stall { watcher: strata_stack::MemberId, peer: usize, since: Instant },
+}
+
+/// What a tree copy carries besides the datagram.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TreeCopy {
+    /// The view tag of the sender's tree.
+    pub tag: u64,
+    /// The rank, in that tree, the copy logically comes from: the member
+    /// that sent it, or the unreachable neighbour it was sent on behalf of.
+    pub as_from: usize,
 }
 
 impl PartialEq for InFlight {
@@ -73,12 +129,30 @@ pub(crate) struct Net {
     seq: u64,
     /// The set of each member while a partition holds.
     sets: Option<Vec<usize>>,
+    /// With `link_fifo=true`: the latest arrival scheduled on each link,
+    /// at `from * members + to`.
+    link_last: Option<Vec<Instant>>,
+    members: usize,
     pub stats: NetStats,
 }
 
 impl Net {
     pub fn new(s: &Scenario, rng: Rng) -> Net {
-        Net { rng, loss: s.loss, dup: s.dup, reorder: s.reorder, delay_us: s.delay_us, heap: BinaryHeap::new(), seq: 0, sets: None, stats: NetStats::default() }
+        let members = usize::from(s.members);
+        let link_last = s.link_fifo.then(|| vec![Instant::ZERO; members * members]);
+        Net {
+            rng,
+            loss: s.loss,
+            dup: s.dup,
+            reorder: s.reorder,
+            delay_us: s.delay_us,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            sets: None,
+            link_last,
+            members,
+            stats: NetStats::default(),
+        }
     }
 
     /// Starts a partition: `sets` lists member indices; the unlisted form one more set.
@@ -108,24 +182,52 @@ impl Net {
         Duration::from_micros(us)
     }
 
-    /// Sends one copy from `from` to `to` at `now`.
-    pub fn send(&mut self, now: Instant, from: usize, to: usize, data: &bytes::Bytes) {
+    /// Whether a partition cuts the copies from `from` to `to` now.
+    pub fn cuts(&self, from: usize, to: usize) -> bool {
+        self.sets.as_ref().is_some_and(|sets| sets[from] != sets[to])
+    }
+
+    /// Sends one copy from `from` to `to` at `now`; `tree` marks a tree
+    /// cast (see [`Carried::Datagram`]). Whether a partition cut it.
+    pub fn send(&mut self, now: Instant, from: usize, to: usize, data: &bytes::Bytes, tree: Option<TreeCopy>) -> bool {
         self.stats.copies += 1;
-        if self.sets.as_ref().is_some_and(|sets| sets[from] != sets[to]) {
+        if self.cuts(from, to) {
             self.stats.cut += 1;
-            return;
+            return true;
         }
         if self.rng.chance(self.loss) {
             self.stats.lost += 1;
-            return;
+            return false;
         }
         let copies = if self.rng.chance(self.dup) { 2 } else { 1 };
         self.stats.duplicated += copies - 1;
         for _ in 0..copies {
-            let at = now + self.delay();
-            self.seq += 1;
-            self.heap.push(Reverse(InFlight { at, seq: self.seq, to, data: data.clone() }));
+            let mut at = now + self.delay();
+            if let Some(last) = self.link_last.as_mut().and_then(|l| l.get_mut(from * self.members + to)) {
+                at = at.max(*last);
+                *last = at;
+            }
+            self.push(at, from, to, Carried::Datagram { data: data.clone(), tree });
         }
+        false
+    }
+
+    /// Tells member `to` (incarnation `watcher`), one base delay after
+    /// `now`, that its connection to the crashed member `from` broke.
+    pub fn notify_lost(&mut self, now: Instant, to: usize, watcher: strata_stack::MemberId, from: usize) {
+        let at = now + Duration::from_micros(self.rng.between(self.delay_us.0, self.delay_us.1));
+        self.push(at, from, to, Carried::Lost { watcher });
+    }
+
+    /// Schedules the stall check `stall` for member `at_member` at `at`
+    /// (no random draw).
+    pub fn schedule_stall(&mut self, at: Instant, at_member: usize, stall: Carried) {
+        self.push(at, at_member, at_member, stall);
+    }
+
+    fn push(&mut self, at: Instant, from: usize, to: usize, what: Carried) {
+        self.seq += 1;
+        self.heap.push(Reverse(InFlight { at, seq: self.seq, from, to, what }));
     }
 
     /// When the next copy arrives.

@@ -17,7 +17,13 @@
 //! the attacker's fields (see [`super::attack`]): `attack=RATE`
 //! (injections per simulated second), `attack_kinds=replay,flip,...` (when
 //! not all kinds) and `keep_left=true` (a member that left keeps running,
-//! fed every later datagram). A
+//! fed every later datagram). So are the routing fields: `tree=K` (group
+//! casts travel along the k-ary tree of the sender's view and each member
+//! forwards them, as the TCP tree transport does; see [`super::route`])
+//! and `link_fifo=true` (the copies from one member to another arrive in
+//! the order they were sent, as over a TCP connection), and the tree
+//! transport's timing, `stall_ms=` (default 1000) and `retry_ms=` (default
+//! 2000). A
 //! crashed member starts again with `restart(i)@T`:
 //!
 //! ```text
@@ -115,7 +121,32 @@ pub struct Scenario {
     /// every later datagram by the eavesdropper (see [`super::attack`]).
     /// Written only when set.
     pub keep_left: bool,
+    /// The fanout of the tree group casts are routed along (`tree=K`, see
+    /// [`super::route`]); 0, the default, sends a group cast straight to
+    /// every other member of the sender's view. Written only when not 0.
+    pub tree: u16,
+    /// Whether the copies sent from one member to another arrive in the
+    /// order they were sent (a later copy never overtakes an earlier one:
+    /// its arrival is held back to the earlier one's), as on a TCP
+    /// connection; loss and duplication still apply. Written only when set.
+    pub link_fifo: bool,
+    /// With `tree=K`: how long (ms) the tree copies a member sends to
+    /// another may be cut by a partition before its transport marks the
+    /// other unreachable (the connection's data went unacknowledged: Linux
+    /// `TCP_USER_TIMEOUT`, the real transport's `stall_timeout`); see
+    /// [`super::route`]. Default [`DEFAULT_STALL_MS`]; written only when not that.
+    pub stall_ms: u64,
+    /// With `tree=K`: how old (ms) an unreachable mark is before the next
+    /// copy to that member is tried directly again (a reconnect; the real
+    /// transport's backoff tops out at 2 s). Default [`DEFAULT_RETRY_MS`];
+    /// written only when not that.
+    pub retry_ms: u64,
 }
+
+/// The default `stall_ms`.
+pub const DEFAULT_STALL_MS: u64 = 1000;
+/// The default `retry_ms`.
+pub const DEFAULT_RETRY_MS: u64 = 2000;
 
 /// What a crash does to the bytes a member appended to its log files but
 /// did not sync (see `strata_stack::CrashTail`).
@@ -190,6 +221,10 @@ impl Default for Scenario {
             attack: 0.0,
             attack_kinds: AttackKinds::ALL,
             keep_left: false,
+            tree: 0,
+            link_fifo: false,
+            stall_ms: DEFAULT_STALL_MS,
+            retry_ms: DEFAULT_RETRY_MS,
         }
     }
 }
@@ -458,6 +493,18 @@ impl fmt::Display for Scenario {
         if self.keep_left {
             write!(f, " keep_left=true")?;
         }
+        if self.tree != 0 {
+            write!(f, " tree={}", self.tree)?;
+        }
+        if self.link_fifo {
+            write!(f, " link_fifo=true")?;
+        }
+        if self.stall_ms != DEFAULT_STALL_MS {
+            write!(f, " stall_ms={}", self.stall_ms)?;
+        }
+        if self.retry_ms != DEFAULT_RETRY_MS {
+            write!(f, " retry_ms={}", self.retry_ms)?;
+        }
         Ok(())
     }
 }
@@ -537,12 +584,16 @@ impl FromStr for Scenario {
                 "attack" => s.attack = parse_num(&key, &v)?,
                 "attack_kinds" => s.attack_kinds = v.parse().map_err(ScenarioError)?,
                 "keep_left" => s.keep_left = parse_num(&key, &v)?,
+                "tree" => s.tree = parse_num(&key, &v)?,
+                "link_fifo" => s.link_fifo = parse_num(&key, &v)?,
+                "stall_ms" => s.stall_ms = parse_num(&key, &v)?,
+                "retry_ms" => s.retry_ms = parse_num(&key, &v)?,
                 "faults" => {
                     s.faults = if v == "none" || v.is_empty() { Vec::new() } else { split_faults(&v).into_iter().map(str::parse).collect::<Result<_, _>>()? }
                 }
                 _ => {
                     return err(format!(
-                        "unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults fifo crash_tail attack attack_kinds keep_left)"
+                        "unknown field `{key}` (known: seed members stack loss dup reorder delay_us casts size interval_us quiet_ms faults fifo crash_tail attack attack_kinds keep_left tree link_fifo stall_ms retry_ms)"
                     ))
                 }
             }
@@ -630,6 +681,15 @@ pub struct Ranges {
     /// Largest share of casts asking for FIFO order only (`fifo=`); drawn
     /// like the loss, zero a quarter of the time.
     pub max_fifo: f64,
+    /// Whether a third of the scenarios route group casts along a tree
+    /// (`tree=K`, K in 1..=3), half of those over FIFO links
+    /// (`link_fifo=true`): the TCP tree transport's way, so that every
+    /// property is checked over it too. Their loss is per hop, scaled down
+    /// so that a cast between the two members farthest apart in the tree
+    /// (all members in the view) is lost with at most the probability
+    /// drawn: a chain of 8 at 30% per hop would lose 92% end to end, far
+    /// beyond what the UDP scenarios test (and than a TCP transport drops).
+    pub trees: bool,
 }
 
 impl Ranges {
@@ -657,6 +717,7 @@ impl Ranges {
             restarts: false,
             total_failure: false,
             max_fifo: 0.0,
+            trees: false,
         }
     }
 
@@ -666,7 +727,8 @@ impl Ranges {
     /// crashes and one partition with its heal, from 1.1 s on (VSYNC forms
     /// the group after its 1 s `join_timeout_ms`), and a quiet period of
     /// 10 s: long enough to suspect a crashed member (1.5 s), rejoin a
-    /// healed minority (probes every 1 s) and transfer state.
+    /// healed minority (probes every 1 s) and transfer state; a third of
+    /// them over a tree ([`Ranges::trees`]).
     pub fn vsync(stack: impl Into<String>) -> Ranges {
         Ranges {
             max_loss: 0.20,
@@ -681,6 +743,7 @@ impl Ranges {
             max_leaves: 1,
             max_crashes: 3,
             partitions: true,
+            trees: true,
             ..Ranges::new(stack)
         }
     }
@@ -717,6 +780,38 @@ pub(crate) fn mean_size(lo: usize, hi: usize) -> f64 {
         return lo;
     }
     (hi - lo) / (hi / lo).ln()
+}
+
+/// The most edges between two members of the `k`-ary tree of `n` members.
+pub(crate) fn tree_diameter(n: usize, k: usize) -> usize {
+    let k = k.max(1);
+    let mut longest = 0;
+    for a in 0..n {
+        for b in a + 1..n {
+            // A parent's rank is below its children's: lifting the higher
+            // rank meets at the common ancestor.
+            let (mut x, mut y, mut edges) = (a, b, 0);
+            while x != y {
+                if x > y {
+                    x = (x - 1) / k;
+                } else {
+                    y = (y - 1) / k;
+                }
+                edges += 1;
+            }
+            longest = longest.max(edges);
+        }
+    }
+    longest
+}
+
+/// The loss per hop that loses `end_to_end` over `hops` hops, rounded
+/// down to a step of 0.001.
+pub(crate) fn per_hop_loss(end_to_end: f64, hops: usize) -> f64 {
+    if hops <= 1 || end_to_end <= 0.0 {
+        return end_to_end;
+    }
+    ((1.0 - (1.0 - end_to_end).powf(1.0 / hops as f64)) * 1000.0).floor() / 1000.0
 }
 
 /// A probability drawn in steps of 0.001 (so that it prints short), zero a quarter of the time.
@@ -798,6 +893,13 @@ impl Scenario {
         }
         if r.max_fifo > 0.0 {
             s.fifo = draw_p(rng, r.max_fifo);
+        }
+        if r.trees && rng.below(3) == 0 {
+            s.tree = rng.between(1, 3) as u16;
+            s.link_fifo = rng.below(2) == 0;
+            // Loss compounds hop by hop: keep it, between the two members
+            // farthest apart in the tree, within the loss drawn.
+            s.loss = per_hop_loss(s.loss, tree_diameter(usize::from(members), usize::from(s.tree)));
         }
         s
     }
@@ -1023,6 +1125,13 @@ impl Scenario {
             push(Scenario { attack: 0.0, ..self.clone() });
             push(Scenario { attack: (self.attack * 500.0).floor() / 1000.0, ..self.clone() });
         }
+        // Direct casts and reordering links: whether a failure needs the tree.
+        if self.tree != 0 {
+            push(Scenario { tree: 0, link_fifo: false, ..self.clone() });
+        }
+        if self.link_fifo {
+            push(Scenario { link_fifo: false, ..self.clone() });
+        }
         out
     }
 
@@ -1211,6 +1320,49 @@ mod tests {
         }
         assert!(s.shrink().iter().any(|x| x.faults.len() == 4 && !x.faults.iter().any(|f| matches!(f.kind, FaultKind::Crash(0) | FaultKind::Restart(0)))));
         assert_eq!(s.with_members(2).faults.len(), 4);
+    }
+
+    #[test]
+    fn tree_fields_round_trip_are_written_only_when_set_and_shrink_away() {
+        let line = "seed=5 members=7 stack=FRAG:NAK:VSYNC loss=0.1 dup=0 reorder=0 delay_us=100..1000 casts=10 size=1..1000 interval_us=1000 \
+                    quiet_ms=5000 faults=crash(1)@2000ms tree=2 link_fifo=true";
+        let s: Scenario = line.parse().unwrap();
+        assert_eq!((s.tree, s.link_fifo), (2, true));
+        assert_eq!(s.to_string(), line);
+        let plain = Scenario::default().to_string();
+        assert!(!plain.contains("tree") && !plain.contains("link_fifo"), "{plain}");
+        assert_eq!("tree=0 link_fifo=false".parse::<Scenario>().unwrap(), Scenario::default());
+        assert!("tree=x".parse::<Scenario>().unwrap_err().0.contains("tree=`x` is not a number"));
+        let shrunk = s.shrink();
+        assert!(shrunk.iter().any(|x| x.tree == 0 && !x.link_fifo));
+        assert!(shrunk.iter().any(|x| x.tree == 2 && !x.link_fifo));
+    }
+
+    #[test]
+    fn the_vsync_ranges_route_a_third_over_trees() {
+        let mut rng = Rng::new(5);
+        let r = Ranges::vsync("FRAG:NAK:VSYNC");
+        let (mut trees, mut fanouts, mut fifo) = (0, [0; 4], 0);
+        for _ in 0..900 {
+            let s = Scenario::generate(&mut rng, &r);
+            assert!(s.tree <= 3 && (s.tree > 0 || !s.link_fifo), "{s}");
+            assert_eq!(s.to_string().parse::<Scenario>().unwrap(), s);
+            trees += usize::from(s.tree > 0);
+            fanouts[usize::from(s.tree)] += 1;
+            fifo += usize::from(s.link_fifo);
+            if s.tree > 0 {
+                let hops = tree_diameter(usize::from(s.members), usize::from(s.tree));
+                assert!(1.0 - (1.0 - s.loss).powi(hops as i32) <= r.max_loss + 1e-9, "{s}");
+            }
+        }
+        assert!((240..360).contains(&trees) && fanouts[1..].iter().all(|n| *n > 60) && (90..210).contains(&fifo), "{trees} {fanouts:?} {fifo}");
+        assert_eq!(
+            [tree_diameter(1, 2), tree_diameter(2, 1), tree_diameter(8, 1), tree_diameter(7, 2), tree_diameter(8, 2), tree_diameter(8, 3)],
+            [0, 1, 7, 4, 5, 4]
+        );
+        assert_eq!((per_hop_loss(0.3, 1), per_hop_loss(0.3, 7), per_hop_loss(0.0, 4)), (0.3, 0.049, 0.0));
+        let plain = Ranges::new("FRAG:NAK");
+        assert!((0..100).all(|_| Scenario::generate(&mut rng, &plain).tree == 0));
     }
 
     #[test]
