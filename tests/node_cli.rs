@@ -48,14 +48,14 @@ fn args_with<'a>(log: &'a str, replace: &[(&'a str, &'a str)], drop: &[&str]) ->
     base.into_iter().flat_map(|(k, v)| [k, v]).collect()
 }
 
-#[test]
-fn the_base_arguments_work() {
-    // The refusals below differ from this run in one argument only.
-    let dir = scratch_dir("cli-base");
+/// Runs a one-member group with the base arguments changed by `replace`;
+/// returns its log, checked to start and stop with its one delivery.
+fn run_alone(name: &str, replace: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let dir = scratch_dir(name);
     let log = dir.join("ok.jsonl");
     let log = log.to_str().unwrap();
     let mut args = vec!["node"];
-    args.extend(args_with(log, &[], &[]));
+    args.extend(args_with(log, replace, &[]));
     let out = run(&args);
     assert!(out.status.success(), "{out:?}");
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -64,6 +64,53 @@ fn the_base_arguments_work() {
     assert_eq!(lines.last().unwrap()["ev"], "stop");
     assert_eq!(lines.last().unwrap()["delivered"], 1);
     let _ = std::fs::remove_dir_all(&dir);
+    lines
+}
+
+#[test]
+fn the_base_arguments_work() {
+    // The refusals below differ from this run in one argument only.
+    let lines = run_alone("cli-base", &[]);
+    assert_eq!(lines[0]["transport"], "udp");
+}
+
+#[test]
+fn every_transport_says_at_start_what_it_uses() {
+    let lines = run_alone("cli-ipmc", &[("--transport", "ipmc"), ("--mcast-addr", "239.77.1.2:23456"), ("--mcast-ttl", "2")]);
+    let start = &lines[0];
+    assert_eq!(start["transport"], "ipmc");
+    assert_eq!(start["mcast_addr"], "239.77.1.2:23456");
+    assert_eq!(start["mcast_ttl"], 2);
+    let lines = run_alone("cli-ipmc-default", &[("--transport", "ipmc")]);
+    let addr: std::net::SocketAddrV4 = lines[0]["mcast_addr"].as_str().unwrap().parse().unwrap();
+    assert_eq!(addr.ip().octets()[0], 239, "the default is administratively scoped: {addr}");
+
+    let lines = run_alone("cli-tcptree", &[("--transport", "tcptree"), ("--fanout", "3")]);
+    let start = &lines[0];
+    assert_eq!(start["transport"], "tcptree");
+    assert_eq!(start["fanout"], 3);
+    assert_eq!(start["tree_root"], "coordinator");
+    // A group of one is the root of its tree, alone.
+    assert_eq!(start["tree"], serde_json::json!({"parent": null, "children": [], "level": 0, "depth": 0}));
+    let view = lines.iter().find(|l| l["ev"] == "view").unwrap();
+    assert_eq!(view["tree"], start["tree"]);
+}
+
+#[test]
+fn transport_options_are_checked() {
+    let log = "/tmp/strata-never-written.jsonl";
+    refused(&args_with(log, &[("--fanout", "3")], &[]), &["--fanout", "tcptree", "udp"]);
+    refused(&args_with(log, &[("--transport", "tcptree"), ("--mcast-ttl", "3")], &[]), &["--mcast-ttl", "ipmc"]);
+    refused(&args_with(log, &[("--mcast-addr", "239.1.2.3:4000")], &[]), &["--mcast-addr", "ipmc"]);
+    refused(&args_with(log, &[("--mcast-if", "127.0.0.1")], &[]), &["--mcast-if", "ipmc"]);
+    refused(&args_with(log, &[("--transport", "tcptree"), ("--fanout", "0")], &[]), &["--fanout", "0"]);
+    refused(&args_with(log, &[("--transport", "tcptree"), ("--fanout", "many")], &[]), &["--fanout", "many"]);
+    refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-addr", "10.0.0.1:4000")], &[]), &["--mcast-addr", "multicast"]);
+    refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-addr", "239.1.2.3")], &[]), &["--mcast-addr"]);
+    refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-ttl", "256")], &[]), &["--mcast-ttl", "256"]);
+    refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-if", "239.1.2.3")], &[]), &["--mcast-if"]);
+    refused(&args_with(log, &[("--transport", "ipmc"), ("--bind", "[::1]:0")], &[]), &["--bind", "IPv4"]);
+    assert!(!std::path::Path::new(log).exists(), "a refused run must not create its log");
 }
 
 #[test]
@@ -102,7 +149,7 @@ fn bad_stack_strings_are_refused() {
 
 #[test]
 fn unknown_transports_are_refused_naming_the_accepted_ones() {
-    refused(&args_with("/tmp/strata-never-written.jsonl", &[("--transport", "tcp")], &[]), &["tcp", "udp"]);
+    refused(&args_with("/tmp/strata-never-written.jsonl", &[("--transport", "tcp")], &[]), &["tcp", "udp", "ipmc", "tcptree"]);
 }
 
 #[test]

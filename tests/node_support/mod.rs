@@ -105,15 +105,21 @@ fn number(line: &Value, key: &str) -> Result<u64, String> {
 }
 
 /// Checks the log of member `me` against everything docs/strata-node.md
-/// promises for a completed run of fixed membership. Returns the first
-/// violation found.
+/// promises for a completed run of fixed membership over UDP. Returns the
+/// first violation found.
 pub fn check_log(run: &Run, me: &str, lines: &[Value]) -> Result<(), String> {
+    check_log_over(run, "udp", me, lines)
+}
+
+/// [`check_log`] for a run over `transport` (the `start` line's
+/// `"transport"`: `udp`, `ipmc`, `tcptree`).
+pub fn check_log_over(run: &Run, transport: &str, me: &str, lines: &[Value]) -> Result<(), String> {
     let ev = |l: &Value| l.get("ev").and_then(Value::as_str).unwrap_or("").to_string();
     let (first, last) = match (lines.first(), lines.last()) {
         (Some(f), Some(l)) if lines.len() >= 4 => (f, l),
         _ => return Err(format!("only {} lines", lines.len())),
     };
-    if ev(first) != "start" || text(first, "member")? != me || number(first, "incarnation")? != 0 || text(first, "transport")? != "udp" {
+    if ev(first) != "start" || text(first, "member")? != me || number(first, "incarnation")? != 0 || text(first, "transport")? != transport {
         return Err(format!("bad first line {first}"));
     }
     if ev(last) != "stop" {

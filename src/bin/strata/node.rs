@@ -1,4 +1,5 @@
-//! `strata node`: one member of a group over UDP, writing a delivery log.
+//! `strata node`: one member of a group over UDP, IP multicast or a TCP
+//! tree, writing a delivery log.
 //! docs/strata-node.md is the specification; scripts rely on it exactly.
 //!
 //! The run, in order:
@@ -52,7 +53,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
@@ -60,7 +61,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata::layers::safe;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
+use strata::transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata::transport::payload;
+use strata::transport::tcptree::{TcpTreeConfig, TcpTreeTransport};
+use strata::transport::tree;
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
 use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, SafeTag, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -79,12 +83,31 @@ const WRAP_UP: Duration = Duration::from_secs(2);
 /// The shortest silence taken to mean that the group has settled.
 const QUIET_MIN: Duration = Duration::from_millis(200);
 
-/// The transports `strata node` can use.
+/// The transports `strata node` can use (docs/transports/).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
     /// One UDP socket; casts are unicast to every member.
     Udp,
+    /// Casts as one IP multicast datagram, the rest by UDP unicast; members
+    /// are discovered by multicast when no peers are given.
+    Ipmc,
+    /// TCP connections along a k-ary spanning tree of the view; casts are
+    /// forwarded along it.
+    Tcptree,
 }
+
+impl TransportKind {
+    fn name(self) -> &'static str {
+        match self {
+            TransportKind::Udp => "udp",
+            TransportKind::Ipmc => "ipmc",
+            TransportKind::Tcptree => "tcptree",
+        }
+    }
+}
+
+/// The largest `--fanout` accepted.
+const MAX_FANOUT: usize = 64;
 
 /// Options of `strata node` (docs/strata-node.md).
 #[derive(clap::Args, Debug)]
@@ -124,6 +147,25 @@ pub struct NodeArgs {
     /// Stop casting and leave the group this many seconds after the start (fractions allowed).
     #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = parse_leave_after)]
     leave_after: Option<f64>,
+    /// ipmc: the group's multicast address and port (default: derived from the group name, in 239.0.0.0/8).
+    #[arg(long, value_name = "IP:PORT")]
+    mcast_addr: Option<SocketAddrV4>,
+    /// ipmc: the multicast TTL (hops a cast may cross; 1 keeps it on the local network).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=255))]
+    mcast_ttl: Option<u32>,
+    /// ipmc: the interface (its IPv4 address) multicast goes out and is received on (default: the --bind address).
+    #[arg(long, value_name = "IP")]
+    mcast_if: Option<Ipv4Addr>,
+    /// tcptree: children per member in the spanning tree (default 2).
+    #[arg(long, value_name = "K", value_parser = parse_fanout)]
+    fanout: Option<usize>,
+}
+
+fn parse_fanout(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(k) if (1..=MAX_FANOUT).contains(&k) => Ok(k),
+        _ => Err(format!("expected a number of children from 1 to {MAX_FANOUT}, got `{text}`")),
+    }
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -155,10 +197,88 @@ fn parse_linger(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The transport to bind, with its checked options.
+enum TransportPlan {
+    Udp,
+    Ipmc(IpmcConfig),
+    Tcptree(TcpTreeConfig),
+}
+
+impl TransportPlan {
+    fn kind(&self) -> TransportKind {
+        match self {
+            TransportPlan::Udp => TransportKind::Udp,
+            TransportPlan::Ipmc(_) => TransportKind::Ipmc,
+            TransportPlan::Tcptree(_) => TransportKind::Tcptree,
+        }
+    }
+
+    /// The largest datagram the transport carries.
+    fn max_datagram(&self) -> usize {
+        match self {
+            TransportPlan::Udp | TransportPlan::Ipmc(_) => MAX_DATAGRAM,
+            TransportPlan::Tcptree(c) => c.max_frame,
+        }
+    }
+}
+
+/// Checks the transport options against `--transport` and `--bind`.
+fn transport_plan(args: &NodeArgs) -> Result<TransportPlan, String> {
+    let kind = args.transport;
+    let misplaced = |flag: &str, wants: TransportKind| format!("{flag} is an option of --transport {}, not {}", wants.name(), kind.name());
+    if kind != TransportKind::Ipmc {
+        if args.mcast_addr.is_some() {
+            return Err(misplaced("--mcast-addr", TransportKind::Ipmc));
+        }
+        if args.mcast_ttl.is_some() {
+            return Err(misplaced("--mcast-ttl", TransportKind::Ipmc));
+        }
+        if args.mcast_if.is_some() {
+            return Err(misplaced("--mcast-if", TransportKind::Ipmc));
+        }
+    }
+    if kind != TransportKind::Tcptree && args.fanout.is_some() {
+        return Err(misplaced("--fanout", TransportKind::Tcptree));
+    }
+    Ok(match kind {
+        TransportKind::Udp => TransportPlan::Udp,
+        TransportKind::Ipmc => {
+            if !args.bind.is_ipv4() {
+                return Err(format!("--bind {}: --transport ipmc needs an IPv4 address", args.bind));
+            }
+            let mut config = IpmcConfig::default();
+            if let Some(addr) = args.mcast_addr {
+                if !addr.ip().is_multicast() || addr.port() == 0 {
+                    return Err(format!("--mcast-addr {addr}: expected a multicast address (224.0.0.0/4, best 239.0.0.0/8) and a port"));
+                }
+                config.addresses.insert(args.group.clone(), addr);
+            }
+            if let Some(ttl) = args.mcast_ttl {
+                config.ttl = ttl;
+            }
+            if let Some(interface) = args.mcast_if {
+                if interface.is_multicast() || interface.is_broadcast() {
+                    return Err(format!("--mcast-if {interface}: expected the address of a local interface"));
+                }
+                config.interface = Some(interface);
+            }
+            TransportPlan::Ipmc(config)
+        }
+        TransportKind::Tcptree => {
+            let mut config = TcpTreeConfig::default();
+            if let Some(k) = args.fanout {
+                config.fanout = k;
+            }
+            TransportPlan::Tcptree(config)
+        }
+    })
+}
+
 /// A checked request.
 struct Plan {
     group: String,
     stack: String,
+    transport: TransportPlan,
     bind: SocketAddr,
     /// This member first, then the peers (seeds with a membership layer).
     members: Vec<MemberId>,
@@ -183,10 +303,10 @@ struct Plan {
 /// Checks what clap cannot: addresses usable as member ids, and a stack
 /// string that builds. Returns the one-line reason otherwise.
 fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
-    let TransportKind::Udp = args.transport;
     if args.group.is_empty() {
         return Err("--group must not be empty".into());
     }
+    let transport = transport_plan(&args)?;
     if args.bind.ip().is_unspecified() {
         return Err(format!("--bind {}: give the address peers reach this member at (it is its member id), not an unspecified address", args.bind));
     }
@@ -200,7 +320,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
             return Err(format!("--peers: {peer} is not an address a member can receive at"));
         }
         if peer.is_ipv4() != args.bind.is_ipv4() {
-            return Err(format!("--peers: {peer} and --bind {} are of different IP families; one UDP socket cannot reach both", args.bind));
+            return Err(format!("--peers: {peer} and --bind {} are of different IP families; one socket cannot reach both", args.bind));
         }
         let m = MemberId::new(*peer, 0);
         if !members.contains(&m) {
@@ -217,12 +337,12 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
         local: members[0],
         members: members.clone(),
         seed: 0,
-        max_datagram: MAX_DATAGRAM,
+        max_datagram: transport.max_datagram(),
         storage: Arc::new(strata::MemStorage::new()),
         entropy: [0; 32],
     };
     let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
-    check_size_fits(&dry, args.size)?;
+    check_size_fits(&dry, args.size, transport.max_datagram())?;
     let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack));
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
     let leave_after = match args.leave_after {
@@ -233,6 +353,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     Ok(Plan {
         group: args.group,
         stack: args.stack,
+        transport,
         bind: args.bind,
         members,
         membership,
@@ -265,12 +386,12 @@ fn provides_membership(registry: &Registry, stack: &str) -> bool {
 
 /// Refuses a `--size` larger than the stack carries (one datagram without
 /// FRAG, FRAG's `max_msg_size` with it): every such cast would be refused.
-fn check_size_fits(stack: &Stack, size: usize) -> Result<(), String> {
+fn check_size_fits(stack: &Stack, size: usize, max_datagram: usize) -> Result<(), String> {
     // The id text `M:k|` may make a payload longer than --size.
     let longest = size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
     let room = stack.max_message();
     if longest > room {
-        let hint = if room < MAX_DATAGRAM { "; put FRAG in the stack or raise its max_msg_size" } else { "" };
+        let hint = if room < max_datagram { "; put FRAG in the stack or raise its max_msg_size" } else { "" };
         return Err(format!("--size {size}: this stack carries messages of at most {room} bytes{hint}"));
     }
     Ok(())
@@ -423,6 +544,10 @@ impl Replay {
 /// Takes events, logs deliveries and views, and decides completion.
 struct Receiver<'a> {
     shared: &'a Shared,
+    /// The transport, for what `view` lines say about it.
+    facts: &'a TransportFacts,
+    /// This member.
+    me: MemberId,
     group: Group,
     events: Events,
     events_open: bool,
@@ -567,7 +692,7 @@ impl Receiver<'_> {
             }
             AppEvent::View(view) => {
                 if self.view.as_ref().is_none_or(|v| v.id() != view.id()) {
-                    self.shared.log.write(view_line(&view)).map_err(log_error)?;
+                    self.shared.log.write(view_line(&view, self.facts, self.me)).map_err(log_error)?;
                     self.view = Some(view);
                     self.shared.progress.set(Clock::now());
                 }
@@ -676,8 +801,15 @@ fn payload_id(body: &[u8]) -> Cow<'_, str> {
     }
 }
 
-fn view_line(view: &View) -> Line {
-    Line::new("view").str("view", &view.id().to_string()).strs("members", view.members().iter().map(|m| m.to_string())).bool("primary", view.is_primary())
+/// A `view` line; over a TCP tree it gives this member's place in the
+/// view's tree.
+fn view_line(view: &View, facts: &TransportFacts, me: MemberId) -> Line {
+    let line =
+        Line::new("view").str("view", &view.id().to_string()).strs("members", view.members().iter().map(|m| m.to_string())).bool("primary", view.is_primary());
+    match facts.view_tree(view, me) {
+        Some(tree) => line.raw("tree", &tree),
+        None => line,
+    }
 }
 
 /// The `layers` object of the `stats` line: every layer's counters in the
@@ -716,10 +848,82 @@ fn stats_json(all: &[LayerStats]) -> String {
     out
 }
 
+/// What the `start` line says about the transport beyond its name.
+enum TransportFacts {
+    Udp,
+    Ipmc { group: SocketAddrV4, ttl: u32, interface: Option<Ipv4Addr> },
+    Tcptree { fanout: usize, max_frame: usize },
+}
+
+/// Binds the planned transport at `--bind` and starts an endpoint on it.
+async fn bind_endpoint(plan: &Plan, registry: Registry) -> Result<(Endpoint, TransportFacts), String> {
+    let bind_error = |e: std::io::Error| format!("cannot bind {}: {e}", plan.bind);
+    let registry = Arc::new(registry);
+    Ok(match &plan.transport {
+        TransportPlan::Udp => (Endpoint::new(UdpTransport::bind(plan.bind).await.map_err(bind_error)?, registry), TransportFacts::Udp),
+        TransportPlan::Ipmc(config) => {
+            let transport = IpmcTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
+            // The default interface is the one of the bind address.
+            let interface = config.interface.or(match plan.bind.ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+                _ => None,
+            });
+            let facts = TransportFacts::Ipmc { group: transport.address_of(&plan.group), ttl: config.ttl, interface };
+            (Endpoint::new(transport, registry), facts)
+        }
+        TransportPlan::Tcptree(config) => {
+            let transport = TcpTreeTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
+            (Endpoint::new(transport, registry), TransportFacts::Tcptree { fanout: config.fanout, max_frame: config.max_frame })
+        }
+    })
+}
+
+impl TransportFacts {
+    /// Adds the transport's addresses and shape to the `start` line; the
+    /// tree of a fixed membership is known now (with a membership layer
+    /// each `view` line gives it).
+    fn describe(&self, line: Line, view: Option<&View>, me: MemberId) -> Line {
+        match self {
+            TransportFacts::Udp => line,
+            TransportFacts::Ipmc { group, ttl, interface } => {
+                let interface = interface.map_or_else(|| "default".to_string(), |i| i.to_string());
+                line.str("mcast_addr", &group.to_string()).u64("mcast_ttl", u64::from(*ttl)).str("mcast_if", &interface)
+            }
+            TransportFacts::Tcptree { fanout, max_frame } => {
+                let line = line.u64("fanout", *fanout as u64).u64("max_frame", *max_frame as u64).str("tree_root", "coordinator");
+                match view {
+                    Some(view) => line.raw("tree", &tree_json(view, me, *fanout)),
+                    None => line,
+                }
+            }
+        }
+    }
+
+    /// The tree of `view` around `me`, for a `view` line.
+    fn view_tree(&self, view: &View, me: MemberId) -> Option<String> {
+        match self {
+            TransportFacts::Tcptree { fanout, .. } => Some(tree_json(view, me, *fanout)),
+            _ => None,
+        }
+    }
+}
+
+/// `{"parent":ADDR|null,"children":[ADDR,...],"level":L,"depth":D}`: this
+/// member's place in the view's k-ary tree (rooted at the coordinator).
+fn tree_json(view: &View, me: MemberId, fanout: usize) -> String {
+    let members = view.members();
+    let Some(rank) = members.iter().position(|m| *m == me) else { return "null".into() };
+    let p = tree::position(rank, members.len(), fanout);
+    let addr = |r: usize| json_str(&members[r].addr().to_string());
+    let children: Vec<String> = p.children.clone().map(addr).collect();
+    let parent = p.parent.map_or_else(|| "null".to_string(), addr);
+    format!("{{\"parent\":{parent},\"children\":[{}],\"level\":{},\"depth\":{}}}", children.join(","), p.level, p.depth)
+}
+
 async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String> {
-    let udp = UdpTransport::bind(plan.bind).await.map_err(|e| format!("cannot bind {}: {e}", plan.bind))?;
+    let (endpoint, facts) = bind_endpoint(&plan, registry).await?;
     // With port 0 the member id is the port the OS picked.
-    plan.members[0] = MemberId::new(strata::runtime::Transport::local_addr(&udp), 0);
+    plan.members[0] = MemberId::new(endpoint.local_addr(), 0);
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
     // Read before the stack opens (and perhaps starts) the durable log.
     let restart = plan.safe_log.as_deref().is_some_and(|file| std::fs::metadata(file).is_ok_and(|m| m.len() > 0));
@@ -727,7 +931,6 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     // it join a group and vanish), and must not exist if the join fails
     // (SAFE's durable log cannot be opened): probe it, join, then empty it.
     let probe = LogProbe::open(&plan.log)?;
-    let endpoint = Endpoint::new(udp, Arc::new(registry));
     let mut cfg = JoinConfig::new(plan.group.clone(), plan.stack.clone());
     if plan.membership {
         // Seeds only; a restarted process at the same address is a new member.
@@ -750,11 +953,17 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     let began = Clock::now();
 
     let shared = Shared { log, delivered: Cell::new(0), progress: Cell::new(began) };
+    let view = if plan.membership {
+        // Views come as events, the first once the group admits this member.
+        None
+    } else {
+        Some(group.view().await.map_err(|e| format!("the group ended at once: {e}"))?)
+    };
     let start = Line::new("start")
         .str("member", &me_text)
         .u64("incarnation", me.incarnation())
         .str("stack", &plan.stack)
-        .str("transport", "udp")
+        .str("transport", plan.transport.kind().name())
         .str("group", &plan.group)
         .strs("peers", plan.members[1..].iter().map(|m| m.to_string()))
         .u64("casts", plan.casts)
@@ -763,18 +972,16 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
         .f64("linger", Some(plan.linger.as_secs_f64()))
         .f64("leave_after", plan.leave_after.map(|d| d.as_secs_f64()))
         .u64("pid", u64::from(std::process::id()));
+    let start = facts.describe(start, view.as_deref(), me);
     shared.log.write(start).map_err(log_error)?;
-    let view = if plan.membership {
-        // Views come as events, the first once the group admits this member.
-        None
-    } else {
-        let view = group.view().await.map_err(|e| format!("the group ended at once: {e}"))?;
-        shared.log.write(view_line(&view)).map_err(log_error)?;
-        Some(view)
-    };
+    if let Some(view) = &view {
+        shared.log.write(view_line(view, &facts, me)).map_err(log_error)?;
+    }
 
     let mut rx = Receiver {
         shared: &shared,
+        facts: &facts,
+        me,
         group: group.clone(),
         events,
         events_open: true,
