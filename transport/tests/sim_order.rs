@@ -22,7 +22,8 @@
 //! deliver), racing what they depend on to the other members.
 //!
 //! Then: named scenarios (the sequencer crashes mid-stream, the sequencer
-//! crashes during a flush, a member joins during heavy traffic), a test that
+//! crashes during a flush, a member joins during heavy traffic, a departing
+//! sender's cast held for the cut before a cast that depends on it), a test that
 //! pass-through layers standing in for CAUSAL and TOTAL are caught, and
 //! tests on hand-built histories showing that each order check passes a
 //! correct one and catches the violation it exists for.
@@ -221,6 +222,22 @@ fn a_causal_stack_keeps_causal_order_through_a_coordinator_crash_and_a_join() {
         "causal without membership",
         "seed=205 members=6 stack=FRAG:NAK:CAUSAL loss=0.15 reorder=0.1 delay_us=50..3000 casts=100 size=1..3000 interval_us=2000",
     );
+}
+
+#[test]
+fn a_departing_senders_cast_keeps_its_place_before_casts_that_depend_on_it() {
+    // Member 1 crashes at 1205 ms with its cast 33 in flight; over the tree
+    // its neighbours are told at once, so the flush starts before 33
+    // reaches member 5. Member 4 delivered 33 and then cast 34; at member 5
+    // CAUSAL passes 33 up before 34, VSYNC holds 33 (a departing sender's,
+    // for the cut) and must hold 34 behind it (it once delivered 34 first).
+    let o = run_named(
+        "departing sender's cast and a cast depending on it",
+        "seed=3776592447091755844 members=6 stack=FRAG:NAK:CAUSAL:VSYNC loss=0.006 dup=0.03 reorder=0.04 delay_us=444..758 casts=39 size=1..1 \
+         interval_us=7423 quiet_ms=10000 faults=crash(1)@1205ms tree=1",
+    );
+    let v = o.members[5].last_view().expect("a view");
+    assert!(!v.contains(&sim::member(1)) && v.len() == 5, "{v:?}");
 }
 
 #[test]

@@ -46,7 +46,11 @@
 //!   The cut is, for each participant, every cast it sent in the old view,
 //!   and for each departed sender, the most any participant received. So
 //!   every member that moves from view V to view W delivered the same
-//!   messages in V, each in V.
+//!   messages in V, each in V. A departing sender's casts held for the cut
+//!   keep their place: every cast that comes up after one of them waits
+//!   behind it, so the order of the layers below (CAUSAL's causal order)
+//!   survives the hold. Casts past the cut hold nothing back: any cast that
+//!   depends on one would have brought it into the cut.
 //! * **Coordinator failure.** A round is identified by a ballot; a
 //!   participant answers only the highest ballot it has seen and reports
 //!   the outcome and cut it last flushed to. A new coordinator that learns of
@@ -207,19 +211,29 @@ struct Sender {
     id: MemberId,
     /// Casts delivered upwards.
     delivered: u64,
-    /// Casts received but not delivered: a departing sender's casts after
-    /// this member reported what it holds.
-    held: VecDeque<Msg>,
+    /// Casts received but not delivered (they wait in `Vsync::held`).
+    held: u64,
 }
 
 impl Sender {
     fn new(id: MemberId) -> Self {
-        Sender { id, delivered: 0, held: VecDeque::new() }
+        Sender { id, delivered: 0, held: 0 }
     }
 
     fn available(&self) -> u64 {
-        self.delivered + self.held.len() as u64
+        self.delivered + self.held
     }
+}
+
+/// Whether a sender's next cast may be delivered now ([`Vsync::may_deliver`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Release {
+    Now,
+    /// Not before the round decides a cut: casts that came after it wait too.
+    AwaitCut,
+    /// Past the cut this member is bound to: not in this view, unless a
+    /// later round decides otherwise.
+    BeyondCut,
 }
 
 /// This member's part in the round it answered last.
@@ -274,6 +288,12 @@ pub struct Vsync {
     known: BTreeSet<MemberId>,
 
     senders: Vec<Sender>,
+    /// Casts received but not delivered, all senders together in the order
+    /// they came up: a departing sender's casts during a round, and every
+    /// cast that came after one of those. The order matters: a causal layer
+    /// below (`FRAG:NAK:CAUSAL:VSYNC`) passed them up in causal order, and a
+    /// participant's cast may depend on a departing sender's held one.
+    held: VecDeque<(usize, Msg)>,
     /// Own casts sent in the current view.
     sent: u64,
     last_heard: Vec<Instant>,
@@ -341,6 +361,7 @@ impl Vsync {
             seeds: BTreeSet::new(),
             known: BTreeSet::new(),
             senders: Vec::new(),
+            held: VecDeque::new(),
             sent: 0,
             last_heard: Vec::new(),
             suspects: BTreeSet::new(),
@@ -539,7 +560,8 @@ impl Vsync {
         self.view = view.clone();
         self.rank = members.iter().enumerate().map(|(i, m)| (*m, i)).collect();
         // Casts still held belonged to no cut: nobody delivers them.
-        self.beyond_cut += self.senders.iter().map(|s| s.held.len() as u64).sum::<u64>();
+        self.beyond_cut += self.held.len() as u64;
+        self.held.clear();
         self.senders = members.iter().map(|&m| Sender::new(m)).collect();
         self.last_heard = vec![now; members.len()];
         self.sent = 0;
@@ -683,11 +705,13 @@ impl Vsync {
             return self.emit(cx, Up::Cast { from, msg });
         }
         let Some(&r) = self.rank.get(&from).filter(|_| self.phase == Phase::Member) else { return cx.drop_malformed("cast_not_member") };
-        if !self.senders[r].held.is_empty() || !self.may_deliver(r) {
-            self.senders[r].held.push_back(msg);
-            return;
+        if self.held.is_empty() && self.may_deliver(r) == Release::Now {
+            self.deliver(cx, r, msg);
+        } else {
+            self.senders[r].held += 1;
+            self.held.push_back((r, msg));
+            self.release_held(cx);
         }
-        self.deliver(cx, r, msg);
         self.check_flushed(cx);
     }
 
@@ -698,23 +722,39 @@ impl Vsync {
     /// round decides otherwise. Casts that may not be delivered are held, in
     /// order behind `delivered`, so `available` is what this member can hand
     /// on.
-    fn may_deliver(&self, r: usize) -> bool {
+    fn may_deliver(&self, r: usize) -> Release {
         let s = &self.senders[r];
+        let within = |cut: &[u64]| if s.delivered < cut[r] { Release::Now } else { Release::BeyondCut };
         if let Some(p) = &self.participation {
             match &p.decided {
-                Some(d) => return s.delivered < d.cut[r],
-                None if !p.participants.contains(&s.id) => return false,
+                Some(d) => return within(&d.cut),
+                None if !p.participants.contains(&s.id) => return Release::AwaitCut,
                 None => {}
             }
         }
-        self.accepted.as_ref().is_none_or(|a| s.delivered < a.cut[r])
+        self.accepted.as_ref().map_or(Release::Now, |a| within(&a.cut))
     }
 
-    /// Delivers what sender `r`'s held casts may now be.
-    fn release_held(&mut self, cx: &mut Context<'_>, r: usize) {
-        while !self.senders[r].held.is_empty() && self.may_deliver(r) {
-            let Some(msg) = self.senders[r].held.pop_front() else { break };
-            self.deliver(cx, r, msg);
+    /// Delivers the held casts that may now be, in the order they came up.
+    /// A cast awaiting the cut holds back every cast after it, whatever its
+    /// sender: delivering a participant's cast before a departing sender's
+    /// cast that came up first could break causal order, since the
+    /// participant may have delivered that cast before casting its own.
+    /// A cast beyond the cut holds nothing back: whoever cast after
+    /// delivering it reported it available, so the cut would include it;
+    /// the casts behind it are therefore concurrent with it.
+    fn release_held(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while let Some(&(r, _)) = self.held.get(i) {
+            match self.may_deliver(r) {
+                Release::Now => {
+                    let Some((_, msg)) = self.held.remove(i) else { break };
+                    self.senders[r].held -= 1;
+                    self.deliver(cx, r, msg);
+                }
+                Release::AwaitCut => break,
+                Release::BeyondCut => i += 1,
+            }
         }
     }
 
@@ -1013,9 +1053,7 @@ impl Vsync {
         self.block(cx);
         self.participation = Some(Participation { ballot, participants, decided: None, flushed: false });
         // Senders held back by an earlier round that this one keeps.
-        for r in 0..self.senders.len() {
-            self.release_held(cx, r);
-        }
+        self.release_held(cx);
         let c = Control::FlushState {
             ballot,
             sent: self.sent,
@@ -1047,8 +1085,8 @@ impl Vsync {
         if let Some(p) = self.participation.as_mut() {
             p.decided = Some(decided.clone());
         }
+        self.release_held(cx);
         for (r, holder) in holders.into_iter().enumerate() {
-            self.release_held(cx, r);
             let s = &self.senders[r];
             if s.available() < decided.cut[r] && !participants.contains(&s.id) {
                 match holder {
@@ -1517,7 +1555,7 @@ impl Layer for Vsync {
             .add("recoveries", self.recoveries)
             .add("beyond_cut", self.beyond_cut)
             .add("suspicions", self.suspicions)
-            .add("held", self.senders.iter().map(|s| s.held.len() as u64).sum::<u64>() + self.loading_queue.len() as u64)
+            .add("held", self.held.len() as u64 + self.loading_queue.len() as u64)
             .add("queued", self.queued.len() as u64)
             .add("contacts", self.seeds.len() as u64)
             .add("state_chunks_sent", self.state_chunks_sent)

@@ -238,3 +238,119 @@ fn a_suspicion_from_below_removes_a_member_at_once() {
         assert!(out.is_empty(), "{out:?}");
     }
 }
+
+/// Member 2 of view [0, 1, 2], installed by a view from coordinator 0:
+/// the harness and the view's id.
+fn participant_of_three() -> (LayerHarness, ViewId) {
+    let (me, coordinator) = (MemberId::sim(2), MemberId::sim(0));
+    let mut h = harness(me, &[coordinator]);
+    let id = ViewId { counter: 2, creator: coordinator };
+    let members = vec![coordinator, MemberId::sim(1), me];
+    let outcome = Outcome::Install { id, members: members.clone(), primary: true, state_to: vec![], provider: Some(coordinator) };
+    let ballot = Ballot { number: 1, coordinator };
+    let from = ViewId { counter: 1, creator: coordinator };
+    let out = control_from(&mut h, coordinator, &Control::View { from, ballot, outcome }, false);
+    assert!(views(&out).iter().any(|v| v.members() == members), "{out:?}");
+    (h, id)
+}
+
+fn data_cast(h: &mut LayerHarness, from: MemberId, body: &'static [u8]) -> Vec<Out> {
+    let mut msg = Msg::new(Bytes::from_static(body));
+    msg.push(&[wire::kind::CAST]);
+    h.up(Up::Cast { from, msg })
+}
+
+/// The bodies of the casts delivered upwards, in order.
+fn delivered(out: &[Out]) -> Vec<Bytes> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Up(Up::Cast { msg, .. }) => Some(msg.to_bytes()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The control messages sent to `to`, decoded.
+fn controls_to(out: &[Out], to: MemberId) -> Vec<Control> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Down(Down::Send { to: t, msg }) if *t == to => {
+                let mut msg = msg.clone();
+                (msg.pop_with(|r| r.u8()) == Ok(wire::kind::CONTROL)).then(|| wire::decode(&msg).expect("a well-formed control"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The round that removes member 1 (cut: two casts of 0, `departed_cut` of 1).
+fn round_removing_1(view: ViewId, departed_cut: u64) -> (Control, Control) {
+    let (c0, c2) = (MemberId::sim(0), MemberId::sim(2));
+    let ballot = Ballot { number: 2, coordinator: c0 };
+    let flush = Control::Flush { ballot, view, participants: vec![c0, c2] };
+    let outcome = Outcome::Install { id: ViewId { counter: 3, creator: c0 }, members: vec![c0, c2], primary: true, state_to: vec![], provider: Some(c0) };
+    let accepted = Accepted { ballot, outcome, cut: vec![2, departed_cut, 0], flushed: vec![c0, c2] };
+    let cut = Control::Cut { ballot, accepted, holders: vec![Some(c0), Some(c0), Some(c2)] };
+    (flush, cut)
+}
+
+/// The event order of the replay `seed=3776592447091755844 ... crash(1)@1205ms
+/// tree=1` (sim_order's `a_departing_senders_cast_keeps_its_place_before_casts_that_depend_on_it`):
+/// member 1 crashes right after casting `d`; member 0 delivers `d` and casts
+/// `b`; this member learns of the round (a fast suspicion from the transport)
+/// before `d` comes up, and CAUSAL below passes `d` up before `b`, which
+/// depends on it. `d` waits for the cut; `b` must wait behind it, or the
+/// application sees `b` before `d`.
+#[test]
+fn a_cast_after_a_departing_senders_held_cast_waits_behind_it() {
+    let (c0, c1) = (MemberId::sim(0), MemberId::sim(1));
+    let (mut h, view) = participant_of_three();
+    assert_eq!(delivered(&data_cast(&mut h, c0, b"a")), [&b"a"[..]]);
+    let (flush, cut) = round_removing_1(view, 1);
+    let out = control_from(&mut h, c0, &flush, false);
+    assert!(out.iter().any(|o| matches!(o, Out::Up(Up::Block))), "{out:?}");
+    let reports = controls_to(&out, c0);
+    assert!(matches!(&reports[..], [Control::FlushState { sent: 0, available, .. }] if available == &[1, 0, 0]), "{reports:?}");
+
+    let out = data_cast(&mut h, c1, b"d");
+    assert!(delivered(&out).is_empty(), "a departing sender's cast waits for the cut: {out:?}");
+    let out = data_cast(&mut h, c0, b"b");
+    assert!(delivered(&out).is_empty(), "a cast that came up after a held one waits behind it: {out:?}");
+    assert_eq!(h.stats().get("held"), Some(2));
+
+    let out = control_from(&mut h, c0, &cut, false);
+    assert_eq!(delivered(&out), [&b"d"[..], &b"b"[..]], "{out:?}");
+    assert!(matches!(&controls_to(&out, c0)[..], [Control::FlushOk { .. }]), "flushed to the cut: {out:?}");
+    assert_eq!(h.stats().get("held"), Some(0));
+}
+
+/// A departing sender's cast past the cut holds nothing back: a cast that
+/// depended on it would have brought it into the cut, so those behind it
+/// are concurrent with it and are delivered; it is not.
+#[test]
+fn a_held_cast_beyond_the_cut_holds_back_nothing_behind_it() {
+    let (c0, c1) = (MemberId::sim(0), MemberId::sim(1));
+    let (mut h, view) = participant_of_three();
+    data_cast(&mut h, c0, b"a");
+    let (flush, cut) = round_removing_1(view, 1);
+    control_from(&mut h, c0, &flush, false);
+    for body in [&b"d1"[..], b"d2"] {
+        let mut msg = Msg::new(Bytes::copy_from_slice(body));
+        msg.push(&[wire::kind::CAST]);
+        assert!(delivered(&h.up(Up::Cast { from: c1, msg })).is_empty());
+    }
+    assert!(delivered(&data_cast(&mut h, c0, b"b")).is_empty());
+
+    let out = control_from(&mut h, c0, &cut, false);
+    assert_eq!(delivered(&out), [&b"d1"[..], &b"b"[..]], "{out:?}");
+    assert!(matches!(&controls_to(&out, c0)[..], [Control::FlushOk { .. }]), "flushed to the cut: {out:?}");
+    assert_eq!(h.stats().get("held"), Some(1), "d2 stays held, past the cut");
+    let outcome = match &cut {
+        Control::Cut { accepted, .. } => accepted.outcome.clone(),
+        _ => unreachable!(),
+    };
+    let out = control_from(&mut h, c0, &Control::View { from: view, ballot: Ballot { number: 2, coordinator: c0 }, outcome }, false);
+    assert!(views(&out).iter().any(|v| v.members() == [c0, MemberId::sim(2)]), "{out:?}");
+    assert!(delivered(&out).is_empty(), "{out:?}");
+    assert_eq!((h.stats().get("held"), h.stats().get("beyond_cut")), (Some(0), Some(1)));
+}
