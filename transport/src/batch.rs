@@ -283,7 +283,7 @@ impl Receiver {
                 // rest into tail i, neither yet written over.
                 whole.extend_from_slice(unsafe { std::slice::from_raw_parts(base.add(i * slot), slot) });
                 whole.extend_from_slice(&self.tails[i * TAIL..i * TAIL + (len - slot).min(TAIL)]);
-                self.slot = len.next_power_of_two().min(TAIL);
+                self.slot = self.slot.max(len.next_power_of_two().min(TAIL));
                 self.landed.push((from, Landed::Apart(whole.freeze())));
             }
         }
