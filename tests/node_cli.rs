@@ -81,6 +81,7 @@ fn every_transport_says_at_start_what_it_uses() {
     assert_eq!(start["transport"], "ipmc");
     assert_eq!(start["mcast_addr"], "239.77.1.2:23456");
     assert_eq!(start["mcast_ttl"], 2);
+    assert_eq!(start["mcast_if"], "127.0.0.1", "the default interface is the bind address's");
     let lines = run_alone("cli-ipmc-default", &[("--transport", "ipmc")]);
     let addr: std::net::SocketAddrV4 = lines[0]["mcast_addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip().octets()[0], 239, "the default is administratively scoped: {addr}");

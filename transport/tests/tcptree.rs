@@ -80,28 +80,10 @@ async fn six_members_cast_along_a_binary_tree_in_fifo_order() {
     let k = 200;
     let registry = Arc::new(strata_layers::builtin());
     let eps = endpoints(6, &registry).await;
-    let mut joined = join_fixed(&eps, "tree6", "FRAG:NAK").await;
-    let members: Vec<MemberId> = eps.iter().map(|e| MemberId::new(e.local_addr(), 0)).collect();
-    let casters: Vec<_> = joined.iter().map(|(g, _)| g.clone()).map(|g| tokio::spawn(async move { cast_payloads(&g, k, 1000).await })).collect();
-    // Every application reads at once: a member that stops reading stops
-    // forwarding to its subtree (see the docs).
-    let readers: Vec<_> = joined
-        .drain(..)
-        .map(|(group, mut events)| {
-            let members = members.clone();
-            tokio::spawn(async move {
-                let got = deliveries(&mut events, 6 * k as usize).await;
-                check_fifo(&got, &members, k);
-                group.flush().await.expect("own casts become stable");
-                (group, events)
-            })
-        })
-        .collect();
-    for c in casters {
-        c.await.unwrap();
-    }
-    for r in readers {
-        joined.push(r.await.unwrap());
+    let joined = join_fixed(&eps, "tree6", "FRAG:NAK").await;
+    let joined = all_cast_and_deliver(joined, 0..k, 1000).await;
+    for (group, _) in &joined {
+        group.flush().await.expect("own casts become stable");
     }
 
     let view = joined[0].0.view().await.unwrap();
@@ -151,29 +133,39 @@ async fn six_members_cast_along_a_binary_tree_in_fifo_order() {
     assert_eq!(first_hops + forwarded, 5 * cast, "each cast crosses each tree edge exactly once");
 }
 
-/// Casts payloads `range` of `size` bytes, in order.
-async fn cast_range(group: &Group, range: Range<u64>, size: usize) {
-    let me = group.local().to_string();
-    for i in range {
-        group.cast(payload::make(&me, i, size)).await.expect("cast");
+/// Every member casts payloads `range` of `size` bytes while every
+/// application reads at once (a member that stops reading stops forwarding
+/// to its subtree; see the docs); each delivers exactly `range` of every
+/// member, in order. Returns the handles.
+async fn all_cast_and_deliver(joined: Vec<(Group, Events)>, range: Range<u64>, size: usize) -> Vec<(Group, Events)> {
+    let everyone: Vec<MemberId> = joined.iter().map(|(g, _)| g.local()).collect();
+    let casters: Vec<_> = joined
+        .iter()
+        .map(|(g, _)| g.clone())
+        .map(|g| {
+            let range = range.clone();
+            tokio::spawn(async move { cast_range(&g, range, size).await })
+        })
+        .collect();
+    let readers: Vec<_> = joined
+        .into_iter()
+        .map(|(group, mut events)| {
+            let (everyone, range) = (everyone.clone(), range.clone());
+            tokio::spawn(async move {
+                let got = deliveries(&mut events, everyone.len() * (range.end - range.start) as usize).await;
+                check_range(&got, &everyone, range);
+                (group, events)
+            })
+        })
+        .collect();
+    for c in casters {
+        c.await.unwrap();
     }
-}
-
-/// Checks that `got` holds exactly payloads `range` of every member in
-/// `senders`, intact, each sender's in order.
-fn check_range(got: &[(MemberId, Bytes)], senders: &[MemberId], range: Range<u64>) {
-    let mut next: BTreeMap<String, u64> = senders.iter().map(|m| (m.to_string(), range.start)).collect();
-    for (from, body) in got {
-        assert!(payload::is_intact(body), "corrupt payload from {from}");
-        let (member, i) = payload::split_id(payload::id(body).expect("payload id")).expect("payload id");
-        assert_eq!(member, from.to_string(), "payload names its sender");
-        let expected = next.get_mut(member).unwrap_or_else(|| panic!("delivery from unexpected sender {member}"));
-        assert_eq!(i, *expected, "per-sender order of {member}");
-        *expected += 1;
+    let mut joined = Vec::new();
+    for r in readers {
+        joined.push(r.await.unwrap());
     }
-    for (member, n) in next {
-        assert_eq!(n, range.end, "deliveries from {member}");
-    }
+    joined
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,35 +176,17 @@ async fn survivors_route_around_a_lost_inner_member() {
     let (before, during, after) = (100u64, 200u64, 100u64);
     let registry = Arc::new(strata_layers::builtin());
     let eps = endpoints(6, &registry).await;
-    let mut joined = join_fixed(&eps, "around", "FRAG:NAK").await;
+    let joined = join_fixed(&eps, "around", "FRAG:NAK").await;
     let order = addrs(&joined[0].0.view().await.unwrap());
     let index_of = |a: SocketAddr| eps.iter().position(|e| e.local_addr() == a).unwrap();
     let victim = index_of(order[1]);
     let victim_info = tree_info(&order, order[1], FANOUT).unwrap();
     assert_eq!(victim_info.children, vec![order[3], order[4]]);
     let survivors: Vec<usize> = (0..6).filter(|i| *i != victim).collect();
-    let everyone: Vec<MemberId> = joined.iter().map(|(g, _)| g.local()).collect();
     let surviving: Vec<MemberId> = survivors.iter().map(|&i| joined[i].0.local()).collect();
 
     // Everyone casts and delivers everything along the whole tree.
-    let casters: Vec<_> = joined.iter().map(|(g, _)| g.clone()).map(|g| tokio::spawn(async move { cast_range(&g, 0..before, 500).await })).collect();
-    let readers: Vec<_> = joined
-        .drain(..)
-        .map(|(group, mut events)| {
-            let everyone = everyone.clone();
-            tokio::spawn(async move {
-                let got = deliveries(&mut events, 6 * before as usize).await;
-                check_range(&got, &everyone, 0..before);
-                (group, events)
-            })
-        })
-        .collect();
-    for c in casters {
-        c.await.unwrap();
-    }
-    for r in readers {
-        joined.push(r.await.unwrap());
-    }
+    let mut joined = all_cast_and_deliver(joined, 0..before, 500).await;
     for ep in &eps {
         assert_eq!(get(&counters(ep).await, "casts_rerouted"), 0, "nothing to route around yet");
     }

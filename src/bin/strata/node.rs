@@ -63,8 +63,7 @@ use strata::layers::safe;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata::transport::payload;
-use strata::transport::tcptree::{TcpTreeConfig, TcpTreeTransport};
-use strata::transport::tree;
+use strata::transport::tcptree::{tree_info, TcpTreeConfig, TcpTreeTransport};
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
 use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, SafeTag, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -863,12 +862,7 @@ async fn bind_endpoint(plan: &Plan, registry: Registry) -> Result<(Endpoint, Tra
         TransportPlan::Udp => (Endpoint::new(UdpTransport::bind(plan.bind).await.map_err(bind_error)?, registry), TransportFacts::Udp),
         TransportPlan::Ipmc(config) => {
             let transport = IpmcTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
-            // The default interface is the one of the bind address.
-            let interface = config.interface.or(match plan.bind.ip() {
-                std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
-                _ => None,
-            });
-            let facts = TransportFacts::Ipmc { group: transport.address_of(&plan.group), ttl: config.ttl, interface };
+            let facts = TransportFacts::Ipmc { group: transport.address_of(&plan.group), ttl: config.ttl, interface: transport.interface() };
             (Endpoint::new(transport, registry), facts)
         }
         TransportPlan::Tcptree(config) => {
@@ -911,13 +905,12 @@ impl TransportFacts {
 /// `{"parent":ADDR|null,"children":[ADDR,...],"level":L,"depth":D}`: this
 /// member's place in the view's k-ary tree (rooted at the coordinator).
 fn tree_json(view: &View, me: MemberId, fanout: usize) -> String {
-    let members = view.members();
-    let Some(rank) = members.iter().position(|m| *m == me) else { return "null".into() };
-    let p = tree::position(rank, members.len(), fanout);
-    let addr = |r: usize| json_str(&members[r].addr().to_string());
-    let children: Vec<String> = p.children.clone().map(addr).collect();
-    let parent = p.parent.map_or_else(|| "null".to_string(), addr);
-    format!("{{\"parent\":{parent},\"children\":[{}],\"level\":{},\"depth\":{}}}", children.join(","), p.level, p.depth)
+    let members: Vec<SocketAddr> = view.members().iter().map(MemberId::addr).collect();
+    let Some(t) = tree_info(&members, me.addr(), fanout) else { return "null".into() };
+    let addr = |a: SocketAddr| json_str(&a.to_string());
+    let children: Vec<String> = t.children.into_iter().map(addr).collect();
+    let parent = t.parent.map_or_else(|| "null".to_string(), addr);
+    format!("{{\"parent\":{parent},\"children\":[{}],\"level\":{},\"depth\":{}}}", children.join(","), t.level, t.depth)
 }
 
 async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String> {

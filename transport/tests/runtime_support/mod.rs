@@ -177,8 +177,13 @@ pub async fn deliveries(events: &mut Events, n: usize) -> Vec<(MemberId, Bytes)>
 
 /// Casts payloads `0..k` of `size` bytes, in order.
 pub async fn cast_payloads(group: &Group, k: u64, size: usize) {
+    cast_range(group, 0..k, size).await
+}
+
+/// Casts payloads `range` of `size` bytes, in order.
+pub async fn cast_range(group: &Group, range: std::ops::Range<u64>, size: usize) {
     let me = group.local().to_string();
-    for i in 0..k {
+    for i in range {
         group.cast(payload::make(&me, i, size)).await.expect("cast");
     }
 }
@@ -186,7 +191,13 @@ pub async fn cast_payloads(group: &Group, k: u64, size: usize) {
 /// Checks that `got` holds exactly payloads `0..k` of every member in
 /// `senders`, intact, each sender's in order.
 pub fn check_fifo(got: &[(MemberId, Bytes)], senders: &[MemberId], k: u64) {
-    let mut next: BTreeMap<String, u64> = senders.iter().map(|m| (m.to_string(), 0)).collect();
+    check_range(got, senders, 0..k)
+}
+
+/// Checks that `got` holds exactly payloads `range` of every member in
+/// `senders`, intact, each sender's in order.
+pub fn check_range(got: &[(MemberId, Bytes)], senders: &[MemberId], range: std::ops::Range<u64>) {
+    let mut next: BTreeMap<String, u64> = senders.iter().map(|m| (m.to_string(), range.start)).collect();
     for (from, body) in got {
         assert!(payload::is_intact(body), "corrupt payload from {from}");
         let id = payload::id(body).expect("payload id");
@@ -197,7 +208,7 @@ pub fn check_fifo(got: &[(MemberId, Bytes)], senders: &[MemberId], k: u64) {
         *expected += 1;
     }
     for (member, n) in next {
-        assert_eq!(n, k, "deliveries from {member}");
+        assert_eq!(n, range.end, "deliveries from {member}");
     }
 }
 
