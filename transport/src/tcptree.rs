@@ -261,6 +261,8 @@ struct Shared {
     counters: TaskCounters,
     /// Connection tasks alive (connecting, in hello, open or closing).
     live: AtomicUsize,
+    /// Signalled when the last connection task ends ([`Closing`]).
+    all_ended: tokio::sync::Notify,
     next_id: AtomicU64,
     max_connections: usize,
     connect_timeout: Duration,
@@ -276,8 +278,46 @@ struct LiveGuard(Arc<Shared>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_ended.notify_waiters();
+        }
     }
+}
+
+/// How long a connection task, once its transport is dropped, goes on
+/// writing the frames still queued for it before it ends.
+const FLUSH_AFTER_DROP: Duration = Duration::from_millis(300);
+
+/// Waits until a dropped transport's connections have written what was
+/// queued for them ([`TcpTreeTransport::closing`]).
+#[derive(Clone)]
+pub struct Closing(Arc<Shared>);
+
+impl Closing {
+    /// Resolves once every connection task has ended, or after `limit`.
+    /// Sends are asynchronous here: a process that exits right after
+    /// shutting its endpoint down would otherwise lose its last frames
+    /// (a leave's view messages, say).
+    pub async fn wait(&self, limit: Duration) {
+        let all_ended = async {
+            loop {
+                let notified = self.0.all_ended.notified();
+                if self.0.live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_ended).await;
+    }
+}
+
+/// Ends when the transport is gone and the connection has had
+/// [`FLUSH_AFTER_DROP`] to write what was queued (its queue's sender went
+/// with the transport, so the writer drains it and closes).
+async fn transport_gone(events: &mpsc::Sender<Event>) {
+    events.closed().await;
+    tokio::time::sleep(FLUSH_AFTER_DROP).await;
 }
 
 /// Why a connection ended.
@@ -493,6 +533,7 @@ impl TcpTreeTransport {
         let shared = Arc::new(Shared {
             counters: TaskCounters::default(),
             live: AtomicUsize::new(0),
+            all_ended: tokio::sync::Notify::new(),
             next_id: AtomicU64::new(0),
             max_connections: config.max_connections,
             connect_timeout: config.connect_timeout,
@@ -525,6 +566,12 @@ impl TcpTreeTransport {
             next_probe: now,
             counters: Counters::default(),
         })
+    }
+
+    /// A handle to wait, after the transport is dropped (its endpoint shut
+    /// down), until its connections have written what was queued.
+    pub fn closing(&self) -> Closing {
+        Closing(self.shared.clone())
     }
 
     /// The configuration in use.
@@ -1087,7 +1134,7 @@ async fn incoming(guard: LiveGuard, events: mpsc::Sender<Event>, mut stream: Tcp
         let _ = events.send(Event::Closed { id, peer, cause, unsent }).await;
     };
     tokio::select! {
-        _ = events.closed() => {}
+        _ = transport_gone(&events) => {}
         _ = work => {}
     }
     drop(guard);
@@ -1126,7 +1173,7 @@ async fn outgoing(guard: LiveGuard, events: mpsc::Sender<Event>, id: u64, peer: 
         run(stream, &link, rx, &level).await
     };
     tokio::select! {
-        _ = events.closed() => {}
+        _ = transport_gone(&events) => {}
         cause = work => {
             // The queue's receiver is gone: no frame can be added to the count.
             let unsent = level.frames.load(Ordering::Relaxed);

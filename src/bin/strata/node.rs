@@ -63,7 +63,7 @@ use strata::layers::safe;
 use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata::transport::payload;
-use strata::transport::tcptree::{tree_info, TcpTreeConfig, TcpTreeTransport};
+use strata::transport::tcptree::{tree_info, Closing, TcpTreeConfig, TcpTreeTransport};
 use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
 use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, SafeTag, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -850,8 +850,17 @@ fn stats_json(all: &[LayerStats]) -> String {
 /// What the `start` line says about the transport beyond its name.
 enum TransportFacts {
     Udp,
-    Ipmc { group: SocketAddrV4, ttl: u32, interface: Option<Ipv4Addr> },
-    Tcptree { fanout: usize, max_frame: usize },
+    Ipmc {
+        group: SocketAddrV4,
+        ttl: u32,
+        interface: Option<Ipv4Addr>,
+    },
+    /// `closing`: to let the connections write their last frames at exit.
+    Tcptree {
+        fanout: usize,
+        max_frame: usize,
+        closing: Closing,
+    },
 }
 
 /// Binds the planned transport at `--bind` and starts an endpoint on it.
@@ -867,7 +876,8 @@ async fn bind_endpoint(plan: &Plan, registry: Registry) -> Result<(Endpoint, Tra
         }
         TransportPlan::Tcptree(config) => {
             let transport = TcpTreeTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
-            (Endpoint::new(transport, registry), TransportFacts::Tcptree { fanout: config.fanout, max_frame: config.max_frame })
+            let closing = transport.closing();
+            (Endpoint::new(transport, registry), TransportFacts::Tcptree { fanout: config.fanout, max_frame: config.max_frame, closing })
         }
     })
 }
@@ -883,7 +893,7 @@ impl TransportFacts {
                 let interface = interface.map_or_else(|| "default".to_string(), |i| i.to_string());
                 line.str("mcast_addr", &group.to_string()).u64("mcast_ttl", u64::from(*ttl)).str("mcast_if", &interface)
             }
-            TransportFacts::Tcptree { fanout, max_frame } => {
+            TransportFacts::Tcptree { fanout, max_frame, .. } => {
                 let line = line.u64("fanout", *fanout as u64).u64("max_frame", *max_frame as u64).str("tree_root", "coordinator");
                 match view {
                     Some(view) => line.raw("tree", &tree_json(view, me, *fanout)),
@@ -1009,6 +1019,11 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     let delivered = shared.delivered.get();
     shared.log.write(Line::new("stop").u64("delivered", delivered).str("reason", ending.name())).map_err(log_error)?;
     let _ = tokio::time::timeout(WRAP_UP, endpoint.shutdown()).await;
+    if let TransportFacts::Tcptree { closing, .. } = &facts {
+        // Its sends are asynchronous: let the last frames (a leave's view
+        // messages) reach the wire before the process exits.
+        closing.wait(WRAP_UP).await;
+    }
 
     let secs = began.elapsed().as_secs_f64();
     println!("strata node {me_text}: {} after {secs:.2} s, delivered {delivered} casts", ending.name());
