@@ -645,8 +645,15 @@ impl Stack {
     }
 
     fn with_layer(&mut self, p: usize, f: impl FnOnce(&mut dyn Layer, &mut Context<'_>)) {
+        let (layer, mut cx) = self.layer_at(p);
+        f(layer, &mut cx);
+    }
+
+    /// Layer `p` (1 = bottom) and the context its handlers get.
+    #[inline]
+    fn layer_at(&mut self, p: usize) -> (&mut dyn Layer, Context<'_>) {
         let slot = &mut self.slots[p - 1];
-        let mut cx = Context {
+        let cx = Context {
             position: p,
             name: slot.name,
             now: self.now,
@@ -663,7 +670,7 @@ impl Stack {
             group: &self.group,
             refusal: &mut self.refusal,
         };
-        f(slot.layer.as_mut(), &mut cx);
+        (slot.layer.as_mut(), cx)
     }
 
     fn run(&mut self) {
@@ -687,13 +694,15 @@ impl Stack {
                     if let Down::View(v) = &ev {
                         self.slots[p - 1].view = v.clone();
                     }
-                    self.with_layer(p, |layer, cx| layer.down(cx, ev));
+                    let (layer, mut cx) = self.layer_at(p);
+                    layer.down(&mut cx, ev);
                 }
                 Queued::Up(p, ev) => {
                     if let Up::View(v) = &ev {
                         self.slots[p - 1].view = v.clone();
                     }
-                    self.with_layer(p, |layer, cx| layer.up(cx, ev));
+                    let (layer, mut cx) = self.layer_at(p);
+                    layer.up(&mut cx, ev);
                 }
             }
         }

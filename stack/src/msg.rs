@@ -1,21 +1,58 @@
 //! The message buffer: headers are pushed in front of the payload on the way
 //! down and popped on the way up, and the payload itself is never copied.
 //!
-//! A [`Msg`] is a *headroom* (bytes written by layers on the way down, inline
-//! up to [`INLINE_HEADROOM`] bytes, filled from the back) followed by a body
-//! ([`Bytes`], shared, never copied by layers that do not transform it).
-//! Logically the message is `headroom ++ body`. On the way up a received
-//! datagram is all body, and popping a header just advances the body.
-//! Invariant: a header is pushed whole, so it lies entirely in the headroom or
-//! entirely in the body, never across both.
+//! A [`Msg`] is a *headroom* (bytes written by layers on the way down, filled
+//! from the back) followed by a body ([`Bytes`], shared, never copied by
+//! layers that do not transform it). Logically the message is
+//! `headroom ++ body`. On the way up a received datagram is all body, and
+//! popping a header just advances the body. Invariant: a header is pushed
+//! whole, so it lies entirely in the headroom or entirely in the body, never
+//! across both.
+//!
+//! The headroom lives outside the `Msg` so that a message stays small (it is
+//! moved through the engine's event queue at every layer): a message without
+//! pushed headers carries none, and the first push takes a buffer of
+//! [`HEADROOM`] bytes from a per-thread pool that dropped messages return
+//! theirs to. In steady state pushing headers allocates nothing.
 
 use crate::codec::{DecodeResult, Malformed, Reader, Writer};
 use bytes::{Buf, Bytes, BytesMut};
-use smallvec::SmallVec;
+use std::cell::RefCell;
 use std::fmt;
 
-/// Header bytes a message carries without a heap allocation.
-pub const INLINE_HEADROOM: usize = 96;
+/// Header bytes a pooled headroom buffer holds; headers beyond that grow the
+/// buffer (an allocation).
+pub const HEADROOM: usize = 128;
+
+/// Headroom buffers a thread keeps for reuse.
+const POOL_LIMIT: usize = 4096;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A zeroed headroom buffer of at least `len` bytes (`len` = its length).
+fn take_buffer(len: usize) -> Vec<u8> {
+    if len <= HEADROOM {
+        if let Some(buf) = POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten() {
+            return buf;
+        }
+    }
+    vec![0u8; len.max(HEADROOM)]
+}
+
+/// Returns a headroom buffer to this thread's pool (buffers that grew past
+/// [`HEADROOM`] are freed, so the pool holds one size).
+fn give_buffer(buf: Vec<u8>) {
+    if buf.len() == HEADROOM {
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_LIMIT {
+                p.push(buf);
+            }
+        });
+    }
+}
 
 /// Per-message flags that travel with a message inside one member's stack (not
 /// on the wire: a layer that needs one remote encodes it in its header).
@@ -80,20 +117,41 @@ pub enum Order {
 }
 
 /// A message moving through a stack.
-#[derive(Clone)]
 pub struct Msg {
-    head: SmallVec<[u8; INLINE_HEADROOM]>,
-    // The headroom's data is head[start..]; head[..start] is free space.
-    start: usize,
+    // The headroom's data is head[start..]; head[..start] is free space. An
+    // empty `head` (no buffer yet) has start == 0.
+    head: Vec<u8>,
     body: Bytes,
-    tag: Option<u64>,
+    // `tag` is meaningful only when `tagged`; kept apart (not an `Option`)
+    // so that a message packs into 72 bytes.
+    tag: u64,
+    start: u32,
+    tagged: bool,
     flags: MsgFlags,
+}
+
+impl Clone for Msg {
+    fn clone(&self) -> Msg {
+        let mut out = Msg { head: Vec::new(), start: 0, body: self.body.clone(), tag: self.tag, tagged: self.tagged, flags: self.flags };
+        if self.head_len() > 0 {
+            out.push(self.head());
+        }
+        out
+    }
+}
+
+impl Drop for Msg {
+    fn drop(&mut self) {
+        if !self.head.is_empty() {
+            give_buffer(std::mem::take(&mut self.head));
+        }
+    }
 }
 
 impl Msg {
     /// A message whose payload is `body`.
     pub fn new(body: Bytes) -> Self {
-        Msg { head: SmallVec::from_buf([0u8; INLINE_HEADROOM]), start: INLINE_HEADROOM, body, tag: None, flags: MsgFlags::default() }
+        Msg { head: Vec::new(), start: 0, body, tag: 0, tagged: false, flags: MsgFlags::default() }
     }
 
     /// An empty message (for control traffic whose content is all header).
@@ -113,12 +171,12 @@ impl Msg {
 
     /// Bytes in the headroom.
     pub fn head_len(&self) -> usize {
-        self.head.len() - self.start
+        self.head.len() - self.start as usize
     }
 
     /// The headroom's bytes (outermost header first).
     pub fn head(&self) -> &[u8] {
-        &self.head[self.start..]
+        &self.head[self.start as usize..]
     }
 
     /// The body.
@@ -129,12 +187,13 @@ impl Msg {
     /// A stable identity for retransmissions of the same message, set by a
     /// reliability layer so that layers below it (FRAG) can recognise a resend.
     pub fn tag(&self) -> Option<u64> {
-        self.tag
+        self.tagged.then_some(self.tag)
     }
 
     /// Sets the retransmission identity (see [`Msg::tag`]).
     pub fn set_tag(&mut self, tag: Option<u64>) {
-        self.tag = tag;
+        self.tagged = tag.is_some();
+        self.tag = tag.unwrap_or(0);
     }
 
     /// Local flags.
@@ -152,15 +211,17 @@ impl Msg {
         self.flags.order()
     }
 
-    /// Pushes `bytes` in front of the message. Allocates only when the headers
-    /// of one message exceed [`INLINE_HEADROOM`] bytes.
+    /// Pushes `bytes` in front of the message. Allocates only when this
+    /// thread's pool of headroom buffers is empty or the headers of one
+    /// message exceed [`HEADROOM`] bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len();
-        if n > self.start {
+        if n > self.start as usize {
             self.grow(n);
         }
-        self.start -= n;
-        self.head[self.start..self.start + n].copy_from_slice(bytes);
+        let start = self.start as usize - n;
+        self.head[start..start + n].copy_from_slice(bytes);
+        self.start = start as u32;
     }
 
     /// Pushes what a [`Writer`] holds.
@@ -178,19 +239,25 @@ impl Msg {
     #[cold]
     fn grow(&mut self, need: usize) {
         let used = self.head_len();
-        let free = (used + need).max(INLINE_HEADROOM);
-        let mut bigger: SmallVec<[u8; INLINE_HEADROOM]> = SmallVec::with_capacity(free + used);
-        bigger.resize(free, 0);
-        bigger.extend_from_slice(&self.head[self.start..]);
-        self.head = bigger;
-        self.start = free;
+        if self.head.is_empty() && need <= HEADROOM {
+            self.head = take_buffer(HEADROOM);
+            self.start = HEADROOM as u32;
+            return;
+        }
+        // Room for the new header and as much again in front of it.
+        let free = (used + need).max(HEADROOM);
+        let mut bigger = take_buffer(free + used);
+        let len = bigger.len();
+        bigger[len - used..].copy_from_slice(self.head());
+        self.start = u32::try_from(len - used).expect("headers of one message fit in 4 GiB");
+        give_buffer(std::mem::replace(&mut self.head, bigger));
     }
 
     /// The contiguous bytes at the front: the headroom if any, else the body.
     /// Decoders read the next header from here.
     pub fn front(&self) -> &[u8] {
-        if self.start < self.head.len() {
-            &self.head[self.start..]
+        if self.head_len() > 0 {
+            self.head()
         } else {
             &self.body
         }
@@ -199,11 +266,11 @@ impl Msg {
     /// Removes `n` bytes from the front (of [`Msg::front`]). Fails, changing
     /// nothing, if the front holds fewer bytes.
     pub fn advance(&mut self, n: usize) -> DecodeResult<()> {
-        if self.start < self.head.len() {
-            if n > self.head.len() - self.start {
+        if self.head_len() > 0 {
+            if n > self.head_len() {
                 return Err(Malformed("header_crosses_headroom"));
             }
-            self.start += n;
+            self.start += n as u32;
         } else {
             if n > self.body.len() {
                 return Err(Malformed("truncated"));
@@ -243,9 +310,9 @@ impl Msg {
 
     /// The body once all headers are popped: the payload an application sees.
     /// Copies only if headroom bytes remain (which a correct stack never leaves).
-    pub fn into_body(self) -> Bytes {
+    pub fn into_body(mut self) -> Bytes {
         if self.head_len() == 0 {
-            self.body
+            std::mem::take(&mut self.body)
         } else {
             self.to_bytes()
         }
@@ -268,7 +335,7 @@ impl Msg {
 impl fmt::Debug for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Msg(head={:02x?}, body={} bytes", self.head(), self.body.len())?;
-        if let Some(t) = self.tag {
+        if let Some(t) = self.tag() {
             write!(f, ", tag={t}")?;
         }
         write!(f, ")")
@@ -278,7 +345,7 @@ impl fmt::Debug for Msg {
 /// Messages compare by logical content, tag and flags (used by exact-output tests).
 impl PartialEq for Msg {
     fn eq(&self, other: &Msg) -> bool {
-        self.len() == other.len() && self.tag == other.tag && self.flags == other.flags && self.to_bytes() == other.to_bytes()
+        self.len() == other.len() && self.tag() == other.tag() && self.flags == other.flags && self.to_bytes() == other.to_bytes()
     }
 }
 
@@ -304,16 +371,33 @@ mod tests {
     }
 
     #[test]
-    fn headroom_grows_past_the_inline_size() {
+    fn headroom_grows_past_the_pooled_size() {
         let mut m = Msg::new(Bytes::from_static(b"x"));
-        for i in 0..50u8 {
+        for i in 0..100u8 {
             m.push(&[i, i]);
         }
-        assert_eq!(m.head_len(), 100);
-        for i in (0..50u8).rev() {
+        assert_eq!(m.head_len(), 200);
+        let copy = m.clone();
+        for i in (0..100u8).rev() {
             assert_eq!(m.pop_with(|r| r.array::<2>()), Ok([i, i]));
         }
         assert_eq!(&m.into_body()[..], b"x");
+        assert_eq!(copy.head_len(), 200);
+        assert_eq!(copy.head()[..2], [99, 99]);
+    }
+
+    #[test]
+    fn headroom_buffers_are_reused_after_the_message_is_dropped() {
+        let mut first = Msg::new(Bytes::from_static(b"x"));
+        first.push(&[1, 2, 3]);
+        let buffer = first.head.as_ptr();
+        drop(first);
+        let mut second = Msg::new(Bytes::from_static(b"y"));
+        second.push(&[4]);
+        assert_eq!(second.head.as_ptr(), buffer, "the dropped message's buffer was taken from the pool");
+        assert_eq!(second.head(), &[4]);
+        let copy = second.clone();
+        assert_eq!(copy.to_bytes(), second.to_bytes());
     }
 
     #[test]
