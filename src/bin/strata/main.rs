@@ -2,6 +2,9 @@
 //!
 //! - `strata node` runs one member of a group over UDP and writes a JSON-lines
 //!   delivery log (docs/strata-node.md is its specification).
+//! - `strata perf` measures throughput, latency, CPU and memory of a stack
+//!   over a real transport, with its members on loopback or one per host
+//!   (docs/strata-perf.md).
 //! - `strata keygen` writes group keys and X25519 identities for ENCRYPT
 //!   (docs/strata-keygen.md).
 //! - `strata layers` lists every registered layer with its guarantees and
@@ -10,12 +13,14 @@
 //! Every failure the user can cause (bad arguments, a bad stack string, an
 //! address that cannot be bound, a log that cannot be written) ends the
 //! process with a non-zero status and one line `strata <command>: <reason>`
-//! on stderr, so that scripts can show it as is.
+//! on stderr, so that scripts can show it as is. Bad arguments exit with
+//! status 2 (clap's own errors, and what `strata perf` refuses after parsing).
 
 mod jsonl;
 mod keygen;
 mod layers;
 mod node;
+mod perf;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -33,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run one member of a group and write its delivery log (see docs/strata-node.md).
     Node(node::NodeArgs),
+    /// Measure a stack: throughput, latency, CPU and memory of N members (see docs/strata-perf.md).
+    Perf(perf::PerfArgs),
     /// List every registered layer: what it guarantees, requires and provides, and its parameters.
     Layers(layers::LayersArgs),
     /// Write a fresh group key or X25519 identity, or print an identity's public key (see docs/strata-keygen.md).
@@ -40,7 +47,7 @@ enum Command {
 }
 
 /// The names of the subcommands, to prefix error lines with.
-const COMMANDS: &[&str] = &["node", "layers", "keygen"];
+const COMMANDS: &[&str] = &["node", "perf", "layers", "keygen"];
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -55,6 +62,14 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Node(args) => node::run(args),
+        Command::Perf(args) => match perf::run(args) {
+            Ok(code) => Ok(code),
+            Err(perf::Failure::Run(reason)) => Err(reason),
+            Err(perf::Failure::Usage(reason)) => {
+                let _ = fail(&prefix, &reason);
+                return ExitCode::from(2);
+            }
+        },
         Command::Layers(args) => layers::run(&args),
         Command::Keygen(args) => keygen::run(&args),
     };

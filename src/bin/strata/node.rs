@@ -64,7 +64,8 @@ use strata::runtime::{Endpoint, Events, Group, GroupError, JoinConfig};
 use strata::transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata::transport::payload;
 use strata::transport::tcptree::{tree_info, Closing, TcpTreeConfig, TcpTreeTransport};
-use strata::transport::udp::{UdpTransport, MAX_DATAGRAM};
+use strata::transport::bundle::MAX_BUNDLE_BYTES;
+use strata::transport::udp::{UdpConfig, UdpTransport, MAX_DATAGRAM};
 use strata::{AppEvent, Delivery, Instant, LayerStats, MemberId, ParamValue, Props, Registry, SafeTag, Stack, StackConfig, View};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
@@ -78,11 +79,11 @@ const MAX_LINGER_SECS: f64 = 1e9;
 /// Bytes of a payload searched for the `|` that ends its id.
 const ID_SCAN: usize = 128;
 /// How long the best-effort calls at the end (stats, leave) may take.
-const WRAP_UP: Duration = Duration::from_secs(2);
+pub(crate) const WRAP_UP: Duration = Duration::from_secs(2);
 /// The shortest silence taken to mean that the group has settled.
 const QUIET_MIN: Duration = Duration::from_millis(200);
 
-/// The transports `strata node` can use (docs/transports/).
+/// The transports `strata node` (and `strata perf`) can use (docs/transports/).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
     /// One UDP socket; casts are unicast to every member.
@@ -96,7 +97,7 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TransportKind::Udp => "udp",
             TransportKind::Ipmc => "ipmc",
@@ -146,28 +147,46 @@ pub struct NodeArgs {
     /// Stop casting and leave the group this many seconds after the start (fractions allowed).
     #[arg(long, allow_negative_numbers = true, value_name = "SECS", value_parser = parse_leave_after)]
     leave_after: Option<f64>,
-    /// ipmc: the group's multicast address and port (default: derived from the group name, in 239.0.0.0/8).
-    #[arg(long, value_name = "IP:PORT")]
-    mcast_addr: Option<SocketAddrV4>,
-    /// ipmc: the multicast TTL (hops a cast may cross; 1 keeps it on the local network).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=255))]
-    mcast_ttl: Option<u32>,
-    /// ipmc: the interface (its IPv4 address) multicast goes out and is received on (default: the --bind address).
-    #[arg(long, value_name = "IP")]
-    mcast_if: Option<Ipv4Addr>,
-    /// tcptree: children per member in the spanning tree (default 2).
-    #[arg(long, value_name = "K", value_parser = parse_fanout)]
-    fanout: Option<usize>,
+    #[command(flatten)]
+    transport_opts: TransportOpts,
 }
 
-fn parse_fanout(text: &str) -> Result<usize, String> {
+/// The options of one transport or another, shared by `strata node` and
+/// `strata perf` (checked against `--transport` by [`transport_plan`]).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct TransportOpts {
+    /// ipmc: the group's multicast address and port (default: derived from the group name, in 239.0.0.0/8).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) mcast_addr: Option<SocketAddrV4>,
+    /// ipmc: the multicast TTL (hops a cast may cross; 1 keeps it on the local network).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub(crate) mcast_ttl: Option<u32>,
+    /// ipmc: the interface (its IPv4 address) multicast goes out and is received on (default: the --bind address).
+    #[arg(long, value_name = "IP")]
+    pub(crate) mcast_if: Option<Ipv4Addr>,
+    /// tcptree: children per member in the spanning tree (default 2).
+    #[arg(long, value_name = "K", value_parser = parse_fanout)]
+    pub(crate) fanout: Option<usize>,
+    /// udp, ipmc: pack the frames sent to one destination in one round into datagrams of at most BYTES (0: off; default 8192).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bundle)]
+    pub(crate) bundle: Option<usize>,
+}
+
+pub(crate) fn parse_bundle(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(b) if b <= MAX_BUNDLE_BYTES => Ok(b),
+        _ => Err(format!("expected a number of bytes from 0 (off) to {MAX_BUNDLE_BYTES}, got `{text}`")),
+    }
+}
+
+pub(crate) fn parse_fanout(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(k) if (1..=MAX_FANOUT).contains(&k) => Ok(k),
         _ => Err(format!("expected a number of children from 1 to {MAX_FANOUT}, got `{text}`")),
     }
 }
 
-fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let size: usize = text.parse().map_err(|_| format!("expected a number of bytes, got `{text}`"))?;
     if size > MAX_SIZE {
         return Err(format!("{size} bytes is more than the {MAX_SIZE} allowed"));
@@ -175,7 +194,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(size)
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("expected a positive number of casts per second, got `{text}`")),
@@ -189,7 +208,7 @@ fn parse_leave_after(text: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_linger(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_linger(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_LINGER_SECS => Ok(s),
         _ => Err(format!("expected a number of seconds above 0 and at most {MAX_LINGER_SECS}, got `{text}`")),
@@ -197,65 +216,77 @@ fn parse_linger(text: &str) -> Result<f64, String> {
 }
 
 /// The transport to bind, with its checked options.
-enum TransportPlan {
-    Udp,
+pub(crate) enum TransportPlan {
+    Udp(UdpConfig),
     Ipmc(IpmcConfig),
     Tcptree(TcpTreeConfig),
 }
 
 impl TransportPlan {
-    fn kind(&self) -> TransportKind {
+    pub(crate) fn kind(&self) -> TransportKind {
         match self {
-            TransportPlan::Udp => TransportKind::Udp,
+            TransportPlan::Udp(_) => TransportKind::Udp,
             TransportPlan::Ipmc(_) => TransportKind::Ipmc,
             TransportPlan::Tcptree(_) => TransportKind::Tcptree,
         }
     }
 
     /// The largest datagram the transport carries.
-    fn max_datagram(&self) -> usize {
+    pub(crate) fn max_datagram(&self) -> usize {
         match self {
-            TransportPlan::Udp | TransportPlan::Ipmc(_) => MAX_DATAGRAM,
+            TransportPlan::Udp(_) | TransportPlan::Ipmc(_) => MAX_DATAGRAM,
             TransportPlan::Tcptree(c) => c.max_frame,
         }
     }
 }
 
-/// Checks the transport options against `--transport` and `--bind`.
-fn transport_plan(args: &NodeArgs) -> Result<TransportPlan, String> {
-    let kind = args.transport;
+/// Checks the transport options against `--transport` and `--bind`
+/// (`group` names the group whose multicast address `--mcast-addr` sets).
+pub(crate) fn transport_plan(kind: TransportKind, opts: &TransportOpts, bind: SocketAddr, group: &str) -> Result<TransportPlan, String> {
     let misplaced = |flag: &str, wants: TransportKind| format!("{flag} is an option of --transport {}, not {}", wants.name(), kind.name());
     if kind != TransportKind::Ipmc {
-        if args.mcast_addr.is_some() {
+        if opts.mcast_addr.is_some() {
             return Err(misplaced("--mcast-addr", TransportKind::Ipmc));
         }
-        if args.mcast_ttl.is_some() {
+        if opts.mcast_ttl.is_some() {
             return Err(misplaced("--mcast-ttl", TransportKind::Ipmc));
         }
-        if args.mcast_if.is_some() {
+        if opts.mcast_if.is_some() {
             return Err(misplaced("--mcast-if", TransportKind::Ipmc));
         }
     }
-    if kind != TransportKind::Tcptree && args.fanout.is_some() {
+    if kind != TransportKind::Tcptree && opts.fanout.is_some() {
         return Err(misplaced("--fanout", TransportKind::Tcptree));
     }
+    if kind == TransportKind::Tcptree && opts.bundle.is_some() {
+        return Err(format!("--bundle is an option of --transport udp and ipmc, not {} (TCP packs frames into segments itself)", kind.name()));
+    }
     Ok(match kind {
-        TransportKind::Udp => TransportPlan::Udp,
+        TransportKind::Udp => {
+            let mut config = UdpConfig::default();
+            if let Some(bytes) = opts.bundle {
+                config.bundle = bytes;
+            }
+            TransportPlan::Udp(config)
+        }
         TransportKind::Ipmc => {
-            if !args.bind.is_ipv4() {
-                return Err(format!("--bind {}: --transport ipmc needs an IPv4 address", args.bind));
+            if !bind.is_ipv4() {
+                return Err(format!("--bind {bind}: --transport ipmc needs an IPv4 address"));
             }
             let mut config = IpmcConfig::default();
-            if let Some(addr) = args.mcast_addr {
+            if let Some(bytes) = opts.bundle {
+                config.bundle = bytes;
+            }
+            if let Some(addr) = opts.mcast_addr {
                 if !addr.ip().is_multicast() || addr.port() == 0 {
                     return Err(format!("--mcast-addr {addr}: expected a multicast address (224.0.0.0/4, best 239.0.0.0/8) and a port"));
                 }
-                config.addresses.insert(args.group.clone(), addr);
+                config.addresses.insert(group.to_string(), addr);
             }
-            if let Some(ttl) = args.mcast_ttl {
+            if let Some(ttl) = opts.mcast_ttl {
                 config.ttl = ttl;
             }
-            if let Some(interface) = args.mcast_if {
+            if let Some(interface) = opts.mcast_if {
                 if interface.is_multicast() || interface.is_broadcast() {
                     return Err(format!("--mcast-if {interface}: expected the address of a local interface"));
                 }
@@ -265,7 +296,7 @@ fn transport_plan(args: &NodeArgs) -> Result<TransportPlan, String> {
         }
         TransportKind::Tcptree => {
             let mut config = TcpTreeConfig::default();
-            if let Some(k) = args.fanout {
+            if let Some(k) = opts.fanout {
                 config.fanout = k;
             }
             TransportPlan::Tcptree(config)
@@ -305,7 +336,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     if args.group.is_empty() {
         return Err("--group must not be empty".into());
     }
-    let transport = transport_plan(&args)?;
+    let transport = transport_plan(args.transport, &args.transport_opts, args.bind, &args.group)?;
     if args.bind.ip().is_unspecified() {
         return Err(format!("--bind {}: give the address peers reach this member at (it is its member id), not an unspecified address", args.bind));
     }
@@ -331,17 +362,10 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     // storage is in memory: a layer with a durable log (SAFE) must not write
     // the real one for a stack that is thrown away; the real build opens it
     // (and fails on a bad `log_dir` or a locked log) in `run_node`.
-    let config = StackConfig {
-        group: args.group.clone(),
-        local: members[0],
-        members: members.clone(),
-        seed: 0,
-        max_datagram: transport.max_datagram(),
-        storage: Arc::new(strata::MemStorage::new()),
-        entropy: [0; 32],
-    };
-    let dry = Stack::new(registry, &args.stack, config, Instant::ZERO).map_err(|e| e.to_string())?;
-    check_size_fits(&dry, args.size, transport.max_datagram())?;
+    let dry = dry_build(registry, &args.stack, &args.group, &members, &transport)?;
+    // The id text `M:k|` may make a payload longer than --size.
+    let longest = args.size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
+    check_size_fits(&dry, args.size, longest, transport.max_datagram())?;
     let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack));
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
     let leave_after = match args.leave_after {
@@ -377,17 +401,34 @@ fn safe_log_file(registry: &Registry, stack: &str, group: &str) -> Option<PathBu
     })
 }
 
+/// Builds the stack once, dry, for its checks: the parser's and every
+/// layer's own, with the datagram limit of the transport the real stack
+/// will run over (`members[0]` is this member). Its storage is in memory: a
+/// layer with a durable log (SAFE) must not write the real one for a stack
+/// that is thrown away.
+pub(crate) fn dry_build(registry: &Registry, stack: &str, group: &str, members: &[MemberId], transport: &TransportPlan) -> Result<Stack, String> {
+    let config = StackConfig {
+        group: group.to_string(),
+        local: members[0],
+        members: members.to_vec(),
+        seed: 0,
+        max_datagram: transport.max_datagram(),
+        storage: Arc::new(strata::MemStorage::new()),
+        entropy: [0; 32],
+    };
+    Stack::new(registry, stack, config, Instant::ZERO).map_err(|e| e.to_string())
+}
+
 /// Whether a layer of the stack provides membership (false for a stack
 /// string that does not resolve: the dry build reports that).
-fn provides_membership(registry: &Registry, stack: &str) -> bool {
+pub(crate) fn provides_membership(registry: &Registry, stack: &str) -> bool {
     registry.resolve(stack).is_ok_and(|r| r.layers.iter().any(|(desc, _)| desc.provides.contains(Props::MEMBERSHIP)))
 }
 
 /// Refuses a `--size` larger than the stack carries (one datagram without
 /// FRAG, FRAG's `max_msg_size` with it): every such cast would be refused.
-fn check_size_fits(stack: &Stack, size: usize, max_datagram: usize) -> Result<(), String> {
-    // The id text `M:k|` may make a payload longer than --size.
-    let longest = size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
+/// `longest` is the longest payload `--size` leads to.
+pub(crate) fn check_size_fits(stack: &Stack, size: usize, longest: usize, max_datagram: usize) -> Result<(), String> {
     let room = stack.max_message();
     if longest > room {
         let hint = if room < max_datagram { "; put FRAG in the stack or raise its max_msg_size" } else { "" };
@@ -399,7 +440,7 @@ fn check_size_fits(stack: &Stack, size: usize, max_datagram: usize) -> Result<()
 /// The silence that shows a group has settled: a few periods of the
 /// slowest periodic status any layer of the stack declares (`status_ms`;
 /// NAK sends one while anything is unacknowledged), or [`QUIET_MIN`].
-fn quiet_period(registry: &Registry, stack: &str) -> Duration {
+pub(crate) fn quiet_period(registry: &Registry, stack: &str) -> Duration {
     let status_ms = |params: &strata::Params| match params.get("status_ms") {
         Some(ParamValue::U64(ms)) => Some(*ms),
         _ => None,
@@ -463,17 +504,17 @@ enum Outcome<T> {
 }
 
 /// SIGINT and SIGTERM.
-struct Signals {
+pub(crate) struct Signals {
     int: Signal,
     term: Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Signals> {
+    pub(crate) fn new() -> std::io::Result<Signals> {
         Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
     }
 
-    async fn recv(&mut self) -> i32 {
+    pub(crate) async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.int.recv() => libc::SIGINT,
             _ = self.term.recv() => libc::SIGTERM,
@@ -767,7 +808,7 @@ impl Receiver<'_> {
 /// from a task of its own: a call may wait for room in the group's command
 /// queue, which the driver empties only while the application takes its
 /// events, so the task that takes them must not wait for it.
-fn spawn_done(group: Group) -> mpsc::UnboundedSender<SafeTag> {
+pub(crate) fn spawn_done(group: Group) -> mpsc::UnboundedSender<SafeTag> {
     let (tx, mut rx) = mpsc::unbounded_channel::<SafeTag>();
     tokio::spawn(async move {
         while let Some(tag) = rx.recv().await {
@@ -780,7 +821,8 @@ fn spawn_done(group: Group) -> mpsc::UnboundedSender<SafeTag> {
     tx
 }
 
-async fn sleep_until(at: Option<Clock>) {
+/// Sleeps until `at`; forever for `None`.
+pub(crate) async fn sleep_until(at: Option<Clock>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -848,12 +890,16 @@ fn stats_json(all: &[LayerStats]) -> String {
 }
 
 /// What the `start` line says about the transport beyond its name.
-enum TransportFacts {
-    Udp,
+pub(crate) enum TransportFacts {
+    /// `bundle`: the bundling limit (0: off).
+    Udp {
+        bundle: usize,
+    },
     Ipmc {
         group: SocketAddrV4,
         ttl: u32,
         interface: Option<Ipv4Addr>,
+        bundle: usize,
     },
     /// `closing`: to let the connections write their last frames at exit.
     Tcptree {
@@ -863,19 +909,23 @@ enum TransportFacts {
     },
 }
 
-/// Binds the planned transport at `--bind` and starts an endpoint on it.
-async fn bind_endpoint(plan: &Plan, registry: Registry) -> Result<(Endpoint, TransportFacts), String> {
-    let bind_error = |e: std::io::Error| format!("cannot bind {}: {e}", plan.bind);
+/// Binds the planned transport at `bind` and starts an endpoint on it
+/// (`group`: the group whose multicast address the facts give).
+pub(crate) async fn bind_endpoint(transport: &TransportPlan, bind: SocketAddr, group: &str, registry: Registry) -> Result<(Endpoint, TransportFacts), String> {
+    let bind_error = |e: std::io::Error| format!("cannot bind {bind}: {e}");
     let registry = Arc::new(registry);
-    Ok(match &plan.transport {
-        TransportPlan::Udp => (Endpoint::new(UdpTransport::bind(plan.bind).await.map_err(bind_error)?, registry), TransportFacts::Udp),
+    Ok(match transport {
+        TransportPlan::Udp(config) => {
+            let transport = UdpTransport::bind_with(bind, config.clone()).await.map_err(bind_error)?;
+            (Endpoint::new(transport, registry), TransportFacts::Udp { bundle: config.bundle })
+        }
         TransportPlan::Ipmc(config) => {
-            let transport = IpmcTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
-            let facts = TransportFacts::Ipmc { group: transport.address_of(&plan.group), ttl: config.ttl, interface: transport.interface() };
+            let transport = IpmcTransport::bind(bind, config.clone()).await.map_err(bind_error)?;
+            let facts = TransportFacts::Ipmc { group: transport.address_of(group), ttl: config.ttl, interface: transport.interface(), bundle: config.bundle };
             (Endpoint::new(transport, registry), facts)
         }
         TransportPlan::Tcptree(config) => {
-            let transport = TcpTreeTransport::bind(plan.bind, config.clone()).await.map_err(bind_error)?;
+            let transport = TcpTreeTransport::bind(bind, config.clone()).await.map_err(bind_error)?;
             let closing = transport.closing();
             (Endpoint::new(transport, registry), TransportFacts::Tcptree { fanout: config.fanout, max_frame: config.max_frame, closing })
         }
@@ -888,10 +938,10 @@ impl TransportFacts {
     /// each `view` line gives it).
     fn describe(&self, line: Line, view: Option<&View>, me: MemberId) -> Line {
         match self {
-            TransportFacts::Udp => line,
-            TransportFacts::Ipmc { group, ttl, interface } => {
+            TransportFacts::Udp { bundle } => line.u64("bundle", *bundle as u64),
+            TransportFacts::Ipmc { group, ttl, interface, bundle } => {
                 let interface = interface.map_or_else(|| "default".to_string(), |i| i.to_string());
-                line.str("mcast_addr", &group.to_string()).u64("mcast_ttl", u64::from(*ttl)).str("mcast_if", &interface)
+                line.str("mcast_addr", &group.to_string()).u64("mcast_ttl", u64::from(*ttl)).str("mcast_if", &interface).u64("bundle", *bundle as u64)
             }
             TransportFacts::Tcptree { fanout, max_frame, .. } => {
                 let line = line.u64("fanout", *fanout as u64).u64("max_frame", *max_frame as u64).str("tree_root", "coordinator");
@@ -924,7 +974,7 @@ fn tree_json(view: &View, me: MemberId, fanout: usize) -> String {
 }
 
 async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String> {
-    let (endpoint, facts) = bind_endpoint(&plan, registry).await?;
+    let (endpoint, facts) = bind_endpoint(&plan.transport, plan.bind, &plan.group, registry).await?;
     // With port 0 the member id is the port the OS picked.
     plan.members[0] = MemberId::new(endpoint.local_addr(), 0);
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -934,15 +984,8 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     // it join a group and vanish), and must not exist if the join fails
     // (SAFE's durable log cannot be opened): probe it, join, then empty it.
     let probe = LogProbe::open(&plan.log)?;
-    let mut cfg = JoinConfig::new(plan.group.clone(), plan.stack.clone());
-    if plan.membership {
-        // Seeds only; a restarted process at the same address is a new member.
-        cfg.members = plan.members[1..].to_vec();
-        cfg.incarnation = incarnation();
-        cfg.state_transfer = true;
-    } else {
-        cfg.members = plan.members.clone();
-    }
+    let mut cfg = join_config(&plan.group, &plan.stack, &plan.members, plan.membership);
+    cfg.state_transfer = plan.membership;
     let (group, events) = match endpoint.join(cfg).await {
         Ok(joined) => joined,
         Err(e) => {
@@ -1018,12 +1061,7 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     shared.log.write(Line::new("stats").raw("layers", &stats_json(&layers))).map_err(log_error)?;
     let delivered = shared.delivered.get();
     shared.log.write(Line::new("stop").u64("delivered", delivered).str("reason", ending.name())).map_err(log_error)?;
-    let _ = tokio::time::timeout(WRAP_UP, endpoint.shutdown()).await;
-    if let TransportFacts::Tcptree { closing, .. } = &facts {
-        // Its sends are asynchronous: let the last frames (a leave's view
-        // messages) reach the wire before the process exits.
-        closing.wait(WRAP_UP).await;
-    }
+    shut_down(&endpoint, &facts).await;
 
     let secs = began.elapsed().as_secs_f64();
     println!("strata node {me_text}: {} after {secs:.2} s, delivered {delivered} casts", ending.name());
@@ -1061,6 +1099,32 @@ impl LogProbe {
         if self.created {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// How a member joins: with a membership layer, `members` after the first
+/// (this member) are seeds and the incarnation is fresh; without one,
+/// `members` is the fixed membership.
+pub(crate) fn join_config(group: &str, stack: &str, members: &[MemberId], membership: bool) -> JoinConfig {
+    let mut cfg = JoinConfig::new(group, stack);
+    if membership {
+        // Seeds only; a restarted process at the same address is a new member.
+        cfg.members = members[1..].to_vec();
+        cfg.incarnation = incarnation();
+    } else {
+        cfg.members = members.to_vec();
+    }
+    cfg
+}
+
+/// Stops the endpoint (bounded) and, over a TCP tree, lets the last frames
+/// out before the process exits.
+pub(crate) async fn shut_down(endpoint: &Endpoint, facts: &TransportFacts) {
+    let _ = tokio::time::timeout(WRAP_UP, endpoint.shutdown()).await;
+    if let TransportFacts::Tcptree { closing, .. } = facts {
+        // Its sends are asynchronous: let the last frames (a leave's view
+        // messages) reach the wire before the process exits.
+        closing.wait(WRAP_UP).await;
     }
 }
 
@@ -1168,7 +1232,7 @@ async fn exchange(rx: &mut Receiver<'_>, endpoint: &Endpoint, group: &Group, me:
 }
 
 /// Resolves once the endpoint has received no datagram for `quiet`.
-async fn settle(endpoint: &Endpoint, quiet: Duration) {
+pub(crate) async fn settle(endpoint: &Endpoint, quiet: Duration) {
     let mut seen = None;
     let mut since = Clock::now();
     loop {

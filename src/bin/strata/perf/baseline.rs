@@ -1,0 +1,455 @@
+//! `--baseline`: the same run with no stack at all, to compare with. Each
+//! member sends each message as one plain UDP datagram to each other
+//! member, one `send_to` system call per datagram (no batching, no
+//! retransmission, no runtime), with the same payload and timestamps; the
+//! receivers count and time them as a stack member does.
+//!
+//! A member counts its own messages as delivered when it sends them (a
+//! stack delivers a member's own casts to it too), so that `delivered` and
+//! `expected` compare with a stack's run; only datagrams from other members
+//! are timed. Lost datagrams stay lost: the result says how many of those
+//! expected from others arrived (`loss_percent`). A member is done when its
+//! own sending is over and no datagram came for [`IDLE`].
+//!
+//! Started by the coordinator, the members start together on its `start`.
+//! One member per host, they first wait for each other: each sends a small
+//! hello (shorter than any payload, so never counted) to every peer every
+//! [`HELLO_EVERY`] until it has heard from all of them and all of them have
+//! heard from everyone; a member that has started answers every hello.
+
+use super::link::{self, Command};
+use super::meter::{cpu_time, peak_rss_mib, Mark, Meter, Pacer};
+use super::report::{MemberResult, Row};
+use super::wire::{self, Header, PayloadMaker};
+use super::{print_results, progress_line, Plan, Role};
+use crate::node::{sleep_until, Signals};
+use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant as Clock;
+
+/// Silence after which a member whose own sending is over is done.
+const IDLE: Duration = Duration::from_millis(500);
+/// How often a member waiting for its peers says hello.
+const HELLO_EVERY: Duration = Duration::from_millis(100);
+/// The first byte of a hello; the second says whether the sender has heard from every peer.
+const HELLO: u8 = b'h';
+/// Socket buffers asked for: the same as the UDP transport's.
+const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+
+/// A UDP socket bound at `addr` with large buffers (best effort, as the UDP transport's).
+fn bind(addr: SocketAddr) -> Result<UdpSocket, String> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        let value = SOCKET_BUFFER_BYTES;
+        // SAFETY: a valid socket and a pointer to a c_int of the size given.
+        // A failure only leaves the default buffer, which is not an error.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    socket.set_nonblocking(true).map_err(|e| format!("cannot set up the socket: {e}"))?;
+    UdpSocket::from_std(socket).map_err(|e| format!("cannot set up the socket: {e}"))
+}
+
+/// What the sending task reports when it is over: when.
+type SendEnd = Result<Clock, String>;
+
+/// One baseline member.
+struct Raw<'a> {
+    plan: &'a Plan,
+    index: usize,
+    socket: Arc<UdpSocket>,
+    /// The other members' addresses.
+    peers: Vec<SocketAddr>,
+    /// Datagrams from other members (its `expected` is never reached: the
+    /// window is decided here, see [`Raw::window`]).
+    meter: Meter,
+    /// Datagrams expected from other members.
+    remote_expected: u64,
+    /// Own messages sent (each counts as a delivery to itself).
+    sent: Arc<AtomicU64>,
+    sender: Option<JoinHandle<SendEnd>>,
+    /// When own sending ended (at once for a member that does not send).
+    send_end: Option<Clock>,
+    /// When the last datagram from another member came (or the start).
+    last_rx: Clock,
+    /// Sending over and [`IDLE`] passed without a datagram: the numbers are final.
+    done: Option<Mark>,
+    signals: Signals,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// The slow member's pace.
+    pacer: Option<Pacer>,
+    tick: tokio::time::Interval,
+    last_line: (u64, Clock),
+    buf: Vec<u8>,
+}
+
+/// Why [`Raw::pump`] returned.
+enum Wake {
+    Done,
+    Command(Command),
+    Signal(i32),
+}
+
+impl Raw<'_> {
+    fn delivered(&self) -> u64 {
+        self.meter.delivered + self.sent.load(Ordering::Relaxed)
+    }
+
+    fn start(&mut self) {
+        self.meter.start();
+        let now = Clock::now();
+        self.last_rx = now;
+        self.last_line = (0, now);
+        self.tick.reset();
+        if !self.plan.casts_from(self.index) {
+            self.send_end = Some(now);
+            return;
+        }
+        let mut maker = PayloadMaker::new(self.plan.size, wire::host_id(), self.index as u32);
+        let (socket, peers, sent, casts, rate) = (self.socket.clone(), self.peers.clone(), self.sent.clone(), self.plan.casts, self.plan.rate);
+        self.sender = Some(tokio::spawn(async move {
+            let began = Clock::now();
+            let mut refused = 0u64;
+            for k in 0..casts {
+                if let Some(rate) = rate {
+                    let due = Duration::try_from_secs_f64(k as f64 / rate).ok().and_then(|d| began.checked_add(d));
+                    sleep_until(due).await;
+                }
+                let payload = maker.stamp();
+                for peer in &peers {
+                    // One system call per datagram; a peer that is gone
+                    // (ICMP port unreachable) does not stop the others.
+                    match socket.send_to(payload, *peer).await {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+                        Err(e) => return Err(format!("cannot send to {peer}: {e}")),
+                    }
+                }
+                sent.store(k + 1, Ordering::Relaxed);
+            }
+            if refused > 0 {
+                tracing::warn!(refused, "datagrams refused by their receivers (a member gone?)");
+            }
+            Ok(Clock::now())
+        }));
+    }
+
+    /// Takes datagrams until sending is over and the member has been idle
+    /// for [`IDLE`], or a command or signal comes.
+    async fn pump(&mut self, until_done: bool) -> Result<Wake, String> {
+        loop {
+            if until_done && self.done.is_some() {
+                return Ok(Wake::Done);
+            }
+            let now = Clock::now();
+            let gate = self.pacer.as_ref().and_then(|p| p.wait_until(now));
+            let idle_at = match (self.meter.started, self.send_end, self.done) {
+                (Some(_), Some(_), None) => Some(self.last_rx + IDLE),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                sig = self.signals.recv() => return Ok(Wake::Signal(sig)),
+                cmd = next_command(&mut self.commands) => return Ok(Wake::Command(cmd)),
+                end = sender_finished(&mut self.sender) => {
+                    self.sender = None;
+                    self.send_end = Some(end?);
+                }
+                _ = sleep_until(gate), if gate.is_some() => {}
+                got = self.socket.recv_from(&mut self.buf), if gate.is_none() => match got {
+                    Ok((len, from)) => self.receive(len, from).await,
+                    Err(e) => tracing::debug!("receive error: {e}"),
+                },
+                _ = self.tick.tick() => self.report_progress(),
+                _ = sleep_until(idle_at), if idle_at.is_some() => {
+                    if self.last_rx + IDLE <= Clock::now() {
+                        self.done = Some(Mark::now());
+                        self.report_progress();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn receive(&mut self, len: usize, from: SocketAddr) {
+        let data = &self.buf[..len];
+        if len < wire::HEADER_LEN {
+            // A hello from a peer still waiting for the others: answer it.
+            if data.first() == Some(&HELLO) && self.peers.contains(&from) {
+                let _ = self.socket.send_to(&[HELLO, 1], from).await;
+            }
+            return;
+        }
+        // Counted even before this member's own start: a peer may start a
+        // moment earlier, and its first datagrams are part of the run.
+        if !self.peers.contains(&from) {
+            return;
+        }
+        let now = self.meter.count(Header::read(data));
+        self.last_rx = now;
+        if let Some(pacer) = &mut self.pacer {
+            pacer.took(now);
+        }
+    }
+
+    fn report_progress(&mut self) {
+        let Some(start) = self.meter.started else { return };
+        let delivered = self.delivered();
+        let expected = self.plan.expected();
+        if self.commands.is_some() {
+            let line = json!({"ev": "progress", "delivered": delivered, "expected": expected,
+                "sent": self.sent.load(Ordering::Relaxed), "done": self.done.is_some()});
+            link::report(line);
+        } else {
+            let now = Clock::now();
+            let (before, at) = self.last_line;
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            let rate = if secs > 0.0 { delivered.saturating_sub(before) as f64 / secs } else { 0.0 };
+            self.last_line = (delivered, now);
+            eprintln!("{}", progress_line(now.saturating_duration_since(start.at), &[delivered], expected, rate));
+        }
+    }
+
+    /// Start to the later of the last datagram and the end of own sending;
+    /// CPU until done (or now).
+    fn window(&self) -> (Duration, Duration) {
+        let Some(start) = self.meter.started else { return (Duration::ZERO, Duration::ZERO) };
+        let end = [self.meter.last_delivery, self.send_end].into_iter().flatten().max().unwrap_or(start.at);
+        let cpu = self.done.map_or_else(cpu_time, |d| d.cpu);
+        (end.saturating_duration_since(start.at), cpu.saturating_sub(start.cpu))
+    }
+
+    fn result(&mut self, addr: SocketAddr) -> MemberResult {
+        let (window, cpu) = self.window();
+        MemberResult {
+            index: self.index,
+            addr: addr.to_string(),
+            pid: std::process::id(),
+            delivered: self.delivered(),
+            expected: self.plan.expected(),
+            sent: self.sent.load(Ordering::Relaxed),
+            complete: self.done.is_some(),
+            window_s: window.as_secs_f64(),
+            cpu_s: cpu.as_secs_f64(),
+            rss_mib: peak_rss_mib(),
+            latency: std::mem::take(&mut self.meter.latency),
+            remote: Some((self.remote_expected, self.meter.delivered)),
+        }
+    }
+
+    fn stop_sending(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            sender.abort();
+        }
+    }
+}
+
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Command {
+    match commands {
+        Some(rx) => rx.recv().await.unwrap_or(Command::Closed),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sender_finished(sender: &mut Option<JoinHandle<SendEnd>>) -> SendEnd {
+    match sender {
+        Some(handle) => match handle.await {
+            Ok(end) => end,
+            Err(e) if e.is_cancelled() => Ok(Clock::now()),
+            Err(e) => Err(format!("the sending task failed: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs this process's baseline member.
+pub async fn run(plan: &Plan) -> Result<ExitCode, String> {
+    let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
+    match &plan.role {
+        Role::Child { index } => run_child(plan, *index, signals).await,
+        Role::Host { bind, members, index, .. } => {
+            let peers = members.iter().map(|m| m.addr()).filter(|a| a != bind).collect();
+            run_host(plan, *bind, peers, *index, signals).await
+        }
+        Role::Coordinator => Err("internal: the coordinator is not a member".into()),
+    }
+}
+
+fn member<'a>(
+    plan: &'a Plan,
+    index: usize,
+    socket: UdpSocket,
+    peers: Vec<SocketAddr>,
+    signals: Signals,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+) -> Raw<'a> {
+    let period = if commands.is_some() { Duration::from_millis(250) } else { Duration::from_secs(1) };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let senders_among_peers = match plan.senders {
+        super::Senders::All => peers.len() as u64,
+        super::Senders::One => u64::from(!plan.casts_from(index)),
+    };
+    let now = Clock::now();
+    Raw {
+        plan,
+        index,
+        socket: Arc::new(socket),
+        peers,
+        meter: Meter::new(u64::MAX, wire::host_id()),
+        remote_expected: senders_among_peers * plan.casts,
+        sent: Arc::new(AtomicU64::new(0)),
+        sender: None,
+        send_end: None,
+        last_rx: now,
+        done: None,
+        signals,
+        commands,
+        pacer: plan.slow_rate_of(index).map(Pacer::new),
+        tick,
+        last_line: (0, now),
+        buf: vec![0; 65_536],
+    }
+}
+
+fn signal_exit(sig: i32) -> ExitCode {
+    ExitCode::from(128u8.saturating_add(sig as u8))
+}
+
+async fn run_child(plan: &Plan, index: usize, mut signals: Signals) -> Result<ExitCode, String> {
+    let mut commands = link::commands();
+    let socket = bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
+    let me = socket.local_addr().map_err(|e| format!("cannot read the socket's address: {e}"))?;
+    link::report(json!({"ev": "bound", "addr": me.to_string(), "pid": std::process::id()}));
+    let peers = loop {
+        tokio::select! {
+            sig = signals.recv() => return Ok(signal_exit(sig)),
+            cmd = commands.recv() => match cmd {
+                Some(Command::Peers(peers)) => break peers,
+                Some(Command::Start) => {}
+                Some(Command::Finish | Command::Closed) | None => return Ok(ExitCode::FAILURE),
+            },
+        }
+    };
+    if peers.len() != plan.members || peers.get(index) != Some(&me) {
+        return Err(format!("the coordinator's peers {peers:?} do not have this member ({me}) at index {index} of {}", plan.members));
+    }
+    let others = peers.into_iter().filter(|a| *a != me).collect();
+    let mut raw = member(plan, index, socket, others, signals, Some(commands));
+    link::report(json!({"ev": "ready"}));
+    loop {
+        match raw.pump(false).await? {
+            Wake::Command(Command::Start) => raw.start(),
+            Wake::Command(Command::Finish) => break,
+            Wake::Command(Command::Closed) => return Ok(ExitCode::FAILURE),
+            Wake::Command(Command::Peers(_)) | Wake::Done => {}
+            Wake::Signal(sig) => return Ok(signal_exit(sig)),
+        }
+    }
+    raw.stop_sending();
+    link::report(raw.result(me).to_wire());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_host(plan: &Plan, bind_addr: SocketAddr, peers: Vec<SocketAddr>, index: usize, signals: Signals) -> Result<ExitCode, String> {
+    let socket = bind(bind_addr)?;
+    let mut raw = member(plan, index, socket, peers, signals, None);
+    let first = match meet_peers(&mut raw).await? {
+        Met::Signal(sig) => return Ok(signal_exit(sig)),
+        Met::All => None,
+        Met::Data(len, from) => Some((len, from)),
+    };
+    raw.start();
+    if let Some((len, from)) = first {
+        // A peer's first payload, still in the buffer.
+        raw.receive(len, from).await;
+    }
+    let signal = match raw.pump(true).await? {
+        Wake::Signal(sig) => Some(sig),
+        _ => None,
+    };
+    raw.stop_sending();
+    let result = raw.result(bind_addr);
+    print_results(plan, &[Row::of(result)]);
+    match signal {
+        Some(sig) => {
+            eprintln!("strata perf: stopped by signal {sig}");
+            Ok(signal_exit(sig))
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// How the wait for the peers ended.
+enum Met {
+    /// Every peer has heard from everyone.
+    All,
+    /// A peer has started already: its first payload (length, sender) is in the buffer.
+    Data(usize, SocketAddr),
+    Signal(i32),
+}
+
+/// The hello exchange of one member per host (see the module docs);
+/// fails after `--linger` without news from a peer.
+async fn meet_peers(raw: &mut Raw<'_>) -> Result<Met, String> {
+    let n = raw.peers.len();
+    let (mut heard, mut ready) = (vec![false; n], vec![false; n]);
+    let mut news = Clock::now();
+    let mut hello_at = Clock::now();
+    loop {
+        let heard_all = heard.iter().all(|h| *h);
+        if heard_all && ready.iter().all(|r| *r) {
+            // Once more, so that a peer that lost the last one hears it.
+            for peer in &raw.peers {
+                let _ = raw.socket.send_to(&[HELLO, 1], *peer).await;
+            }
+            return Ok(Met::All);
+        }
+        if Clock::now() >= hello_at {
+            for peer in &raw.peers {
+                let _ = raw.socket.send_to(&[HELLO, u8::from(heard_all)], *peer).await;
+            }
+            hello_at = Clock::now() + HELLO_EVERY;
+        }
+        let give_up = news + raw.plan.linger;
+        tokio::select! {
+            sig = raw.signals.recv() => return Ok(Met::Signal(sig)),
+            _ = tokio::time::sleep_until(hello_at) => {}
+            _ = tokio::time::sleep_until(give_up) => {
+                let missing: Vec<String> = raw.peers.iter().zip(&ready).filter(|(_, r)| !**r).map(|(p, _)| p.to_string()).collect();
+                return Err(format!("no word from {} within --linger ({} s)", missing.join(", "), raw.plan.linger.as_secs_f64()));
+            }
+            got = raw.socket.recv_from(&mut raw.buf) => {
+                let Ok((len, from)) = got else { continue };
+                let Some(i) = raw.peers.iter().position(|p| *p == from) else { continue };
+                if len == 2 && raw.buf[0] == HELLO {
+                    let was = heard.iter().all(|h| *h);
+                    heard[i] = true;
+                    ready[i] |= raw.buf[1] == 1;
+                    news = Clock::now();
+                    if !was && heard.iter().all(|h| *h) {
+                        hello_at = Clock::now();
+                    }
+                } else if len >= wire::HEADER_LEN {
+                    // A peer started already, so everyone heard from everyone.
+                    return Ok(Met::Data(len, from));
+                }
+            }
+        }
+    }
+}
