@@ -1,8 +1,11 @@
 //! Transports compared on loopback: 3 endpoints in this process (a tokio
 //! runtime with 2 worker threads), one `FRAG:NAK` group with fixed
 //! membership, over UDP without batching, UDP with batched system calls
-//! (`recvmmsg`/`sendmmsg`, the default), IP multicast (batched) and the TCP
-//! tree (fanout 2).
+//! (`recvmmsg`/`sendmmsg`), IP multicast (batched) and the TCP tree (fanout
+//! 2), the UDP and multicast rows without bundling; then UDP and IP
+//! multicast with bundling (batched, their default), whose limit is
+//! [`DEFAULT_BUNDLE_BYTES`] or `STRATA_BENCH_BUNDLE` bytes if that is set
+//! (to compare limits).
 //!
 //! - `transports/<size>/<transport>`: the time it takes for every member to
 //!   cast a burst of [`BURST`] messages of `size` bytes (64 B and 1 KiB) at
@@ -38,7 +41,7 @@ use strata_stack::runtime::{Endpoint, Events, Group, JoinConfig, Transport};
 use strata_stack::{AppEvent, Delivery, MemberId};
 use strata_transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata_transport::tcptree::{TcpTreeConfig, TcpTreeTransport};
-use strata_transport::udp::{UdpConfig, UdpTransport};
+use strata_transport::udp::{UdpConfig, UdpTransport, DEFAULT_BUNDLE_BYTES};
 
 const MEMBERS: usize = 3;
 /// Messages each member casts per burst.
@@ -54,9 +57,11 @@ enum Kind {
     UdpBatched,
     Ipmc,
     TcpTree,
+    UdpBundled,
+    IpmcBundled,
 }
 
-const KINDS: [Kind; 4] = [Kind::UdpUnbatched, Kind::UdpBatched, Kind::Ipmc, Kind::TcpTree];
+const KINDS: [Kind; 6] = [Kind::UdpUnbatched, Kind::UdpBatched, Kind::Ipmc, Kind::TcpTree, Kind::UdpBundled, Kind::IpmcBundled];
 
 impl Kind {
     fn label(self) -> &'static str {
@@ -65,8 +70,15 @@ impl Kind {
             Kind::UdpBatched => "udp-batched",
             Kind::Ipmc => "ipmc",
             Kind::TcpTree => "tcptree",
+            Kind::UdpBundled => "udp-bundled",
+            Kind::IpmcBundled => "ipmc-bundled",
         }
     }
+}
+
+/// The bundle limit of the bundled cases.
+fn bundle_limit() -> usize {
+    std::env::var("STRATA_BENCH_BUNDLE").map_or(DEFAULT_BUNDLE_BYTES, |v| v.parse().expect("STRATA_BENCH_BUNDLE is a number of bytes"))
 }
 
 /// CPU time used so far by all threads of this process.
@@ -85,10 +97,12 @@ async fn endpoint(kind: Kind, group: &str, registry: &Arc<strata_stack::Registry
         Endpoint::new(t, registry.clone())
     }
     match kind {
-        Kind::UdpUnbatched => spawn(UdpTransport::bind_with(any, UdpConfig { batch: false }).await.unwrap(), registry),
-        Kind::UdpBatched => spawn(UdpTransport::bind_with(any, UdpConfig { batch: true }).await.unwrap(), registry),
-        Kind::Ipmc => {
-            let mut config = IpmcConfig::default();
+        Kind::UdpUnbatched => spawn(UdpTransport::bind_with(any, UdpConfig { batch: false, bundle: 0 }).await.unwrap(), registry),
+        Kind::UdpBatched => spawn(UdpTransport::bind_with(any, UdpConfig { batch: true, bundle: 0 }).await.unwrap(), registry),
+        Kind::UdpBundled => spawn(UdpTransport::bind_with(any, UdpConfig { batch: true, bundle: bundle_limit() }).await.unwrap(), registry),
+        Kind::Ipmc | Kind::IpmcBundled => {
+            let bundle = if matches!(kind, Kind::Ipmc) { 0 } else { bundle_limit() };
+            let mut config = IpmcConfig { bundle, ..IpmcConfig::default() };
             // An address of the bench's own, away from other users of the host.
             config.addresses.insert(group.to_string(), SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, 1), 24_901));
             spawn(IpmcTransport::bind(any, config).await.unwrap(), registry)
@@ -230,12 +244,14 @@ fn transports(c: &mut Criterion) {
             let rate = |t: Duration| if t.is_zero() { 0.0 } else { delivered / t.as_secs_f64() };
             let per_call = |n: u64, calls: u64| if calls == 0 { f64::NAN } else { n as f64 / calls as f64 };
             report.push(format!(
-                "{size:>5} B {:<14} {:>7.0} msg/s per member by CPU time, {:>7.0} by wall time | datagrams per send call {:>5.1}, per recv call {:>5.1} | send_drops {} | retransmitted {}",
+                "{size:>5} B {:<14} {:>7.0} msg/s per member by CPU time, {:>7.0} by wall time | datagrams per send call {:>5.1}, per recv call {:>5.1} | frames per datagram sent {:>5.1} | send_drops {} | retransmitted {}",
                 kind.label(),
                 rate(cpu),
                 rate(wall),
                 per_call(delta("datagrams_sent"), delta("send_syscalls")),
                 per_call(delta("datagrams_received"), delta("recv_syscalls")),
+                // A datagram is a lone frame or a bundle of several.
+                per_call(delta("datagrams_sent") + delta("send_drops") - delta("bundles_sent") + delta("frames_bundled"), delta("datagrams_sent") + delta("send_drops")),
                 delta("send_drops"),
                 delta("nak_retransmitted"),
             ));
@@ -243,7 +259,10 @@ fn transports(c: &mut Criterion) {
         }
         g.finish();
     }
-    println!("\n{STACK}, {MEMBERS} members, bursts of {BURST} casts per member (counters over the measured bursts):");
+    println!(
+        "\n{STACK}, {MEMBERS} members, bursts of {BURST} casts per member, bundled cases up to {} bytes (counters over the measured bursts):",
+        bundle_limit()
+    );
     for line in report {
         println!("{line}");
     }

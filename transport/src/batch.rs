@@ -15,16 +15,23 @@
 //! - **Receive, one by one.** `recvfrom` straight into the chunk's spare
 //!   room (which always holds 64 KiB), split off: no move at all, one system
 //!   call per datagram.
-//! - **Send, batched.** [`Sender::send`] copies the frame once into a
-//!   reusable contiguous buffer and queues one entry per destination;
-//!   [`Sender::flush`] (the driver calls it once per round) sends the queue
+//! - **Send, bundled** (the default; see the [`bundle`](crate::bundle)
+//!   module). [`Sender::send`] copies the frame into its destination's
+//!   buffer; [`Sender::flush`] (the driver calls it once per round) packs
+//!   each destination's frames into as few datagrams as its limit allows and
+//!   sends all of them: batched, with `sendmmsg` as below, bundles of several
+//!   destinations in one call; unbatched, one `sendmsg` each. Everything
+//!   queued also goes out at once when [`SEND_QUEUE_BYTES`] are queued.
+//! - **Send, batched.** Without bundling, [`Sender::send`] copies the frame
+//!   once into a reusable contiguous buffer and queues one entry per
+//!   destination; [`Sender::flush`] sends the queue
 //!   with `sendmmsg`, [`SEND_BATCH`] datagrams per call. The queue also goes
 //!   out when it is full. A partial send is retried from where it stopped; a
 //!   full socket buffer (`WouldBlock`) drops the rest of the queue and counts
 //!   each as `send_drops`, as the network would; another error is counted
 //!   against the one datagram it belongs to and the rest still goes.
-//! - **Send, one by one.** One `sendmsg` per destination, the frame's slices
-//!   gathered by the kernel (no copy).
+//! - **Send, one by one.** Without bundling or batching, one `sendmsg` per
+//!   destination at once, the frame's slices gathered by the kernel (no copy).
 //!
 //! The headers and address arrays of the batched calls live on the stack of
 //! the call: nothing is allocated per datagram or per call. The system calls
@@ -35,6 +42,7 @@
 //! casts fan out to several. Elsewhere than Linux and Android, batching is
 //! off whatever the configuration says.
 
+use crate::bundle::{BundleCounters, Bundler};
 use crate::counters::{frame_len, join_frame, DatagramCounters};
 use bytes::{Bytes, BytesMut};
 use socket2::{SockAddr, SockRef};
@@ -50,7 +58,8 @@ pub const RECV_BATCH: usize = 64;
 pub const RECV_CHUNK_BYTES: usize = 256 << 10;
 /// Datagrams sent per `sendmmsg`; a queue this long is sent at once.
 pub const SEND_BATCH: usize = 64;
-/// Frame bytes the send queue holds before it is sent at once.
+/// Frame bytes the send queue (or, bundling, all destinations' queues
+/// together) holds before it is sent at once.
 pub const SEND_QUEUE_BYTES: usize = 256 << 10;
 /// Room kept free in the receive buffer for one unbatched receive: any datagram fits whole.
 const RECV_ROOM: usize = 1 << 16;
@@ -78,6 +87,7 @@ pub(crate) struct IoCounters {
     pub(crate) recv_syscalls: u64,
     /// Datagrams longer than their receive slot (assembled apart).
     pub(crate) recv_oversized: u64,
+    pub(crate) bundles: BundleCounters,
 }
 
 impl IoCounters {
@@ -88,6 +98,7 @@ impl IoCounters {
             .add("send_syscalls", self.send_syscalls)
             .add("recv_syscalls", self.recv_syscalls)
             .add("recv_oversized", self.recv_oversized);
+        self.bundles.report(out);
     }
 }
 
@@ -321,7 +332,9 @@ struct Queued {
 /// [`Sender::flush`].
 pub(crate) struct Sender {
     batch: bool,
-    /// Frames queued, back to back.
+    /// Frames queued per destination, with bundling on.
+    bundler: Option<Bundler>,
+    /// Frames queued, back to back (batched without bundling).
     bytes: Vec<u8>,
     queued: Vec<Queued>,
     /// Unbatched frames with more slices than `MAX_SLICES` are joined here.
@@ -329,19 +342,37 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    pub(crate) fn new(batch: bool) -> Sender {
+    /// `bundle`: the largest bundle in bytes, 0 for no bundling.
+    pub(crate) fn new(batch: bool, bundle: usize) -> Sender {
         let batch = batch && BATCH_SUPPORTED;
-        let (bytes, queued) = if batch { (Vec::with_capacity(SEND_QUEUE_BYTES), Vec::with_capacity(SEND_BATCH)) } else { (Vec::new(), Vec::new()) };
-        Sender { batch, bytes, queued, join_buf: Vec::new() }
+        let bundler = (bundle > 0).then(|| Bundler::new(bundle));
+        let flat = batch && bundler.is_none();
+        let (bytes, queued) = if flat { (Vec::with_capacity(SEND_QUEUE_BYTES), Vec::with_capacity(SEND_BATCH)) } else { (Vec::new(), Vec::new()) };
+        Sender { batch, bundler, bytes, queued, join_buf: Vec::new() }
     }
 
-    /// Whether sends are queued until [`Sender::flush`].
+    /// Whether datagrams leave several per system call.
     pub(crate) fn batched(&self) -> bool {
         self.batch
     }
 
+    /// Whether frames are bundled.
+    pub(crate) fn bundles(&self) -> bool {
+        self.bundler.is_some()
+    }
+
     /// Sends `frame` to each address in `to`, or queues it to.
     pub(crate) fn send(&mut self, socket: &UdpSocket, to: &[SocketAddr], frame: &[&[u8]], counters: &mut IoCounters) {
+        if let Some(bundler) = &mut self.bundler {
+            let len = frame_len(frame);
+            for &addr in to {
+                bundler.push(addr, frame, len);
+            }
+            if bundler.queued_bytes() > SEND_QUEUE_BYTES {
+                self.flush(socket, counters);
+            }
+            return;
+        }
         if !self.batch {
             self.send_each(socket, to, frame, counters);
             return;
@@ -371,14 +402,14 @@ impl Sender {
                 *slot = IoSlice::new(s);
             }
             for &addr in to {
-                send_one(socket, addr, &slices[..frame.len()], len, counters);
+                send_one(socket, &SockAddr::from(addr), &slices[..frame.len()], len, counters);
             }
         } else {
             let mut joined = std::mem::take(&mut self.join_buf);
             joined.clear();
             join_frame(frame, &mut joined);
             for &addr in to {
-                send_one(socket, addr, &[IoSlice::new(&joined)], len, counters);
+                send_one(socket, &SockAddr::from(addr), &[IoSlice::new(&joined)], len, counters);
             }
             self.join_buf = joined;
         }
@@ -386,79 +417,98 @@ impl Sender {
 
     /// Sends everything queued.
     pub(crate) fn flush(&mut self, socket: &UdpSocket, counters: &mut IoCounters) {
+        if let Some(bundler) = &mut self.bundler {
+            bundler.seal(&mut counters.bundles);
+            let n = bundler.outgoing_len();
+            let sealed: &Bundler = bundler;
+            if self.batch {
+                send_batched(socket, n, |i| sealed.outgoing(i), counters);
+            } else {
+                for i in 0..n {
+                    let (data, to, _) = sealed.outgoing(i);
+                    send_one(socket, to, &[IoSlice::new(data)], data.len(), counters);
+                }
+            }
+            bundler.clear();
+        }
         if !self.queued.is_empty() {
-            self.send_queued(socket, counters);
+            let (bytes, queued) = (&self.bytes, &self.queued);
+            send_batched(socket, queued.len(), |i| (&bytes[queued[i].start..queued[i].start + queued[i].len], &queued[i].to, ()), counters);
         }
         self.queued.clear();
         self.bytes.clear();
     }
+}
 
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn send_queued(&mut self, socket: &UdpSocket, counters: &mut IoCounters) {
-        use std::os::fd::AsRawFd;
-        let fd = socket.as_raw_fd();
-        let mut next = 0;
-        while next < self.queued.len() {
-            let batch = &self.queued[next..self.queued.len().min(next + SEND_BATCH)];
-            // SAFETY: all zeros is a valid iovec and mmsghdr (null pointers, zero lengths).
-            let mut iovecs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
-            let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-            for (i, q) in batch.iter().enumerate() {
-                // The kernel only reads through these pointers.
-                iovecs[i] = libc::iovec { iov_base: self.bytes[q.start..q.start + q.len].as_ptr().cast_mut().cast(), iov_len: q.len };
-                let h = &mut headers[i].msg_hdr;
-                h.msg_name = q.to.as_ptr().cast_mut().cast();
-                h.msg_namelen = q.to.len();
-                h.msg_iov = &mut iovecs[i];
-                h.msg_iovlen = 1;
+/// Sends datagrams `0..n` (`datagram(i)` gives the bytes and the destination
+/// of each) with `sendmmsg`, [`SEND_BATCH`] per call (see the module docs
+/// for partial sends and errors).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn send_batched<'a, T>(socket: &UdpSocket, n: usize, datagram: impl Fn(usize) -> (&'a [u8], &'a SockAddr, T), counters: &mut IoCounters) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut next = 0;
+    while next < n {
+        let batch = (n - next).min(SEND_BATCH);
+        // SAFETY: all zeros is a valid iovec and mmsghdr (null pointers, zero lengths).
+        let mut iovecs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..batch {
+            let (data, to, _) = datagram(next + i);
+            // The kernel only reads through these pointers.
+            iovecs[i] = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+            let h = &mut headers[i].msg_hdr;
+            h.msg_name = to.as_ptr().cast_mut().cast();
+            h.msg_namelen = to.len();
+            h.msg_iov = &mut iovecs[i];
+            h.msg_iovlen = 1;
+        }
+        counters.send_syscalls += 1;
+        // SAFETY: every header points at live bytes and addresses of the
+        // lengths it states, which outlive the call.
+        let rc = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), batch as _, 0) };
+        if rc > 0 {
+            for i in next..next + rc as usize {
+                counters.datagrams.sent(datagram(i).0.len());
             }
-            counters.send_syscalls += 1;
-            // SAFETY: every header points at live bytes and addresses of the
-            // lengths it states, which outlive the call.
-            let rc = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), batch.len() as _, 0) };
-            if rc > 0 {
-                for q in &batch[..rc as usize] {
-                    counters.datagrams.sent(q.len);
+            next += rc as usize;
+            continue;
+        }
+        let e = if rc == 0 { io::ErrorKind::WouldBlock.into() } else { io::Error::last_os_error() };
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => {
+                // The socket buffer is full: what is left is dropped, as the network would.
+                for _ in next..n {
+                    counters.datagrams.send_dropped();
                 }
-                next += rc as usize;
-                continue;
+                return;
             }
-            let e = if rc == 0 { io::ErrorKind::WouldBlock.into() } else { io::Error::last_os_error() };
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => {
-                    // The socket buffer is full: what is left is dropped, as the network would.
-                    for _ in next..self.queued.len() {
-                        counters.datagrams.send_dropped();
-                    }
-                    return;
-                }
-                _ => {
-                    // The error belongs to the first datagram of the batch.
-                    counters.send_errors += 1;
-                    tracing::debug!(error = %e, to = ?self.queued[next].to.as_socket(), "udp send failed");
-                    next += 1;
-                }
+            _ => {
+                // The error belongs to the first datagram of the batch.
+                counters.send_errors += 1;
+                tracing::debug!(error = %e, to = ?datagram(next).1.as_socket(), "udp send failed");
+                next += 1;
             }
         }
     }
+}
 
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    fn send_queued(&mut self, _socket: &UdpSocket, _counters: &mut IoCounters) {
-        unreachable!("batching is off where sendmmsg does not exist")
-    }
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn send_batched<'a, T>(_socket: &UdpSocket, _n: usize, _datagram: impl Fn(usize) -> (&'a [u8], &'a SockAddr, T), _counters: &mut IoCounters) {
+    unreachable!("batching is off where sendmmsg does not exist")
 }
 
 /// One `sendmsg` of `slices` to `to`: counted as sent, dropped (a full
 /// buffer) or failed.
-pub(crate) fn send_one(socket: &UdpSocket, to: SocketAddr, slices: &[IoSlice<'_>], len: usize, counters: &mut IoCounters) {
+pub(crate) fn send_one(socket: &UdpSocket, to: &SockAddr, slices: &[IoSlice<'_>], len: usize, counters: &mut IoCounters) {
     counters.send_syscalls += 1;
-    match SockRef::from(socket).send_to_vectored(slices, &SockAddr::from(to)) {
+    match SockRef::from(socket).send_to_vectored(slices, to) {
         Ok(_) => counters.datagrams.sent(len),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => counters.datagrams.send_dropped(),
         Err(e) => {
             counters.send_errors += 1;
-            tracing::debug!(error = %e, %to, "udp send failed");
+            tracing::debug!(error = %e, to = ?to.as_socket(), "udp send failed");
         }
     }
 }

@@ -36,16 +36,26 @@
 //!   addresses per group. Discovery datagrams never reach the driver;
 //!   malformed ones (wrong length or kind) are counted
 //!   (`malformed_discovery`) and dropped.
+//! - **Bundling** ([`IpmcConfig::bundle`], on by default): as
+//!   [`udp`](crate::udp). The casts of one driver round to a group's
+//!   multicast address leave packed into as few datagrams as the limit
+//!   allows (groups that share an address share its bundles: the driver
+//!   tells their frames apart by group id), and so do the sends to each
+//!   unicast destination. Discovery datagrams are never bundled. A bundle
+//!   received is opened after the own-cast and discovery checks (which look
+//!   at the whole datagram). See the [`bundle`] module.
 //! - **Batching, buffers, errors**: as [`udp`](crate::udp) (the same code).
 //!
-//! Counters: those of UDP, and `cast_calls` (casts the driver handed
-//! over), `casts_multicast` (datagrams sent for them: one each),
+//! Counters: those of UDP (bundling's included), and `cast_calls` (casts the driver handed
+//! over), `casts_multicast` (those sent to the group's multicast address,
+//! bundled or not; the rest went unicast to each peer),
 //! `unicast_datagrams` (point-to-point sends, one per destination),
 //! `own_multicast`, `discovery_probes_sent`, `discovery_probes_received`,
 //! `discovery_answers_sent`, `discovery_answers_received`,
 //! `malformed_discovery`, `multicast_sockets`.
 
 use crate::batch::{self, IoCounters, Receiver, Sender};
+use crate::bundle::{self, DEFAULT_BUNDLE_BYTES};
 use crate::udp::{udp_socket, MAX_DATAGRAM, RECV_BATCH, SOCKET_BUFFER_BYTES};
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -85,11 +95,16 @@ pub struct IpmcConfig {
     pub addresses: BTreeMap<String, SocketAddrV4>,
     /// Batch system calls, as [`UdpConfig::batch`](crate::udp::UdpConfig::batch). Default true.
     pub batch: bool,
+    /// Largest bundle in bytes, as [`UdpConfig::bundle`](crate::udp::UdpConfig::bundle):
+    /// per driver round, one bundle (or as few as fit) per multicast address
+    /// and per unicast destination. Default [`DEFAULT_BUNDLE_BYTES`]; 0 turns
+    /// bundling off.
+    pub bundle: usize,
 }
 
 impl Default for IpmcConfig {
     fn default() -> Self {
-        IpmcConfig { interface: None, ttl: 1, loopback: true, addresses: BTreeMap::new(), batch: true }
+        IpmcConfig { interface: None, ttl: 1, loopback: true, addresses: BTreeMap::new(), batch: true, bundle: DEFAULT_BUNDLE_BYTES }
     }
 }
 
@@ -196,7 +211,7 @@ impl IpmcTransport {
             own_ip,
             interface,
             receiver: Receiver::new(config.batch),
-            sender: Sender::new(config.batch),
+            sender: Sender::new(config.batch, config.bundle),
             config,
             counters: IoCounters::default(),
             mc: McCounters::default(),
@@ -251,7 +266,7 @@ impl IpmcTransport {
             } else if data.first() == Some(&DISCOVERY_MAGIC) {
                 self.discovery_datagram(from, &data);
             } else {
-                out.push((from, data));
+                bundle::receive(from, data, out, &mut self.counters.bundles);
             }
         }
         self.scratch = scratch;

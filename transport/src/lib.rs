@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod bundle;
 mod counters;
 pub mod ipmc;
 pub mod mem;

@@ -10,6 +10,12 @@
 //!   the driver calls [`Transport::flush`] (or when [`SEND_BATCH`] datagrams
 //!   are queued). Off, it is one `recvfrom` and one `sendmsg` per datagram.
 //!   docs/transports/udp.md has the measured difference.
+//! - **Bundling** ([`UdpConfig::bundle`], on by default). Frames handed
+//!   over for one destination during a driver round leave packed into
+//!   datagrams of at most `bundle` bytes when the driver calls
+//!   [`Transport::flush`]; a lone frame leaves plain. Bundles received are
+//!   handed to the driver frame by frame, as slices of the datagram. The
+//!   [`bundle`] module has the format and the rules.
 //! - **Receive.** Datagrams are read into the spare room of one reusable
 //!   `BytesMut` and split off: no allocation per datagram. A datagram's
 //!   `Bytes` keeps its chunk of the buffer ([`RECV_CHUNK_BYTES`]) alive until
@@ -24,6 +30,8 @@
 
 use crate::batch::{self, IoCounters, Receiver, Sender};
 pub use crate::batch::{RECV_BATCH, RECV_CHUNK_BYTES, SEND_BATCH};
+use crate::bundle;
+pub use crate::bundle::DEFAULT_BUNDLE_BYTES;
 use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -45,11 +53,16 @@ pub struct UdpConfig {
     /// Default true; false sends each datagram with its own `sendmsg` at
     /// once and reads each with its own `recvfrom`.
     pub batch: bool,
+    /// Bundle the frames sent to one destination in one driver round into
+    /// datagrams of at most this many bytes (at most [`MAX_DATAGRAM`]; a
+    /// larger frame goes alone). Default [`DEFAULT_BUNDLE_BYTES`]; 0 sends
+    /// each frame as its own datagram. Bundles are received whatever this says.
+    pub bundle: usize,
 }
 
 impl Default for UdpConfig {
     fn default() -> Self {
-        UdpConfig { batch: true }
+        UdpConfig { batch: true, bundle: DEFAULT_BUNDLE_BYTES }
     }
 }
 
@@ -60,11 +73,17 @@ pub struct UdpTransport {
     receiver: Receiver,
     sender: Sender,
     counters: IoCounters,
+    /// Datagrams just read, before bundles are opened.
+    scratch: Vec<(SocketAddr, Bytes)>,
 }
 
 impl std::fmt::Debug for UdpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdpTransport").field("local", &self.local).field("batched", &self.sender.batched()).finish_non_exhaustive()
+        f.debug_struct("UdpTransport")
+            .field("local", &self.local)
+            .field("batched", &self.sender.batched())
+            .field("bundled", &self.sender.bundles())
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,7 +124,14 @@ impl UdpTransport {
         socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(socket)?;
         let local = socket.local_addr()?;
-        Ok(UdpTransport { socket, local, receiver: Receiver::new(config.batch), sender: Sender::new(config.batch), counters: IoCounters::default() })
+        Ok(UdpTransport {
+            socket,
+            local,
+            receiver: Receiver::new(config.batch),
+            sender: Sender::new(config.batch, config.bundle),
+            counters: IoCounters::default(),
+            scratch: Vec::with_capacity(RECV_BATCH),
+        })
     }
 }
 
@@ -119,7 +145,20 @@ impl Transport for UdpTransport {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, out: &mut Vec<(SocketAddr, Bytes)>) -> Poll<io::Result<()>> {
-        self.receiver.poll_recv(&self.socket, cx, &mut self.counters, out, RECV_BATCH)
+        let start = out.len();
+        let polled = self.receiver.poll_recv(&self.socket, cx, &mut self.counters, &mut self.scratch, RECV_BATCH);
+        for (from, data) in self.scratch.drain(..) {
+            bundle::receive(from, data, out, &mut self.counters.bundles);
+        }
+        match polled {
+            // Only malformed bundles, and the socket's waker is not
+            // registered: come back for what may be waiting.
+            Poll::Ready(Ok(())) if out.len() == start => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            polled => polled,
+        }
     }
 
     fn send(&mut self, to: &[SocketAddr], frame: &[&[u8]]) -> io::Result<()> {

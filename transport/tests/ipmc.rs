@@ -24,8 +24,14 @@ fn mcast(c: u8, port: u16) -> SocketAddrV4 {
 
 /// `n` endpoints on loopback, each group name mapped to its address.
 async fn endpoints(n: usize, addresses: &[(&str, SocketAddrV4)]) -> Vec<Endpoint> {
+    endpoints_bundling(n, addresses, IpmcConfig::default().bundle).await
+}
+
+/// As [`endpoints`], bundling up to `bundle` bytes (0: off).
+async fn endpoints_bundling(n: usize, addresses: &[(&str, SocketAddrV4)], bundle: usize) -> Vec<Endpoint> {
     let registry = Arc::new(strata_layers::builtin());
-    let config = IpmcConfig { addresses: addresses.iter().map(|(name, a)| (name.to_string(), *a)).collect::<BTreeMap<_, _>>(), ..IpmcConfig::default() };
+    let addresses = addresses.iter().map(|(name, a)| (name.to_string(), *a)).collect::<BTreeMap<_, _>>();
+    let config = IpmcConfig { addresses, bundle, ..IpmcConfig::default() };
     let mut out = Vec::new();
     for _ in 0..n {
         let t = IpmcTransport::bind("127.0.0.1:0".parse().unwrap(), config.clone()).await.expect("bind on loopback");
@@ -59,7 +65,9 @@ fn dropped(stats: &LayerStats, reason: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frag_nak_casts_arrive_in_order_and_leave_as_one_datagram_each() {
     let k = 200;
-    let eps = endpoints(3, &[("ipmc-fifo", mcast(1, 24101))]).await;
+    // Bundling off: this test counts one datagram per cast (tests/bundle.rs
+    // has bundling's own counts).
+    let eps = endpoints_bundling(3, &[("ipmc-fifo", mcast(1, 24101))], 0).await;
     let members: Vec<MemberId> = eps.iter().map(|e| MemberId::new(e.local_addr(), 0)).collect();
     let mut joined = join_static(&eps.iter().collect::<Vec<_>>(), "ipmc-fifo", "FRAG:NAK").await;
     let casters: Vec<_> = joined.iter().map(|(g, _)| g.clone()).map(|g| tokio::spawn(async move { cast_payloads(&g, k, 300).await })).collect();

@@ -15,7 +15,8 @@ async fn udp_group(n: usize, stack: &str, batch: bool) -> (Vec<Endpoint>, Vec<(G
     let registry = Arc::new(strata_layers::builtin());
     let mut endpoints = Vec::new();
     for _ in 0..n {
-        let udp = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), UdpConfig { batch }).await.expect("bind on loopback");
+        // Bundling off: these tests count a datagram per frame (bundling has its own, tests/bundle.rs).
+        let udp = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), UdpConfig { batch, bundle: 0 }).await.expect("bind on loopback");
         endpoints.push(Endpoint::new(udp, registry.clone()));
     }
     let members: Vec<MemberId> = endpoints.iter().map(|e| MemberId::new(e.local_addr(), 0)).collect();
