@@ -13,6 +13,7 @@ pub mod encrypt;
 pub mod frag;
 pub mod nak;
 pub mod query;
+pub(crate) mod ranks;
 pub mod safe;
 pub mod token;
 pub mod total;

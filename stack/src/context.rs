@@ -52,6 +52,7 @@ pub struct Context<'a> {
     pub(crate) entropy: &'a [u8; 32],
     pub(crate) group: &'a str,
     pub(crate) refusal: &'a mut Option<String>,
+    pub(crate) app_behind: bool,
 }
 
 impl<'a> Context<'a> {
@@ -156,6 +157,16 @@ impl<'a> Context<'a> {
     /// The group's name.
     pub fn group(&self) -> &str {
         self.group
+    }
+
+    /// Whether the application is behind: it has not taken the events the
+    /// stack delivered, so the runtime reads no more datagrams for this
+    /// group until it does. Silence from other members then says nothing
+    /// about them (their datagrams wait unread), so a failure detector must
+    /// not count it. Always false in the simulator and the harnesses unless
+    /// a test sets it.
+    pub fn app_behind(&self) -> bool {
+        self.app_behind
     }
 
     /// The stack-string name of this layer.

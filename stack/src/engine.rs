@@ -248,6 +248,8 @@ pub struct Stack {
     entropy: [u8; 32],
     /// Why a layer's init refused to run (see [`Context::refuse`]).
     refusal: Option<String>,
+    /// See [`Stack::set_app_behind`].
+    app_behind: bool,
 }
 
 impl fmt::Debug for Stack {
@@ -351,6 +353,7 @@ impl Stack {
             storage: config.storage,
             entropy,
             refusal: None,
+            app_behind: false,
             group: config.group,
         };
         stack.has_query = stack.slots.iter().any(|s| s.name == QUERY_LAYER);
@@ -395,6 +398,13 @@ impl Stack {
     /// membership until a membership layer passes a new view down.
     pub fn view(&self) -> &Arc<View> {
         &self.view
+    }
+
+    /// Tells the layers whether the application is behind (see
+    /// [`Context::app_behind`]): the runtime sets it while the application's
+    /// events channel is full and it reads no datagrams for the group.
+    pub fn set_app_behind(&mut self, behind: bool) {
+        self.app_behind = behind;
     }
 
     /// Whether casts and sends are accepted now.
@@ -669,6 +679,7 @@ impl Stack {
             entropy: &self.entropy,
             group: &self.group,
             refusal: &mut self.refusal,
+            app_behind: self.app_behind,
         };
         (slot.layer.as_mut(), cx)
     }

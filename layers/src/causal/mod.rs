@@ -107,7 +107,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use hashbrown::HashMap;
+use crate::ranks::Ranks;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -178,7 +178,7 @@ pub struct Causal {
 
     /// The view timestamps index (`None` before `init`).
     view: Option<Arc<View>>,
-    rank: HashMap<MemberId, usize>,
+    rank: Ranks,
     /// This member's rank, if it is in the view.
     me: Option<usize>,
     /// Whether the view is small enough for causal headers (`max_members`).
@@ -217,7 +217,7 @@ impl Causal {
             max_members: p.u64("max_members") as usize,
             max_held: p.u64("max_held") as usize,
             view: None,
-            rank: HashMap::new(),
+            rank: Ranks::default(),
             me: None,
             ordered: true,
             delivered: Vec::new(),
@@ -249,8 +249,8 @@ impl Causal {
         self.held = 0;
         let n = view.len();
         self.ordered = n <= self.max_members;
-        self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
-        self.me = self.rank.get(&cx.local()).copied();
+        self.rank = Ranks::new(view.members());
+        self.me = self.rank.get(&cx.local());
         self.delivered.clear();
         self.delivered.resize(n, 0);
         self.last_stamp.clear();
@@ -308,7 +308,7 @@ impl Causal {
             kind::SEND | kind::OOB_SEND => return cx.drop_malformed("send_kind_in_cast"),
             _ => return cx.drop_malformed("unknown_kind"),
         }
-        let Some(&s) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+        let Some(s) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
         if self.senders[s].given_up {
             return cx.drop_malformed("sender_given_up");
         }

@@ -6,6 +6,7 @@
 use super::wire::kind;
 use super::*;
 use bytes::Bytes;
+use hashbrown::HashMap;
 use quickcheck::{QuickCheck, TestResult};
 use strata_stack::harness::{LayerHarness, Out};
 use strata_stack::{ParamValue, Rng, ViewId};

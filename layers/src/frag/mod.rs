@@ -219,6 +219,11 @@ impl Frag {
         })
     }
 
+    /// Whether a message of `len` bytes goes down whole, behind the one-byte header.
+    fn fits_whole(&self, cx: &Context<'_>, len: usize) -> bool {
+        len as u64 <= self.max_msg_size && len + WHOLE_HEADER_LEN <= self.frag_size.min(cx.max_payload())
+    }
+
     /// Sends `msg` down whole or in fragments; `to` is `None` for a cast.
     fn send_down(&mut self, cx: &mut Context<'_>, mut msg: Msg, to: Option<MemberId>) {
         let emit = |cx: &mut Context<'_>, m: Msg| match to {
@@ -352,7 +357,16 @@ impl Layer for Frag {
         usize::try_from(self.max_msg_size).ok()
     }
 
-    fn down(&mut self, cx: &mut Context<'_>, ev: Down) {
+    fn down(&mut self, cx: &mut Context<'_>, mut ev: Down) {
+        // The common case, a message that fits a datagram, takes its header
+        // in place and goes on in the same event (no unpacking and repacking).
+        if let Down::Cast(msg) | Down::Send { msg, .. } = &mut ev {
+            if self.fits_whole(cx, msg.len()) {
+                msg.push(&[KIND_WHOLE]);
+                self.sent_whole += 1;
+                return cx.down(ev);
+            }
+        }
         match ev {
             Down::Cast(msg) => self.send_down(cx, msg, None),
             Down::Send { to, msg } => self.send_down(cx, msg, Some(to)),
@@ -364,7 +378,16 @@ impl Layer for Frag {
         }
     }
 
-    fn up(&mut self, cx: &mut Context<'_>, ev: Up) {
+    fn up(&mut self, cx: &mut Context<'_>, mut ev: Up) {
+        // A whole message: pop its header in place and pass the event on.
+        if let Up::Cast { msg, .. } | Up::Send { msg, .. } = &mut ev {
+            if msg.front().first() == Some(&KIND_WHOLE) {
+                let popped = msg.advance(WHOLE_HEADER_LEN);
+                debug_assert!(popped.is_ok(), "the front holds the kind byte just read");
+                self.delivered_whole += 1;
+                return cx.up(ev);
+            }
+        }
         match ev {
             Up::Cast { from, msg } => self.receive(cx, from, false, msg),
             Up::Send { from, msg } => self.receive(cx, from, true, msg),

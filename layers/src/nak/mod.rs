@@ -26,16 +26,34 @@
 //!   loss, which no gap reveals), acknowledges what arrived, and lets a sender
 //!   learn that a message is **stable** (received by every member) and drop it
 //!   from its buffer; the sender's next status passes that news on. A member also sends a status early after
-//!   `max_unstable / 4` deliveries, so a fast sender's buffer drains before it
-//!   fills. A member whose acknowledgement was lost learns it from the
+//!   `max_unstable / 4` deliveries (or `max_unstable_bytes / 4` bytes), so a
+//!   fast sender's buffer drains before it fills. A member whose
+//!   acknowledgement was lost learns it from the
 //!   sender's next status (the sender's stable count is behind what it has
 //!   received) and answers again. When everything is stable the group falls
 //!   silent.
-//! * **Stability and flow control.** The retransmission buffer holds exactly
-//!   the unstable messages; when it reaches `max_unstable` the layer closes the
-//!   send window (backpressure) until stability frees room. Stability is
-//!   reported upwards as [`Up::Stable`], and a [`Down::Flush`] is answered
-//!   with [`Up::Flushed`] once every cast made before it is stable.
+//! * **Stability.** The retransmission buffer holds exactly the unstable
+//!   messages. Stability is reported upwards as [`Up::Stable`], and a
+//!   [`Down::Flush`] is answered with [`Up::Flushed`] once every cast made
+//!   before it is stable.
+//! * **Flow control.** A credit scheme in messages and in bytes: when the
+//!   unstable messages (casts and sends together) reach `max_unstable`, or
+//!   their bytes reach `max_unstable_bytes`, the layer closes the send window
+//!   (backpressure: the application's `cast().await` waits); it reopens once
+//!   both have fallen to three quarters of their bound, so it does not flap
+//!   per message. A message larger than the byte bound is still sent (the
+//!   window closes behind it). Since a message is stable only once *every*
+//!   member acknowledged it, a member that falls behind (slow to deliver,
+//!   or cut off) stops acknowledging, the others' windows close, and their
+//!   memory stays bounded: about `max_unstable_bytes` per member of
+//!   retransmission buffer, and the same again of the others' casts kept for
+//!   relaying. On the receiving side, early arrivals wait in an
+//!   out-of-order store bounded per channel by `max_out_of_order` messages
+//!   and, all channels together, by `max_out_of_order_bytes` bytes. An
+//!   arrival that does not fit is dropped (`out_of_order_full`) and asked for
+//!   again once the gap before it fills; the next expected message of a
+//!   channel always goes through, and an empty store takes any one message,
+//!   so a full store never stops delivery.
 //!
 //! * **Relaying.** Each member keeps the others' casts it received until they
 //!   are stable. When a sender departs, the membership layer names a member
@@ -80,7 +98,9 @@
 //! | `retransmit_ms` | 20 | least time between two requests for the same missing messages |
 //! | `status_ms` | 100 | period of the status while anything is unacknowledged |
 //! | `max_unstable` | 10000 | unstable messages (casts and sends) held before the send window closes |
+//! | `max_unstable_bytes` | 16777216 | bytes of unstable messages held before the send window closes |
 //! | `max_out_of_order` | 10000 | per channel: how far ahead of the next expected message an arrival is kept |
+//! | `max_out_of_order_bytes` | 67108864 | bytes of early arrivals held, all channels together (one message is always kept when none is) |
 //! | `max_xmit_per_nak` | 256 | most messages retransmitted for one request |
 //! | `max_xmit_bytes` | 1048576 | most bytes retransmitted for one request (at least one message is) |
 //!
@@ -91,18 +111,31 @@
 //! than 64 ranges. Traffic from non-members and from other views is dropped
 //! and counted. A request never triggers more than `max_xmit_per_nak`
 //! messages or `max_xmit_bytes` bytes, and a claimed sequence number far ahead
-//! only costs a bounded request, never memory: the out-of-order window is
-//! bounded by `max_out_of_order` per channel.
+//! only costs a bounded request, never memory: the out-of-order store is
+//! bounded by `max_out_of_order` per channel and `max_out_of_order_bytes` in
+//! all.
+//!
+//! ## Cost
+//! Per message, on the fast path: a header push or a single-pass decode, a
+//! rank lookup in an index built per view (`nak/ranks.rs`), counters kept
+//! incrementally (no scan of the view), and no heap allocation (growth of
+//! the buffers to their working size aside). The retransmission buffer
+//! keeps each message as passed down, without NAK's header, which a
+//! retransmission pushes again byte for byte; the copy shares the payload
+//! (a payload built from a `Vec` is moved to shared storage by that first
+//! clone, one allocation, unless the application passes shared `Bytes`).
+//! `cargo bench --bench layers -- NAK` measures the layer alone;
+//! `layers/tests/fast_path_allocations.rs` counts its allocations.
 
+use crate::ranks::Ranks;
 use bytes::Bytes;
-use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_stack::codec::{DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
 use strata_stack::{
-    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, SendWindow, Stats, TimerKey, Up, View, ViewId,
+    Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View, ViewId,
 };
 
 /// The `NAK` descriptor.
@@ -134,10 +167,24 @@ pub const NAK: LayerDescriptor = LayerDescriptor {
             wire: false,
         },
         ParamSpec {
+            name: "max_unstable_bytes",
+            kind: ParamKind::U64 { min: 1, max: 1 << 40 },
+            default: "16777216",
+            doc: "bytes of unstable messages (casts and sends) held before the send window closes",
+            wire: false,
+        },
+        ParamSpec {
             name: "max_out_of_order",
             kind: ParamKind::U64 { min: 1, max: 10_000_000 },
             default: "10000",
             doc: "per channel: how far ahead of the next expected message an arrival is kept",
+            wire: false,
+        },
+        ParamSpec {
+            name: "max_out_of_order_bytes",
+            kind: ParamKind::U64 { min: 1, max: 1 << 40 },
+            default: "67108864",
+            doc: "bytes of early arrivals held, all channels together (one is always kept when none is)",
             wire: false,
         },
         ParamSpec {
@@ -199,6 +246,9 @@ enum NotKept {
     Duplicate,
     /// Too far ahead of the next expected message; it will be retransmitted.
     BeyondWindow,
+    /// Early, and the out-of-order store is full in bytes
+    /// (`max_out_of_order_bytes`); it will be retransmitted.
+    NoRoom,
 }
 
 /// What an arrival did.
@@ -221,6 +271,8 @@ struct Inbound {
     early: VecDeque<Option<Msg>>,
     /// How many slots of `early` are filled.
     held: usize,
+    /// Bytes of the messages in `early`.
+    held_bytes: usize,
     /// When missing messages were last requested.
     last_request: Option<Instant>,
 }
@@ -231,8 +283,11 @@ impl Inbound {
     }
 
     /// Stores an arrival and hands `deliver` whatever became deliverable, in
-    /// order.
-    fn accept(&mut self, seq: u64, msg: Msg, window: u64, mut deliver: impl FnMut(Msg)) -> Result<Kept, NotKept> {
+    /// order. An early arrival is held only if its bytes fit `room`; the
+    /// next expected message always goes through, so a full store never
+    /// stops progress.
+    #[inline]
+    fn accept(&mut self, seq: u64, msg: Msg, window: u64, room: usize, mut deliver: impl FnMut(Msg)) -> Result<Kept, NotKept> {
         if seq < self.next {
             return Err(NotKept::Duplicate);
         }
@@ -242,14 +297,19 @@ impl Inbound {
         self.known = self.known.max(seq + 1);
         if seq > self.next {
             let i = (seq - self.next - 1) as usize;
+            if self.early.get(i).is_some_and(Option::is_some) {
+                return Err(NotKept::Duplicate);
+            }
+            let len = msg.len();
+            if len > room {
+                return Err(NotKept::NoRoom);
+            }
             if self.early.len() <= i {
                 self.early.resize(i + 1, None);
             }
-            if self.early[i].is_some() {
-                return Err(NotKept::Duplicate);
-            }
             self.early[i] = Some(msg);
             self.held += 1;
+            self.held_bytes += len;
             return Ok(Kept::Held);
         }
         deliver(msg);
@@ -259,6 +319,7 @@ impl Inbound {
         while let Some(slot) = self.early.pop_front() {
             let Some(m) = slot else { break };
             self.held -= 1;
+            self.held_bytes -= m.len();
             deliver(m);
             self.next += 1;
         }
@@ -314,7 +375,8 @@ impl Inbound {
 struct Outbound {
     /// Sequence number of `buffer[0]`: everything before it is stable.
     base: u64,
-    /// Unstable messages, as sent (header included).
+    /// Unstable messages, as passed down to NAK (its header is pushed
+    /// again, identically, on retransmission).
     buffer: VecDeque<Msg>,
 }
 
@@ -327,12 +389,13 @@ impl Outbound {
         seq.checked_sub(self.base).and_then(|i| self.buffer.get(i as usize))
     }
 
-    /// Drops everything before `upto`; returns how many were dropped.
-    fn release(&mut self, upto: u64) -> usize {
+    /// Drops everything before `upto`; returns how many messages and bytes
+    /// were dropped.
+    fn release(&mut self, upto: u64) -> (usize, usize) {
         let n = upto.saturating_sub(self.base).min(self.buffer.len() as u64) as usize;
-        self.buffer.drain(..n);
+        let bytes = self.buffer.drain(..n).map(|m| m.len()).sum();
         self.base += n as u64;
-        n
+        (n, bytes)
     }
 }
 
@@ -401,7 +464,9 @@ pub struct Nak {
     retransmit: Duration,
     status_period: Duration,
     max_unstable: usize,
+    max_unstable_bytes: usize,
     window: u64,
+    max_out_of_order_bytes: usize,
     max_xmit_msgs: u64,
     max_xmit_bytes: usize,
 
@@ -409,7 +474,7 @@ pub struct Nak {
     epoch: u32,
     /// Members in rank order.
     peers: Vec<Peer>,
-    rank: HashMap<MemberId, usize>,
+    rank: Ranks,
     /// This member's rank.
     me: usize,
     casts_out: Outbound,
@@ -419,11 +484,20 @@ pub struct Nak {
     /// acknowledgement to give) or own casts becoming stable (news for the
     /// others' `Up::Stable`).
     status_dirty: bool,
-    /// Deliveries since the last status.
+    /// Deliveries since the last status, and their bytes.
     unacked_deliveries: usize,
+    unacked_bytes: usize,
     /// A peer is waiting for acknowledgements this member may hold.
     ack_requested: bool,
-    send_window: SendWindow,
+    /// Unstable messages held for retransmission (casts and sends), and
+    /// their bytes: what the send window bounds.
+    unstable: usize,
+    unstable_bytes: usize,
+    /// Early arrivals held, all channels together, and their bytes.
+    held: usize,
+    held_bytes: usize,
+    /// Whether the send window is closed.
+    window_closed: bool,
     /// Copies of the final status still to send before passing the leave on.
     leaving: u8,
 
@@ -435,6 +509,7 @@ pub struct Nak {
     delivered_oob: u64,
     duplicates: u64,
     beyond_window: u64,
+    out_of_order_full: u64,
     naks_sent: u64,
     naks_received: u64,
     retransmitted: u64,
@@ -443,7 +518,9 @@ pub struct Nak {
     status_sent: u64,
     status_received: u64,
     xmit_buffer_max: u64,
+    xmit_buffer_bytes_max: u64,
     out_of_order_max: u64,
+    out_of_order_bytes_max: u64,
 }
 
 impl Nak {
@@ -453,19 +530,26 @@ impl Nak {
             retransmit: Duration::from_millis(p.u64("retransmit_ms")),
             status_period: Duration::from_millis(p.u64("status_ms")),
             max_unstable: p.u64("max_unstable") as usize,
+            max_unstable_bytes: usize::try_from(p.u64("max_unstable_bytes")).unwrap_or(usize::MAX),
             window: p.u64("max_out_of_order"),
+            max_out_of_order_bytes: usize::try_from(p.u64("max_out_of_order_bytes")).unwrap_or(usize::MAX),
             max_xmit_msgs: p.u64("max_xmit_per_nak"),
             max_xmit_bytes: p.u64("max_xmit_bytes") as usize,
             epoch: 0,
             peers: Vec::new(),
-            rank: HashMap::new(),
+            rank: Ranks::default(),
             me: 0,
             casts_out: Outbound::default(),
             flushes: VecDeque::new(),
             status_dirty: false,
             unacked_deliveries: 0,
+            unacked_bytes: 0,
             ack_requested: false,
-            send_window: SendWindow::new(p.u64("max_unstable") as usize, (p.u64("max_unstable") - p.u64("max_unstable") / 4) as usize),
+            unstable: 0,
+            unstable_bytes: 0,
+            held: 0,
+            held_bytes: 0,
+            window_closed: false,
             leaving: 0,
             sent: 0,
             sent_p2p: 0,
@@ -475,6 +559,7 @@ impl Nak {
             delivered_oob: 0,
             duplicates: 0,
             beyond_window: 0,
+            out_of_order_full: 0,
             naks_sent: 0,
             naks_received: 0,
             retransmitted: 0,
@@ -483,7 +568,9 @@ impl Nak {
             status_sent: 0,
             status_received: 0,
             xmit_buffer_max: 0,
+            xmit_buffer_bytes_max: 0,
             out_of_order_max: 0,
+            out_of_order_bytes_max: 0,
         }
     }
 
@@ -493,11 +580,13 @@ impl Nak {
     fn install(&mut self, cx: &mut Context<'_>, view: &Arc<View>) {
         self.epoch = view_tag(view.id());
         self.peers = view.members().iter().map(|&m| Peer::new(m)).collect();
-        self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
-        self.me = self.rank.get(&cx.local()).copied().unwrap_or(usize::MAX);
+        self.rank = Ranks::new(view.members());
+        self.me = self.rank.get(&cx.local()).unwrap_or(usize::MAX);
         self.casts_out = Outbound::default();
+        (self.unstable, self.unstable_bytes, self.held, self.held_bytes) = (0, 0, 0, 0);
         self.status_dirty = false;
         self.unacked_deliveries = 0;
+        self.unacked_bytes = 0;
         self.ack_requested = false;
         cx.cancel_timer(TIMER_NAK);
         cx.cancel_timer(TIMER_STATUS);
@@ -519,24 +608,55 @@ impl Nak {
         self.tag(Channel::Relay, (sender as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq)
     }
 
-    fn unstable(&self) -> usize {
-        self.casts_out.buffer.len() + self.peers.iter().map(|p| p.sends_out.buffer.len()).sum::<usize>()
+    /// Records a message kept for retransmission.
+    fn keep_unstable(&mut self, cx: &mut Context<'_>, bytes: usize) {
+        self.unstable += 1;
+        self.unstable_bytes += bytes;
+        self.update_window(cx);
     }
 
-    fn held(&self) -> usize {
-        self.peers.iter().map(|p| p.casts_in.held + p.sends_in.held).sum()
+    /// Records messages that became stable, as [`Outbound::release`] counts them.
+    fn released(&mut self, (msgs, bytes): (usize, usize)) {
+        self.unstable -= msgs;
+        self.unstable_bytes -= bytes;
     }
 
+    /// Closes the send window when the unstable messages reach either
+    /// bound, and reopens it once both are at three quarters of theirs (so
+    /// it does not flap per message).
     fn update_window(&mut self, cx: &mut Context<'_>) {
-        let unstable = self.unstable();
-        self.xmit_buffer_max = self.xmit_buffer_max.max(unstable as u64);
-        // Reopens with a quarter to spare.
-        self.send_window.update(cx, unstable);
+        debug_assert_eq!(
+            self.unstable,
+            self.casts_out.buffer.len() + self.peers.iter().map(|p| p.sends_out.buffer.len()).sum::<usize>(),
+            "the count follows the buffers"
+        );
+        let (msgs, bytes) = (self.unstable, self.unstable_bytes);
+        self.xmit_buffer_max = self.xmit_buffer_max.max(msgs as u64);
+        self.xmit_buffer_bytes_max = self.xmit_buffer_bytes_max.max(bytes as u64);
+        let closed = if self.window_closed {
+            msgs > self.max_unstable - self.max_unstable / 4 || bytes > self.max_unstable_bytes - self.max_unstable_bytes / 4
+        } else {
+            msgs >= self.max_unstable || bytes >= self.max_unstable_bytes
+        };
+        if closed != self.window_closed {
+            self.window_closed = closed;
+            cx.set_backpressure(closed);
+        }
+    }
+
+    /// Bytes an early arrival may add to the out-of-order store: any one
+    /// message when the store is empty, so that large messages get through.
+    fn out_of_order_room(&self) -> usize {
+        if self.held == 0 {
+            usize::MAX
+        } else {
+            self.max_out_of_order_bytes.saturating_sub(self.held_bytes)
+        }
     }
 
     /// Whether this member holds messages others have not acknowledged.
     fn has_unacked(&self) -> bool {
-        !self.casts_out.buffer.is_empty() || self.peers.iter().any(|p| !p.sends_out.buffer.is_empty())
+        self.unstable > 0
     }
 
     fn has_gap(&self) -> bool {
@@ -554,8 +674,17 @@ impl Nak {
         }
     }
 
+    /// Arms the request timer if any channel has a gap (a scan of them all).
     fn arm_nak(&mut self, cx: &mut Context<'_>) {
-        if cx.timer(TIMER_NAK).is_none() && self.has_gap() {
+        let gap = self.has_gap();
+        self.arm_nak_if(cx, gap);
+    }
+
+    /// Arms the request timer for a gap the caller found. The timer is armed
+    /// whenever some channel has a gap (it re-arms itself while one does),
+    /// so a handler only checks the channels it touched.
+    fn arm_nak_if(&mut self, cx: &mut Context<'_>, gap: bool) {
+        if gap && cx.timer(TIMER_NAK).is_none() {
             cx.set_timer(TIMER_NAK, cx.now() + self.retransmit);
         }
     }
@@ -567,18 +696,21 @@ impl Nak {
             return cx.down(Down::Cast(msg));
         }
         let seq = self.casts_out.next();
+        let len = msg.len();
+        // Kept without NAK's header, which a retransmission pushes again
+        // (the same bytes): the copy shares the payload and costs no header.
+        self.casts_out.buffer.push_back(msg.clone());
         push_data(&mut msg, kind::CAST, self.epoch, seq);
         msg.set_tag(Some(self.tag(Channel::Cast, seq)));
-        self.casts_out.buffer.push_back(msg.clone());
         self.sent += 1;
-        self.update_window(cx);
+        self.keep_unstable(cx, len);
         self.arm_status(cx);
         cx.down(Down::Cast(msg));
     }
 
     fn send(&mut self, cx: &mut Context<'_>, to: MemberId, mut msg: Msg) {
         let oob = msg.flags().contains(MsgFlags::OOB);
-        let rank = self.rank.get(&to).copied();
+        let rank = self.rank.get(&to);
         if oob || to == cx.local() || rank.is_none() {
             // Loopback is reliable and ordered; OOB asks for no guarantee; a
             // non-member has no channel (later layers address joiners so).
@@ -588,11 +720,12 @@ impl Nak {
         }
         let r = rank.expect("checked");
         let seq = self.peers[r].sends_out.next();
+        let len = msg.len();
+        self.peers[r].sends_out.buffer.push_back(msg.clone());
         push_data(&mut msg, kind::SEND, self.epoch, seq);
         msg.set_tag(Some(self.tag(Channel::Send, seq)));
-        self.peers[r].sends_out.buffer.push_back(msg.clone());
         self.sent_p2p += 1;
-        self.update_window(cx);
+        self.keep_unstable(cx, len);
         self.arm_status(cx);
         cx.down(Down::Send { to, msg });
     }
@@ -607,12 +740,14 @@ impl Nak {
     }
 
     fn receive(&mut self, cx: &mut Context<'_>, from: MemberId, mut msg: Msg) {
-        let k = match msg.pop_with(|r| r.u8()) {
-            Ok(k) => k,
-            Err(_) => return cx.drop_malformed("empty"),
-        };
+        // Kind, view and (for data) sequence number are read in one pass
+        // over the front and removed at once: they were pushed as one header.
+        let mut rd = Reader::new(msg.front());
+        let Ok(k) = rd.u8() else { return cx.drop_malformed("empty") };
         match k {
             kind::OOB_CAST | kind::OOB_SEND => {
+                let popped = msg.advance(1);
+                debug_assert!(popped.is_ok(), "the front holds the kind byte just read");
                 msg.flags_mut().insert(MsgFlags::OOB);
                 self.delivered_oob += 1;
                 if k == kind::OOB_CAST {
@@ -622,20 +757,30 @@ impl Nak {
                 }
             }
             kind::CAST | kind::SEND | kind::NAK | kind::STATUS | kind::RELAY => {
-                let Some(&r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+                let Some(r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
                 if self.me >= self.peers.len() {
                     // A view without this member: it takes no part in the group.
                     return cx.drop_malformed("not_in_view");
                 }
-                let epoch = match msg.pop_with(|r| r.u32()) {
-                    Ok(e) => e,
-                    Err(_) => return cx.drop_malformed("truncated"),
-                };
+                let Ok(epoch) = rd.u32() else { return cx.drop_malformed("truncated") };
                 if epoch != self.epoch {
                     return cx.drop_malformed("other_view");
                 }
+                let seq = match k {
+                    kind::CAST | kind::SEND => match rd.varint() {
+                        Ok(seq) => seq,
+                        Err(Malformed(reason)) => return cx.drop_malformed(reason),
+                    },
+                    _ => 0,
+                };
+                let popped = msg.advance(rd.consumed());
+                debug_assert!(popped.is_ok(), "the front holds the bytes just read");
                 let result = match k {
-                    kind::CAST | kind::SEND => self.data(cx, r, k, msg),
+                    kind::SEND if r == self.me => Err(Malformed("send_to_self")),
+                    kind::CAST | kind::SEND => {
+                        self.accept(cx, r, k, seq, msg);
+                        Ok(())
+                    }
                     kind::RELAY => self.relayed(cx, msg),
                     kind::NAK => self.request(cx, r, &msg),
                     _ => self.status(cx, r, &msg),
@@ -646,15 +791,6 @@ impl Nak {
             }
             _ => cx.drop_malformed("unknown_kind"),
         }
-    }
-
-    fn data(&mut self, cx: &mut Context<'_>, r: usize, k: u8, mut msg: Msg) -> DecodeResult<()> {
-        let seq = msg.pop_with(|r| r.varint())?;
-        if k == kind::SEND && r == self.me {
-            return Err(Malformed("send_to_self"));
-        }
-        self.accept(cx, r, k, seq, msg);
-        Ok(())
     }
 
     /// A cast of another member, relayed by a member that holds it.
@@ -675,14 +811,17 @@ impl Nak {
     /// member (`k` SEND), and passes up whatever became deliverable.
     fn accept(&mut self, cx: &mut Context<'_>, r: usize, k: u8, seq: u64, msg: Msg) {
         let own = r == self.me;
+        let room = self.out_of_order_room();
         let peer = &mut self.peers[r];
         let from = peer.id;
         let window = self.window;
         let kept = &mut peer.kept;
         let channel = if k == kind::CAST { &mut peer.casts_in } else { &mut peer.sends_in };
-        let mut delivered = 0u64;
-        let result = channel.accept(seq, msg, window, |m| {
+        let held_bytes = channel.held_bytes;
+        let (mut delivered, mut delivered_bytes) = (0u64, 0usize);
+        let result = channel.accept(seq, msg, window, room, |m| {
             delivered += 1;
+            delivered_bytes += m.len();
             if k == kind::CAST {
                 // Received datagrams have no headroom: this clones a refcount.
                 if !own {
@@ -693,13 +832,22 @@ impl Nak {
                 cx.up(Up::Send { from, msg: m });
             }
         });
+        let gap = channel.has_gap();
+        // What the store held before, plus what arrived, less what left.
+        self.held_bytes = self.held_bytes - held_bytes + channel.held_bytes;
         match result {
-            Ok(Kept::Delivered) => {}
-            // Only a held arrival can raise the high-water mark.
-            Ok(Kept::Held) => self.out_of_order_max = self.out_of_order_max.max(self.held() as u64),
+            Ok(Kept::Delivered) => self.held -= delivered as usize - 1,
+            Ok(Kept::Held) => {
+                self.held += 1;
+                // Only a held arrival can raise the high-water marks.
+                self.out_of_order_max = self.out_of_order_max.max(self.held as u64);
+                self.out_of_order_bytes_max = self.out_of_order_bytes_max.max(self.held_bytes as u64);
+            }
             Err(NotKept::Duplicate) => self.duplicates += 1,
             Err(NotKept::BeyondWindow) => self.beyond_window += 1,
+            Err(NotKept::NoRoom) => self.out_of_order_full += 1,
         }
+        debug_assert_eq!(self.held, self.peers.iter().map(|p| p.casts_in.held + p.sends_in.held).sum::<usize>(), "the count follows the channels");
         if k == kind::CAST {
             self.delivered += delivered;
         } else {
@@ -708,17 +856,21 @@ impl Nak {
         if delivered > 0 {
             self.status_dirty = true;
             self.unacked_deliveries += delivered as usize;
-            if r == self.me {
+            self.unacked_bytes += delivered_bytes;
+            if own {
                 // Own casts come back through the loopback: this member's own
                 // acknowledgement of them.
                 self.peers[r].acked_casts = self.peers[r].casts_in.next;
                 self.advance_stability(cx);
             }
-            if self.unacked_deliveries >= (self.max_unstable / 4).max(1) && self.peers.len() > 1 {
+            // Acknowledge early when a quarter of a sender's window arrived,
+            // so that a fast sender's buffer drains before it fills.
+            let early = self.unacked_deliveries >= (self.max_unstable / 4).max(1) || self.unacked_bytes >= (self.max_unstable_bytes / 4).max(1);
+            if early && self.peers.len() > 1 {
                 self.send_status(cx);
             }
         }
-        self.arm_nak(cx);
+        self.arm_nak_if(cx, gap);
         self.arm_status(cx);
     }
 
@@ -759,7 +911,11 @@ impl Nak {
                     None => {
                         let buffer = if channel == Channel::Cast { &self.casts_out } else { &self.peers[r].sends_out };
                         let Some(m) = buffer.get(seq) else { break };
-                        m.clone()
+                        // The message exactly as first sent: header and tag.
+                        let mut m = m.clone();
+                        push_data(&mut m, if channel == Channel::Cast { kind::CAST } else { kind::SEND }, self.epoch, seq);
+                        m.set_tag(Some(self.tag(channel, seq)));
+                        m
                     }
                     Some(sender) => {
                         let Some(body) = self.peers[sender].kept_cast(seq) else { break };
@@ -785,7 +941,7 @@ impl Nak {
 
     /// Asks `holder` instead of `sender` for the casts of `sender` below `upto`.
     fn recover(&mut self, cx: &mut Context<'_>, sender: MemberId, upto: u64, holder: MemberId) {
-        let (Some(&s), Some(&h)) = (self.rank.get(&sender), self.rank.get(&holder)) else { return cx.drop_malformed("recover_not_member") };
+        let (Some(s), Some(h)) = (self.rank.get(&sender), self.rank.get(&holder)) else { return cx.drop_malformed("recover_not_member") };
         if s == self.me || h == self.me || s == h || self.me >= self.peers.len() {
             return cx.drop_malformed("recover_bad_member");
         }
@@ -839,9 +995,11 @@ impl Nak {
         }
         // Its acknowledgements of this member's casts and sends.
         peer.acked_casts = peer.acked_casts.max(e.casts_received.min(self.casts_out.next()));
-        peer.sends_out.release(e.sends_received);
+        let freed = peer.sends_out.release(e.sends_received);
+        let gap = peer.casts_in.has_gap() || peer.sends_in.has_gap();
+        self.released(freed);
         self.advance_stability(cx);
-        self.arm_nak(cx);
+        self.arm_nak_if(cx, gap);
         self.arm_status(cx);
         Ok(())
     }
@@ -850,7 +1008,8 @@ impl Nak {
     fn advance_stability(&mut self, cx: &mut Context<'_>) {
         let stable = self.peers.iter().map(|p| p.acked_casts).min().unwrap_or(0);
         if stable > self.casts_out.base {
-            self.casts_out.release(stable);
+            let freed = self.casts_out.release(stable);
+            self.released(freed);
             self.status_dirty = true;
             if self.me < self.peers.len() {
                 self.peers[self.me].reported_stable = stable;
@@ -882,6 +1041,7 @@ impl Nak {
         self.status_dirty = false;
         self.ack_requested = false;
         self.unacked_deliveries = 0;
+        self.unacked_bytes = 0;
         cx.down(Down::Cast(msg));
     }
 
@@ -934,16 +1094,32 @@ pub fn view_tag(id: ViewId) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+/// Pushes a data header: kind, view tag, sequence number.
 fn push_data(msg: &mut Msg, k: u8, epoch: u32, seq: u64) {
-    let mut w = Writer::new();
-    w.u8(k).u32(epoch).varint(seq);
-    msg.push_writer(&w);
+    let mut h = [0u8; 5 + MAX_VARINT_LEN];
+    h[0] = k;
+    h[1..5].copy_from_slice(&epoch.to_be_bytes());
+    let n = 5 + put_varint(&mut h[5..], seq);
+    msg.push(&h[..n]);
+}
+
+/// Writes `v` as a LEB128 varint (as [`Writer::varint`] does) at the start of
+/// `out`, which has room for one; returns its length.
+fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 fn push_control(msg: &mut Msg, k: u8, epoch: u32) {
-    let mut w = Writer::new();
-    w.u8(k).u32(epoch);
-    msg.push_writer(&w);
+    let mut h = [k, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&epoch.to_be_bytes());
+    msg.push(&h);
 }
 
 impl Layer for Nak {
@@ -1036,12 +1212,17 @@ impl Layer for Nak {
             .add("status_received", self.status_received)
             .add("duplicates", self.duplicates)
             .add("beyond_window", self.beyond_window)
-            .add("xmit_buffer", self.unstable() as u64)
+            .add("out_of_order_full", self.out_of_order_full)
+            .add("xmit_buffer", self.unstable as u64)
             .add("xmit_buffer_max", self.xmit_buffer_max)
-            .add("out_of_order", self.held() as u64)
+            .add("xmit_buffer_bytes", self.unstable_bytes as u64)
+            .add("xmit_buffer_bytes_max", self.xmit_buffer_bytes_max)
+            .add("out_of_order", self.held as u64)
             .add("out_of_order_max", self.out_of_order_max)
+            .add("out_of_order_bytes", self.held_bytes as u64)
+            .add("out_of_order_bytes_max", self.out_of_order_bytes_max)
             .add("stable", self.casts_out.base)
-            .add("backpressure", u64::from(self.send_window.is_closed()));
+            .add("backpressure", u64::from(self.window_closed));
     }
 }
 
@@ -1406,6 +1587,104 @@ mod tests {
         assert!(!a.backpressure());
         assert_eq!(a.stats().get("xmit_buffer"), Some(0));
         assert_eq!(a.stats().get("xmit_buffer_max"), Some(8));
+    }
+
+    fn sized(len: usize) -> Msg {
+        Msg::new(Bytes::from(vec![7u8; len]))
+    }
+
+    #[test]
+    fn the_send_window_closes_on_unstable_bytes_and_reopens_at_three_quarters_as_acks_arrive() {
+        // 1000-byte casts against a 3500-byte bound: the fourth closes the
+        // window (4000 bytes held); it reopens at or below 2625 bytes.
+        let set = [("max_unstable_bytes", 3500)];
+        let mut a = harness_with(A, 2, &set);
+        let mut b = harness_with(B, 2, &set);
+        let mut datagrams = Vec::new();
+        for i in 0..4 {
+            assert!(!a.backpressure(), "open before cast {i}");
+            let out = a.down(Down::Cast(sized(1000)));
+            let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("{out:?}") };
+            a.up(Up::Cast { from: m(A), msg: sent.clone() });
+            datagrams.push(Msg::new(sent.to_bytes()));
+        }
+        assert!(a.backpressure(), "4000 unstable bytes close the window, far below max_unstable messages");
+        assert_eq!((a.stats().get("xmit_buffer"), a.stats().get("xmit_buffer_bytes")), (Some(4), Some(4000)));
+        // B acknowledges once a quarter of the byte bound arrived: after every cast here.
+        let mut acks = Vec::new();
+        for d in datagrams {
+            let st = statuses(&b.up(Up::Cast { from: m(A), msg: d }));
+            assert_eq!(st.len(), 1, "an early status per 875 bytes delivered");
+            acks.extend(st);
+        }
+        a.up(Up::Cast { from: m(B), msg: acks[0].clone() });
+        assert_eq!(a.stats().get("xmit_buffer_bytes"), Some(3000));
+        assert!(a.backpressure(), "3000 bytes are above three quarters of the bound: still closed");
+        a.up(Up::Cast { from: m(B), msg: acks[1].clone() });
+        assert_eq!(a.stats().get("xmit_buffer_bytes"), Some(2000));
+        assert!(!a.backpressure(), "reopened once at most three quarters are held");
+        for st in &acks[2..] {
+            a.up(Up::Cast { from: m(B), msg: st.clone() });
+        }
+        assert_eq!((a.stats().get("xmit_buffer"), a.stats().get("xmit_buffer_bytes")), (Some(0), Some(0)));
+        assert_eq!(a.stats().get("xmit_buffer_bytes_max"), Some(4000));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_byte_bound_is_sent_and_closes_the_window_until_stable() {
+        let mut a = harness_with(A, 2, &[("max_unstable_bytes", 1000)]);
+        let mut b = harness_with(B, 2, &[("max_unstable_bytes", 1000)]);
+        let out = a.down(Down::Cast(sized(5000)));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("{out:?}") };
+        assert_eq!(sent.body().len(), 5000, "sent whole");
+        assert!(a.backpressure());
+        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        let acks = statuses(&b.up(Up::Cast { from: m(A), msg: Msg::new(sent.to_bytes()) }));
+        a.up(Up::Cast { from: m(B), msg: acks[0].clone() });
+        assert!(!a.backpressure());
+    }
+
+    #[test]
+    fn sends_count_towards_the_byte_bound_too() {
+        let mut a = harness_with(A, 3, &[("max_unstable_bytes", 2000)]);
+        a.down(Down::Send { to: m(B), msg: sized(1000) });
+        assert!(!a.backpressure());
+        a.down(Down::Send { to: m(C), msg: sized(1000) });
+        assert!(a.backpressure(), "1000 bytes to each of two members");
+        assert_eq!(a.stats().get("xmit_buffer_bytes"), Some(2000));
+    }
+
+    #[test]
+    fn early_arrivals_are_bounded_in_bytes_and_recovered_once_the_gap_fills() {
+        let mut a = harness(A, 2);
+        let mut b = harness_with(B, 2, &[("max_out_of_order_bytes", 2500)]);
+        let d: Vec<_> = (0..4).flat_map(|_| wire(&a.down(Down::Cast(sized(1000))))).collect();
+        // Cast 0 is late; 1 and 2 are held (2000 bytes); 3 would make 3000.
+        for (_, msg) in &d[1..] {
+            assert!(delivered(&b.up(Up::Cast { from: m(A), msg: msg.clone() })).is_empty());
+        }
+        assert_eq!((b.stats().get("out_of_order"), b.stats().get("out_of_order_bytes")), (Some(2), Some(2000)));
+        assert_eq!(b.stats().get("out_of_order_full"), Some(1));
+        // Cast 0 arrives: 0, 1 and 2 go up; 3 is known missing and requested.
+        assert_eq!(delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).len(), 3);
+        assert_eq!(b.stats().get("out_of_order_bytes"), Some(0));
+        let requests: Vec<_> = wire(&b.advance(Instant::from_millis(20))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].1.front(), &hdr(kind::NAK, &[0, 1, 3, 1])[..], "cast 3 asked for");
+        let resent = wire(&a.up(Up::Send { from: m(B), msg: requests[0].1.clone() }));
+        assert_eq!(resent[0].1, d[3].1, "the identical message");
+        assert_eq!(delivered(&b.up(Up::Send { from: m(A), msg: resent[0].1.clone() })).len(), 1);
+        assert_eq!(b.stats().get("out_of_order_bytes_max"), Some(2000));
+    }
+
+    #[test]
+    fn one_early_arrival_is_kept_whatever_its_size() {
+        let mut a = harness(A, 2);
+        let mut b = harness_with(B, 2, &[("max_out_of_order_bytes", 100)]);
+        let d: Vec<_> = (0..2).flat_map(|_| wire(&a.down(Down::Cast(sized(1000))))).collect();
+        b.up(Up::Cast { from: m(A), msg: d[1].1.clone() });
+        assert_eq!(b.stats().get("out_of_order_bytes"), Some(1000), "an empty store takes any one message");
+        assert_eq!(delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).len(), 2);
     }
 
     #[test]

@@ -130,14 +130,16 @@ mod model;
 mod tests;
 
 use crate::nak::view_tag;
+use crate::ranks::Ranks;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_stack::codec::Writer;
 use strata_stack::{
     Context, Down, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, Order, ParamKind, ParamSpec, Params, Problem, Props, SendWindow, Stats, TimerKey, Up, View,
     ViewId,
 };
-use wire::{kind, Header, Run, Runs};
+use wire::{kind, Header, Run};
 
 /// The `TOTAL` descriptor.
 pub const TOTAL: LayerDescriptor = LayerDescriptor {
@@ -209,6 +211,8 @@ pub struct Total {
     view: Arc<View>,
     /// `view_tag(view.id())`, carried by and compared with every order.
     tag: u32,
+    /// Ranks of `view`'s members.
+    ranks: Ranks,
     /// Whether this member is rank 0 of `view`.
     sequencer: bool,
     /// A view change has started: the sequencer announces nothing more.
@@ -222,12 +226,21 @@ pub struct Total {
     /// The sequencer's runs not yet sent, and the casts they name.
     unannounced: VecDeque<Run>,
     unannounced_msgs: u32,
+    /// Bytes the unannounced runs take on the wire ([`wire::run_len`]),
+    /// kept as they change so that a sequencer's cast need not add them up.
+    unannounced_bytes: usize,
     /// Casts in `senders`.
     held: usize,
     window: SendWindow,
     overflow_reported: bool,
     /// An [`Up::StateRequest`] held until the view that follows it.
     state_request: Option<Up>,
+    /// The runs of the header being decoded: reused, with room for the
+    /// most a header names (`batch_msgs`), so decoding never allocates.
+    decoded_runs: Vec<Run>,
+    /// Encodes headers: reused, so that a long announcement allocates once
+    /// in the layer's life rather than once per announcement.
+    writer: Writer,
 
     ordered: u64,
     ordered_delivered: u64,
@@ -251,6 +264,7 @@ impl Total {
             batch_delay: Duration::from_micros(p.u64("batch_us")),
             local: placeholder,
             tag: view_tag(view.id()),
+            ranks: Ranks::default(),
             view,
             sequencer: false,
             blocked: false,
@@ -259,10 +273,13 @@ impl Total {
             runs: VecDeque::new(),
             unannounced: VecDeque::new(),
             unannounced_msgs: 0,
+            unannounced_bytes: 0,
             held: 0,
             window: SendWindow::reopening_at_three_quarters(p.u64("max_pending") as usize),
             overflow_reported: false,
             state_request: None,
+            decoded_runs: Vec::with_capacity(p.u64("batch_msgs") as usize),
+            writer: Writer::new(),
             ordered: 0,
             ordered_delivered: 0,
             unordered_delivered: 0,
@@ -280,12 +297,12 @@ impl Total {
     fn install(&mut self, cx: &mut Context<'_>, view: Arc<View>) {
         debug_assert_eq!(self.held, 0, "leftovers are delivered before a view is installed");
         self.tag = view_tag(view.id());
+        self.ranks = Ranks::new(view.members());
         self.sequencer = view.coordinator() == self.local;
         self.blocked = false;
         self.senders = view.members().iter().map(|&id| Sender { id, held: VecDeque::new() }).collect();
         self.runs.clear();
-        self.unannounced.clear();
-        self.unannounced_msgs = 0;
+        self.clear_unannounced();
         self.held = 0;
         self.overflow_reported = false;
         self.view = view;
@@ -312,13 +329,13 @@ impl Total {
             if !self.unannounced_fit() {
                 self.announce(cx);
             }
-            let (tag, runs) = (self.tag, &self.unannounced);
-            msg.push_with(|w| wire::encode_sequenced(w, ts, tag, runs.iter()));
+            self.writer.clear();
+            wire::encode_sequenced(&mut self.writer, ts, self.tag, self.unannounced.iter());
+            msg.push(self.writer.as_slice());
             if !self.unannounced.is_empty() {
                 self.piggybacked += 1;
                 self.runs_announced += self.unannounced.len() as u64;
-                self.unannounced.clear();
-                self.unannounced_msgs = 0;
+                self.clear_unannounced();
                 cx.cancel_timer(TIMER_ANNOUNCE);
             }
         } else {
@@ -329,16 +346,31 @@ impl Total {
 
     /// Whether every unannounced run fits one header.
     fn unannounced_fit(&self) -> bool {
-        let bytes = self.unannounced.iter().map(|r| wire::run_len(*r)).sum();
-        wire::fits(self.unannounced.len(), bytes, self.batch)
+        debug_assert_eq!(self.unannounced_bytes, self.unannounced.iter().map(|r| wire::run_len(*r)).sum::<usize>(), "the count follows the runs");
+        wire::fits(self.unannounced.len(), self.unannounced_bytes, self.batch)
+    }
+
+    /// Forgets every unannounced run.
+    fn clear_unannounced(&mut self) {
+        self.unannounced.clear();
+        self.unannounced_msgs = 0;
+        self.unannounced_bytes = 0;
     }
 
     /// The sequencer orders the next ordered cast of `rank`.
     fn order(&mut self, cx: &mut Context<'_>, rank: usize) {
         let rank = rank as u32;
         match self.unannounced.back_mut() {
-            Some(last) if last.rank == rank => last.count += 1,
-            _ => self.unannounced.push_back(Run { rank, count: 1 }),
+            Some(last) if last.rank == rank => {
+                self.unannounced_bytes -= wire::run_len(*last);
+                last.count += 1;
+                self.unannounced_bytes += wire::run_len(*last);
+            }
+            _ => {
+                let run = Run { rank, count: 1 };
+                self.unannounced_bytes += wire::run_len(run);
+                self.unannounced.push_back(run);
+            }
         }
         self.unannounced_msgs += 1;
         self.ordered += 1;
@@ -366,9 +398,11 @@ impl Total {
             // ranks stay below 2^21 (see wire::MAX_RANK_LEN).
             let n = n.max(1);
             let mut msg = Msg::empty();
-            let (tag, runs) = (self.tag, &self.unannounced);
-            msg.push_with(|w| wire::encode_order(w, tag, runs.range(..n)));
-            self.unannounced.drain(..n);
+            self.writer.clear();
+            wire::encode_order(&mut self.writer, self.tag, self.unannounced.range(..n));
+            msg.push(self.writer.as_slice());
+            let sent: usize = self.unannounced.drain(..n).map(wire::run_len).sum();
+            self.unannounced_bytes -= sent;
             self.announcements_sent += 1;
             self.runs_announced += n as u64;
             cx.down(Down::Cast(msg));
@@ -380,26 +414,32 @@ impl Total {
 
     fn on_cast(&mut self, cx: &mut Context<'_>, from: MemberId, mut msg: Msg) {
         let batch = self.batch;
-        let header = match msg.pop_with(|r| Header::decode(r, batch)) {
-            Ok(h) => h,
-            Err(e) => return cx.drop_malformed(e.0),
-        };
-        match (header, self.view.rank_of(&from)) {
+        let mut runs = std::mem::take(&mut self.decoded_runs);
+        match msg.pop_with(|r| Header::decode(r, batch, &mut runs)) {
+            Ok(header) => self.on_header(cx, from, header, &runs, msg),
+            Err(e) => cx.drop_malformed(e.0),
+        }
+        self.decoded_runs = runs;
+    }
+
+    /// A cast whose header is decoded (`runs` holds its runs, if it has any).
+    fn on_header(&mut self, cx: &mut Context<'_>, from: MemberId, header: Header, runs: &[Run], msg: Msg) {
+        match (header, self.ranks.get(&from)) {
             // The layers below vouched for it (VSYNC lets OOB casts of non-members through).
             (Header::Plain, _) => cx.up(Up::Cast { from, msg }),
             (_, None) => cx.drop_malformed("not_member"),
             (Header::Data { ts, ordered }, Some(rank)) => self.receive(cx, rank, ts, ordered, msg, true),
-            (Header::Sequenced { ts, view, runs }, Some(rank)) => {
-                let sequenced = self.accept_order(cx, rank, view, &runs, false);
+            (Header::Sequenced { ts, view }, Some(rank)) => {
+                let sequenced = self.accept_order(cx, rank, view, runs, false);
                 if sequenced {
-                    self.queue_runs(&runs);
+                    self.queue_runs(runs);
                     self.queue_runs(&[Run { rank: 0, count: 1 }]);
                 }
                 self.receive(cx, rank, ts, true, msg, !sequenced);
             }
-            (Header::Order { view, runs }, Some(rank)) => {
-                if self.accept_order(cx, rank, view, &runs, true) {
-                    self.queue_runs(&runs);
+            (Header::Order { view }, Some(rank)) => {
+                if self.accept_order(cx, rank, view, runs, true) {
+                    self.queue_runs(runs);
                     self.deliver(cx);
                 }
             }
@@ -411,7 +451,7 @@ impl Total {
     /// so an order refused here is refused everywhere. `whole` tells an
     /// announcement (dropped whole when refused) from a piggyback (only its
     /// order is ignored).
-    fn accept_order(&mut self, cx: &mut Context<'_>, rank: usize, view: u32, runs: &Runs, whole: bool) -> bool {
+    fn accept_order(&mut self, cx: &mut Context<'_>, rank: usize, view: u32, runs: &[Run], whole: bool) -> bool {
         if view != self.tag {
             self.stale_order += 1;
             if whole {
@@ -529,8 +569,7 @@ impl Total {
     fn forget_view(&mut self, cx: &mut Context<'_>) {
         self.held = 0;
         self.runs.clear();
-        self.unannounced.clear();
-        self.unannounced_msgs = 0;
+        self.clear_unannounced();
         cx.cancel_timer(TIMER_ANNOUNCE);
         self.update_window(cx);
     }

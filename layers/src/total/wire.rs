@@ -6,7 +6,6 @@
 //! ranks are checked against the view by the layer, and only when the runs
 //! are about to be used.
 
-use smallvec::SmallVec;
 use strata_stack::codec::{varint_len, DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
 
 /// Message kinds (the first header byte).
@@ -30,26 +29,26 @@ pub(super) struct Run {
     pub count: u32,
 }
 
-/// The runs of one header; eight fit without a heap allocation.
-pub(super) type Runs = SmallVec<[Run; 8]>;
-
 /// Bytes a rank takes at most in a run, for the honest header bound: a
 /// varint of three bytes covers ranks below 2^21, far beyond any view a
 /// member could hold. A sequencer checks what it writes against the bound
 /// (see [`fits`]), so even a larger view never produces a longer header.
 pub(super) const MAX_RANK_LEN: usize = 3;
 
-/// A decoded TOTAL header.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A decoded TOTAL header. The runs of a sequenced cast or an announcement
+/// are decoded into a buffer the caller owns and reuses (a header names up to
+/// `batch_msgs` runs: more than any inline array would hold, and no
+/// allocation per announcement).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(super) enum Header {
     /// A data cast from anyone: `ordered` waits for a run, otherwise only
     /// for its sender's earlier casts.
     Data { ts: u64, ordered: bool },
     /// The sequencer's own ordered cast, made in the view whose tag is
-    /// `view`: deliver `runs`, then this message.
-    Sequenced { ts: u64, view: u32, runs: Runs },
+    /// `view`: deliver the runs, then this message.
+    Sequenced { ts: u64, view: u32 },
     /// An announcement made in the view whose tag is `view`.
-    Order { view: u32, runs: Runs },
+    Order { view: u32 },
     /// A send or an out-of-band cast.
     Plain,
 }
@@ -101,10 +100,10 @@ pub(super) fn encode_order<'a>(w: &mut Writer, view: u32, runs: impl ExactSizeIt
 }
 
 /// Reads runs: at most `batch` of them, each naming 1 to `batch` messages,
-/// `batch` in all (what a correct sequencer can have pending).
-fn decode_runs(r: &mut Reader<'_>, batch: u32) -> DecodeResult<Runs> {
+/// `batch` in all (what a correct sequencer can have pending), into `runs`
+/// (empty).
+fn decode_runs(r: &mut Reader<'_>, batch: u32, runs: &mut Vec<Run>) -> DecodeResult<()> {
     let n = r.varint_max(u64::from(batch), "too_many_runs")?;
-    let mut runs = Runs::new();
     let mut total: u64 = 0;
     for _ in 0..n {
         let rank = r.varint_max(u64::from(u32::MAX), "bad_rank")? as u32;
@@ -118,26 +117,31 @@ fn decode_runs(r: &mut Reader<'_>, batch: u32) -> DecodeResult<Runs> {
         }
         runs.push(Run { rank, count: count as u32 });
     }
-    Ok(runs)
+    Ok(())
 }
 
 impl Header {
-    /// Reads a header; `batch` is the shared `batch_msgs` parameter.
-    pub(super) fn decode(r: &mut Reader<'_>, batch: u32) -> DecodeResult<Header> {
+    /// Reads a header; `batch` is the shared `batch_msgs` parameter. The
+    /// runs of a sequenced cast or an announcement go to `runs` (cleared
+    /// first; it holds at most `batch` runs, so a buffer with that capacity
+    /// never grows).
+    pub(super) fn decode(r: &mut Reader<'_>, batch: u32, runs: &mut Vec<Run>) -> DecodeResult<Header> {
+        runs.clear();
         match r.u8().map_err(|_| Malformed("empty"))? {
             kind::UNORDERED => Ok(Header::Data { ts: r.varint()?, ordered: false }),
             kind::ORDERED => Ok(Header::Data { ts: r.varint()?, ordered: true }),
             kind::SEQUENCED => {
                 let ts = r.varint()?;
                 let view = r.u32()?;
-                Ok(Header::Sequenced { ts, view, runs: decode_runs(r, batch)? })
+                decode_runs(r, batch, runs)?;
+                Ok(Header::Sequenced { ts, view })
             }
             kind::ORDER => {
                 let view = r.u32()?;
-                let runs = decode_runs(r, batch)?;
+                decode_runs(r, batch, runs)?;
                 // An announcement is all header: anything after it is not ours.
                 r.finish()?;
-                Ok(Header::Order { view, runs })
+                Ok(Header::Order { view })
             }
             kind::PLAIN => Ok(Header::Plain),
             _ => Err(Malformed("unknown_kind")),
@@ -149,8 +153,10 @@ impl Header {
 mod tests {
     use super::*;
 
-    fn decode(bytes: &[u8], batch: u32) -> DecodeResult<Header> {
-        Header::decode(&mut Reader::new(bytes), batch)
+    fn decode(bytes: &[u8], batch: u32) -> DecodeResult<(Header, Vec<Run>)> {
+        let mut runs = vec![Run { rank: 9, count: 9 }];
+        let h = Header::decode(&mut Reader::new(bytes), batch, &mut runs)?;
+        Ok((h, runs))
     }
 
     #[test]
@@ -159,14 +165,14 @@ mod tests {
         let mut w = Writer::new();
         encode_sequenced(&mut w, u64::MAX, 0xdead_beef, runs.iter());
         assert!(w.len() <= max_header_len(32), "{} > {}", w.len(), max_header_len(32));
-        assert_eq!(decode(w.as_slice(), 32), Ok(Header::Sequenced { ts: u64::MAX, view: 0xdead_beef, runs: runs.iter().copied().collect() }));
+        assert_eq!(decode(w.as_slice(), 32), Ok((Header::Sequenced { ts: u64::MAX, view: 0xdead_beef }, runs.to_vec())));
         let mut w = Writer::new();
         encode_order(&mut w, 7, runs.iter());
-        assert_eq!(decode(w.as_slice(), 32), Ok(Header::Order { view: 7, runs: runs.iter().copied().collect() }));
+        assert_eq!(decode(w.as_slice(), 32), Ok((Header::Order { view: 7 }, runs.to_vec())));
         let mut w = Writer::new();
         encode_data(&mut w, 300, false);
         assert_eq!(w.as_slice(), &[kind::UNORDERED, 0xac, 0x02]);
-        assert_eq!(decode(w.as_slice(), 32), Ok(Header::Data { ts: 300, ordered: false }));
+        assert_eq!(decode(w.as_slice(), 32), Ok((Header::Data { ts: 300, ordered: false }, vec![])));
     }
 
     #[test]
@@ -189,6 +195,6 @@ mod tests {
         assert_eq!(decode(&[kind::ORDER, 0, 0, 0, 0, 2, 0, 3, 1, 2], 4), Err(Malformed("run_too_long")));
         assert_eq!(decode(&[kind::ORDER, 0, 0, 0, 0, 1, 0, 0], 4), Err(Malformed("empty_run")));
         assert_eq!(decode(&[kind::ORDER, 0, 0, 0, 0, 1, 0, 4, 9], 4), Err(Malformed("trailing_bytes")));
-        assert_eq!(decode(&[kind::ORDER, 0, 0, 0, 0, 1, 1, 4], 4), Ok(Header::Order { view: 0, runs: [Run { rank: 1, count: 4 }].into_iter().collect() }));
+        assert_eq!(decode(&[kind::ORDER, 0, 0, 0, 0, 1, 1, 4], 4), Ok((Header::Order { view: 0 }, vec![Run { rank: 1, count: 4 }])));
     }
 }

@@ -120,6 +120,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
+use crate::ranks::Ranks;
 use hashbrown::HashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -278,7 +279,7 @@ pub struct Vsync {
     phase: Phase,
     local: MemberId,
     view: Arc<View>,
-    rank: HashMap<MemberId, usize>,
+    rank: Ranks,
     /// Whether this member was ever in a view: a member that was may not
     /// found a new group (it could split the group it lost).
     ever_member: bool,
@@ -337,6 +338,8 @@ pub struct Vsync {
     /// Departed senders' casts asked of a holder, through NAK ([`Down::Recover`]).
     recoveries: u64,
     suspicions: u64,
+    /// Failure checks made while the application was behind (no suspicion possible).
+    checks_while_app_behind: u64,
     state_chunks_sent: u64,
     state_chunks_received: u64,
     beyond_cut: u64,
@@ -356,7 +359,7 @@ impl Vsync {
             phase: Phase::Joining,
             local: placeholder,
             view: View::new(ViewId { counter: 0, creator: placeholder }, vec![placeholder]).expect("one member"),
-            rank: HashMap::new(),
+            rank: Ranks::default(),
             ever_member: false,
             seeds: BTreeSet::new(),
             known: BTreeSet::new(),
@@ -395,6 +398,7 @@ impl Vsync {
             delivered: 0,
             recoveries: 0,
             suspicions: 0,
+            checks_while_app_behind: 0,
             state_chunks_sent: 0,
             state_chunks_received: 0,
             beyond_cut: 0,
@@ -404,7 +408,7 @@ impl Vsync {
     // ---- small helpers ----------------------------------------------------
 
     fn is_member(&self, m: &MemberId) -> bool {
-        self.phase == Phase::Member && self.rank.contains_key(m)
+        self.phase == Phase::Member && self.rank.contains(m)
     }
 
     /// The lowest-ranked member this member does not suspect.
@@ -558,7 +562,7 @@ impl Vsync {
         self.phase = Phase::Member;
         self.ever_member = true;
         self.view = view.clone();
-        self.rank = members.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+        self.rank = Ranks::new(members);
         // Casts still held belonged to no cut: nobody delivers them.
         self.beyond_cut += self.held.len() as u64;
         self.held.clear();
@@ -700,11 +704,12 @@ impl Vsync {
         }
     }
 
-    fn on_cast(&mut self, cx: &mut Context<'_>, from: MemberId, msg: Msg) {
+    /// A cast from `from`, of rank `rank` in the view if it is a member.
+    fn on_cast(&mut self, cx: &mut Context<'_>, from: MemberId, rank: Option<usize>, msg: Msg) {
         if msg.flags().contains(MsgFlags::OOB) {
             return self.emit(cx, Up::Cast { from, msg });
         }
-        let Some(&r) = self.rank.get(&from).filter(|_| self.phase == Phase::Member) else { return cx.drop_malformed("cast_not_member") };
+        let Some(r) = rank.filter(|_| self.phase == Phase::Member) else { return cx.drop_malformed("cast_not_member") };
         if self.held.is_empty() && self.may_deliver(r) == Release::Now {
             self.deliver(cx, r, msg);
         } else {
@@ -768,10 +773,13 @@ impl Vsync {
 
     // ---- failure detection ---------------------------------------------------
 
-    fn heard(&mut self, cx: &Context<'_>, from: &MemberId) {
-        if let Some(&r) = self.rank.get(from) {
+    /// Records that `from` is alive; returns its rank if it is a member.
+    fn heard(&mut self, cx: &Context<'_>, from: &MemberId) -> Option<usize> {
+        let rank = self.rank.get(from);
+        if let Some(r) = rank {
             self.last_heard[r] = cx.now();
         }
+        rank
     }
 
     fn send_heartbeat(&mut self, cx: &mut Context<'_>) {
@@ -782,6 +790,13 @@ impl Vsync {
         let now = cx.now();
         if self.view.len() > 1 {
             self.send_heartbeat(cx);
+        }
+        if cx.app_behind() {
+            // Others' datagrams wait unread until the application catches
+            // up: their silence means nothing. Give each a fresh period
+            // from now, so that a failure still shows once input resumes.
+            self.last_heard.iter_mut().for_each(|t| *t = now);
+            self.checks_while_app_behind += 1;
         }
         let mut newly = Vec::new();
         for (r, m) in self.view.members().iter().enumerate() {
@@ -1038,7 +1053,7 @@ impl Vsync {
         if self.phase != Phase::Member || view != self.view.id() {
             return cx.drop_malformed("flush_other_view");
         }
-        if from != ballot.coordinator || !participants.contains(&self.local) || participants.iter().any(|m| !self.rank.contains_key(m)) {
+        if from != ballot.coordinator || !participants.contains(&self.local) || participants.iter().any(|m| !self.rank.contains(m)) {
             return cx.drop_malformed("bad_flush");
         }
         if let Some(promised) = self.promised.filter(|p| *p >= ballot) {
@@ -1266,11 +1281,10 @@ impl Vsync {
         let Ok(k) = msg.pop_with(|r| r.u8()) else { return cx.drop_malformed("empty") };
         // Sequenced traffic passed NAK's view check: proof of life in this
         // view. (Out-of-band control proves it only when it says so.)
-        if !msg.flags().contains(MsgFlags::OOB) {
-            self.heard(cx, &from);
-        }
+        // (An out-of-band cast needs no rank: it is passed up whoever sent it.)
+        let rank = if msg.flags().contains(MsgFlags::OOB) { None } else { self.heard(cx, &from) };
         match (k, cast) {
-            (kind::CAST, true) => self.on_cast(cx, from, msg),
+            (kind::CAST, true) => self.on_cast(cx, from, rank, msg),
             (kind::SEND, false) => {
                 if msg.flags().contains(MsgFlags::OOB) || self.is_member(&from) {
                     self.emit(cx, Up::Send { from, msg });
@@ -1555,6 +1569,7 @@ impl Layer for Vsync {
             .add("recoveries", self.recoveries)
             .add("beyond_cut", self.beyond_cut)
             .add("suspicions", self.suspicions)
+            .add("checks_while_app_behind", self.checks_while_app_behind)
             .add("held", self.held.len() as u64 + self.loading_queue.len() as u64)
             .add("queued", self.queued.len() as u64)
             .add("contacts", self.seeds.len() as u64)

@@ -239,6 +239,26 @@ fn a_suspicion_from_below_removes_a_member_at_once() {
     }
 }
 
+#[test]
+fn silence_while_the_application_is_behind_is_not_a_failure() {
+    let me = MemberId::sim(0);
+    let joiner = MemberId::sim(5);
+    let mut h = harness(me, &[]);
+    let out = control_from(&mut h, joiner, &Control::Join { joiner, last_counter: 0 }, false);
+    let rest = loop_back(&mut h, me, out);
+    assert!(views(&rest).iter().any(|v| v.members() == [me, joiner]));
+    let suspected = |out: &[Out]| out.iter().any(|o| matches!(o, Out::Up(Up::Suspect(m)) if *m == joiner));
+    // Ten seconds without a word from the joiner (suspect_ms is 1.5 s), but
+    // the runtime read nothing: the application was behind.
+    h.set_app_behind(true);
+    let out = h.advance(h.now() + Duration::from_secs(10));
+    assert!(!suspected(&out), "{out:?}");
+    // Input resumes and the joiner stays silent: suspected within a period.
+    h.set_app_behind(false);
+    let out = h.advance(h.now() + Duration::from_secs(2));
+    assert!(suspected(&out), "{out:?}");
+}
+
 /// Member 2 of view [0, 1, 2], installed by a view from coordinator 0:
 /// the harness and the view's id.
 fn participant_of_three() -> (LayerHarness, ViewId) {

@@ -58,6 +58,7 @@ pub struct LayerHarness {
     storage: Arc<dyn Storage>,
     entropy: [u8; 32],
     refusal: Option<String>,
+    app_behind: bool,
 }
 
 impl LayerHarness {
@@ -93,6 +94,7 @@ impl LayerHarness {
             storage,
             entropy: harness_entropy(local),
             refusal: None,
+            app_behind: false,
         };
         let mut init = Vec::new();
         h.call(|l, cx| l.init(cx), &mut init);
@@ -188,6 +190,11 @@ impl LayerHarness {
         s
     }
 
+    /// Sets what [`Context::app_behind`] says from now on.
+    pub fn set_app_behind(&mut self, behind: bool) {
+        self.app_behind = behind;
+    }
+
     /// Whether the layer holds its send window closed.
     pub fn backpressure(&self) -> bool {
         self.backpressure
@@ -215,6 +222,7 @@ impl LayerHarness {
             entropy: &self.entropy,
             group: "harness",
             refusal: &mut self.refusal,
+            app_behind: self.app_behind,
         };
         f(self.layer.as_mut(), &mut cx);
         out.extend(self.queue.drain(..).map(|q| match q {

@@ -294,6 +294,10 @@ impl GroupState {
                 }
             }
         }
+        // While the application is behind the driver reads nothing for it:
+        // tell the layers, so that no failure detector reads the silence
+        // as the other members' failure.
+        self.stack.set_app_behind(self.blocked());
         (was_blocked && !self.blocked()) || answered
     }
 
