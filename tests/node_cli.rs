@@ -72,6 +72,7 @@ fn the_base_arguments_work() {
     // The refusals below differ from this run in one argument only.
     let lines = run_alone("cli-base", &[]);
     assert_eq!(lines[0]["transport"], "udp");
+    assert_eq!(lines[0]["bundle"], 8192, "bundling is on by default");
 }
 
 #[test]
@@ -82,7 +83,9 @@ fn every_transport_says_at_start_what_it_uses() {
     assert_eq!(start["mcast_addr"], "239.77.1.2:23456");
     assert_eq!(start["mcast_ttl"], 2);
     assert_eq!(start["mcast_if"], "127.0.0.1", "the default interface is the bind address's");
-    let lines = run_alone("cli-ipmc-default", &[("--transport", "ipmc")]);
+    assert_eq!(start["bundle"], 8192);
+    let lines = run_alone("cli-ipmc-default", &[("--transport", "ipmc"), ("--bundle", "0")]);
+    assert_eq!(lines[0]["bundle"], 0, "--bundle 0 turns bundling off");
     let addr: std::net::SocketAddrV4 = lines[0]["mcast_addr"].as_str().unwrap().parse().unwrap();
     assert_eq!(addr.ip().octets()[0], 239, "the default is administratively scoped: {addr}");
 
@@ -111,6 +114,9 @@ fn transport_options_are_checked() {
     refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-ttl", "256")], &[]), &["--mcast-ttl", "256"]);
     refused(&args_with(log, &[("--transport", "ipmc"), ("--mcast-if", "239.1.2.3")], &[]), &["--mcast-if"]);
     refused(&args_with(log, &[("--transport", "ipmc"), ("--bind", "[::1]:0")], &[]), &["--bind", "IPv4"]);
+    refused(&args_with(log, &[("--transport", "tcptree"), ("--bundle", "4096")], &[]), &["--bundle", "tcptree"]);
+    refused(&args_with(log, &[("--bundle", "65508")], &[]), &["--bundle", "65508"]);
+    refused(&args_with(log, &[("--bundle", "lots")], &[]), &["--bundle", "lots"]);
     assert!(!std::path::Path::new(log).exists(), "a refused run must not create its log");
 }
 

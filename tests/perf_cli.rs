@@ -201,6 +201,8 @@ fn bad_arguments_exit_2_with_one_line() {
     refused(&["--stack", "FRAG:NOPE"], &["NOPE"]);
     refused(&["--stack", "NAK", "--size", "200000"], &["--size 200000"]);
     refused(&["--fanout", "2"], &["--fanout", "tcptree"]);
+    refused(&["--transport", "tcptree", "--bundle", "4096"], &["--bundle", "tcptree"]);
+    refused(&["--bundle", "70000"], &["--bundle", "70000"]);
     refused(&["--peers", "127.0.0.1:7000"], &["--peers", "--bind"]);
     refused(&["--stack", "FRAG:NAK", "--bind", "127.0.0.1:7000", "--peers", "127.0.0.1:7001"], &["--members 3", "exactly 3"]);
     refused(&["--bind", "0.0.0.0:7000"], &["--bind"]);

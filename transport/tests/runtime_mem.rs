@@ -343,3 +343,60 @@ async fn a_slow_application_stops_input_instead_of_buffering_it() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// The first view of `n` members an application sees, reading every event before it.
+async fn view_of(events: &mut Events, n: usize) {
+    loop {
+        if let Some(AppEvent::View(v)) = next_event(events).await {
+            if v.len() == n {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_that_falls_behind_does_not_make_its_member_suspect_the_others() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 2, &Arc::new(strata_layers::builtin()));
+    let stack = "FRAG:NAK:VSYNC(heartbeat_ms=20,suspect_ms=200)";
+    let config = |seeds: Vec<MemberId>, events: usize| {
+        let mut cfg = JoinConfig::new("g", stack);
+        cfg.incarnation = 1;
+        cfg.members = seeds;
+        cfg.event_capacity = events;
+        cfg
+    };
+    // B founds the group; A joins through it with room for 2 events.
+    let (b, mut b_events) = eps[1].join(config(vec![], 1024)).await.expect("join");
+    let (a, mut a_events) = eps[0].join(config(vec![MemberId::new(eps[1].local_addr(), 0)], 2)).await.expect("join");
+    view_of(&mut a_events, 2).await;
+    view_of(&mut b_events, 2).await;
+    let k = 200u64;
+    cast_payloads(&b, k, 100).await;
+    // A's application reads nothing for five suspicion periods, so its
+    // runtime reads nothing for the group either; B keeps reading.
+    let b_reader = tokio::spawn(async move {
+        let mut changes = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, b_events.next()).await {
+            changes += u32::from(matches!(ev, AppEvent::View(_) | AppEvent::Block | AppEvent::Suspect(_)));
+        }
+        changes
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    // Then A takes all of B's casts, and nothing else came first: no
+    // suspicion of B, no view change.
+    let mut delivered = 0;
+    while delivered < k {
+        match next_event(&mut a_events).await {
+            Some(AppEvent::Deliver { .. }) => delivered += 1,
+            other => panic!("after {delivered} deliveries, {other:?}"),
+        }
+    }
+    assert_eq!(b_reader.await.unwrap(), 0, "B saw no view change either");
+    let stats = a.stats().await.unwrap();
+    let vsync = stats.iter().find(|l| l.name == "VSYNC").unwrap();
+    assert!(vsync.counters.get("checks_while_app_behind").unwrap_or(0) > 0, "{vsync:?}");
+    assert_eq!(vsync.counters.get("suspicions"), Some(0));
+}

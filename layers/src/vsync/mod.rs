@@ -24,6 +24,9 @@
 //!   heartbeats per timeout, so that heavy loss (20%) almost never makes a
 //!   live member look dead; a member removed by mistake rejoins. A crashed member is
 //!   out of the view in about `suspect_ms` plus a few round trips. A
+//!   member whose own application is behind (`Context::app_behind`: the
+//!   runtime reads nothing for the group then) suspects nobody until it
+//!   catches up, since the others' silence is its own. A
 //!   suspicion passed up from below ([`Up::Suspect`]: a connection-based
 //!   transport lost its connection to a member) counts at once.
 //! * **The flush.** The coordinator (the lowest-ranked member it does not

@@ -504,6 +504,11 @@ enum Outcome<T> {
 }
 
 /// SIGINT and SIGTERM.
+/// The exit status of a run ended by signal `sig`: 128 + its number.
+pub(crate) fn signal_exit(sig: i32) -> ExitCode {
+    ExitCode::from(128u8.saturating_add(sig as u8))
+}
+
 pub(crate) struct Signals {
     int: Signal,
     term: Signal,
@@ -1066,7 +1071,7 @@ async fn run_node(mut plan: Plan, registry: Registry) -> Result<ExitCode, String
     let secs = began.elapsed().as_secs_f64();
     println!("strata node {me_text}: {} after {secs:.2} s, delivered {delivered} casts", ending.name());
     Ok(match ending {
-        Ending::Signal(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
+        Ending::Signal(sig) => signal_exit(sig),
         _ => ExitCode::SUCCESS,
     })
 }

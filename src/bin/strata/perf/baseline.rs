@@ -22,7 +22,7 @@ use super::meter::{cpu_time, peak_rss_mib, Mark, Meter, Pacer};
 use super::report::{MemberResult, Row};
 use super::wire::{self, Header, PayloadMaker};
 use super::{print_results, progress_line, Plan, Role};
-use crate::node::{sleep_until, Signals};
+use crate::node::{signal_exit, sleep_until, Signals};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -165,8 +165,8 @@ impl Raw<'_> {
             tokio::select! {
                 biased;
                 sig = self.signals.recv() => return Ok(Wake::Signal(sig)),
-                cmd = next_command(&mut self.commands) => return Ok(Wake::Command(cmd)),
-                end = sender_finished(&mut self.sender) => {
+                cmd = link::next(&mut self.commands) => return Ok(Wake::Command(cmd)),
+                end = link::sending_ended(&mut self.sender, Clock::now) => {
                     self.sender = None;
                     self.send_end = Some(end?);
                 }
@@ -259,24 +259,6 @@ impl Raw<'_> {
     }
 }
 
-async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Command {
-    match commands {
-        Some(rx) => rx.recv().await.unwrap_or(Command::Closed),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sender_finished(sender: &mut Option<JoinHandle<SendEnd>>) -> SendEnd {
-    match sender {
-        Some(handle) => match handle.await {
-            Ok(end) => end,
-            Err(e) if e.is_cancelled() => Ok(Clock::now()),
-            Err(e) => Err(format!("the sending task failed: {e}")),
-        },
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs this process's baseline member.
 pub async fn run(plan: &Plan) -> Result<ExitCode, String> {
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -327,28 +309,14 @@ fn member<'a>(
     }
 }
 
-fn signal_exit(sig: i32) -> ExitCode {
-    ExitCode::from(128u8.saturating_add(sig as u8))
-}
-
 async fn run_child(plan: &Plan, index: usize, mut signals: Signals) -> Result<ExitCode, String> {
     let mut commands = link::commands();
     let socket = bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0))?;
     let me = socket.local_addr().map_err(|e| format!("cannot read the socket's address: {e}"))?;
-    link::report(json!({"ev": "bound", "addr": me.to_string(), "pid": std::process::id()}));
-    let peers = loop {
-        tokio::select! {
-            sig = signals.recv() => return Ok(signal_exit(sig)),
-            cmd = commands.recv() => match cmd {
-                Some(Command::Peers(peers)) => break peers,
-                Some(Command::Start) => {}
-                Some(Command::Finish | Command::Closed) | None => return Ok(ExitCode::FAILURE),
-            },
-        }
+    let peers = match link::await_peers(me, index, plan.members, &mut commands, &mut signals).await? {
+        Ok(peers) => peers,
+        Err(code) => return Ok(code),
     };
-    if peers.len() != plan.members || peers.get(index) != Some(&me) {
-        return Err(format!("the coordinator's peers {peers:?} do not have this member ({me}) at index {index} of {}", plan.members));
-    }
     let others = peers.into_iter().filter(|a| *a != me).collect();
     let mut raw = member(plan, index, socket, others, signals, Some(commands));
     link::report(json!({"ev": "ready"}));

@@ -16,9 +16,13 @@
 //! `peers A,B,...` (every member's address, by index), `start`, `finish`.
 //! The end of stdin means the coordinator is gone: the member exits.
 
+use crate::node::{signal_exit, Signals};
+use serde_json::json;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// A command from the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +91,57 @@ pub fn report(value: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
+}
+
+/// The next command, or never when this member has no coordinator (one
+/// member per host).
+pub async fn next(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Command {
+    match commands {
+        Some(rx) => rx.recv().await.unwrap_or(Command::Closed),
+        None => std::future::pending().await,
+    }
+}
+
+/// How the task sending a member's casts ended, or never while there is
+/// none; one aborted on purpose ends with `aborted()`.
+pub async fn sending_ended<T>(task: &mut Option<JoinHandle<Result<T, String>>>, aborted: impl FnOnce() -> T) -> Result<T, String> {
+    match task {
+        Some(handle) => match handle.await {
+            Ok(end) => end,
+            Err(e) if e.is_cancelled() => Ok(aborted()),
+            Err(e) => Err(format!("the sending task failed: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A member's side of the start: reports `me` bound, then waits for the
+/// coordinator's `peers` list and checks that it names `me` at `index` of
+/// `members`. `Ok(Err(code))`: the run ended first (a signal, `finish`, or
+/// the coordinator gone) and the member exits with `code`.
+pub async fn await_peers(
+    me: SocketAddr,
+    index: usize,
+    members: usize,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    signals: &mut Signals,
+) -> Result<Result<Vec<SocketAddr>, ExitCode>, String> {
+    report(json!({"ev": "bound", "addr": me.to_string(), "pid": std::process::id()}));
+    let peers = loop {
+        tokio::select! {
+            sig = signals.recv() => return Ok(Err(signal_exit(sig))),
+            cmd = commands.recv() => match cmd {
+                Some(Command::Peers(peers)) => break peers,
+                Some(Command::Start) => {}
+                // Given up before the group formed, or the coordinator is gone.
+                Some(Command::Finish | Command::Closed) | None => return Ok(Err(ExitCode::FAILURE)),
+            },
+        }
+    };
+    if peers.len() != members || peers.get(index) != Some(&me) {
+        return Err(format!("the coordinator's peers {peers:?} do not have this member ({me}) at index {index} of {members}"));
+    }
+    Ok(Ok(peers))
 }
 
 #[cfg(test)]

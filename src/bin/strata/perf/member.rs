@@ -22,7 +22,7 @@ use super::meter::{peak_rss_mib, Meter, Pacer};
 use super::report::{MemberResult, Row};
 use super::wire::{self, PayloadMaker};
 use super::{print_results, progress_line, Plan, Role};
-use crate::node::{self, sleep_until, Signals, WRAP_UP};
+use crate::node::{self, signal_exit, sleep_until, Signals, WRAP_UP};
 use serde_json::json;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -124,8 +124,8 @@ impl Member<'_> {
             tokio::select! {
                 biased;
                 sig = self.signals.recv() => return Ok(Wake::Signal(sig)),
-                cmd = next_command(&mut self.commands) => return Ok(Wake::Command(cmd)),
-                result = caster_finished(&mut self.caster) => {
+                cmd = link::next(&mut self.commands) => return Ok(Wake::Command(cmd)),
+                result = link::sending_ended(&mut self.caster, || ()) => {
                     self.caster = None;
                     result?;
                 }
@@ -281,24 +281,6 @@ impl Member<'_> {
     }
 }
 
-async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Command {
-    match commands {
-        Some(rx) => rx.recv().await.unwrap_or(Command::Closed),
-        None => std::future::pending().await,
-    }
-}
-
-async fn caster_finished(caster: &mut Option<JoinHandle<Result<(), String>>>) -> Result<(), String> {
-    match caster {
-        Some(handle) => match handle.await {
-            Ok(result) => result,
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(format!("the casting task failed: {e}")),
-        },
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs this process's member.
 pub async fn run(plan: &Plan, registry: Registry) -> Result<ExitCode, String> {
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -345,31 +327,16 @@ async fn join<'a>(
     })
 }
 
-fn signal_exit(sig: i32) -> ExitCode {
-    ExitCode::from(128u8.saturating_add(sig as u8))
-}
-
 /// A member process of a loopback run (see the module docs and `link`).
 async fn run_child(plan: &Plan, index: usize, registry: Registry, mut signals: Signals) -> Result<ExitCode, String> {
     let mut commands = link::commands();
     let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let (endpoint, facts) = node::bind_endpoint(&plan.transport, bind, &plan.group, registry).await?;
     let me = endpoint.local_addr();
-    link::report(json!({"ev": "bound", "addr": me.to_string(), "pid": std::process::id()}));
-    let peers = loop {
-        tokio::select! {
-            sig = signals.recv() => return Ok(signal_exit(sig)),
-            cmd = commands.recv() => match cmd {
-                Some(Command::Peers(peers)) => break peers,
-                Some(Command::Start) => {}
-                // Given up before the group formed, or the coordinator is gone.
-                Some(Command::Finish | Command::Closed) | None => return Ok(ExitCode::FAILURE),
-            },
-        }
+    let peers = match link::await_peers(me, index, plan.members, &mut commands, &mut signals).await? {
+        Ok(peers) => peers,
+        Err(code) => return Ok(code),
     };
-    if peers.len() != plan.members || peers.get(index) != Some(&me) {
-        return Err(format!("the coordinator's peers {peers:?} do not have this member ({me}) at index {index} of {}", plan.members));
-    }
     let mut members = vec![MemberId::new(me, 0)];
     members.extend(peers.iter().filter(|a| **a != me).map(|a| MemberId::new(*a, 0)));
     let mut m = join(plan, &endpoint, &members, index, signals, Some(commands)).await?;
