@@ -166,7 +166,7 @@ pub struct TcpTreeConfig {
     /// How long data sent on a connection may stay unacknowledged before
     /// the connection is broken and its peer reported lost (Linux
     /// `TCP_USER_TIMEOUT`; ignored elsewhere): how a partitioned or frozen
-    /// peer shows. Default 3 s.
+    /// peer shows. Default 1 s.
     pub stall_timeout: Duration,
 }
 

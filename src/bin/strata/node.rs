@@ -231,6 +231,18 @@ impl TransportPlan {
         }
     }
 
+    /// How long the transport itself may keep a live member unheard: over
+    /// the TCP tree a connection that stalls under loss is broken after
+    /// `stall_timeout` and made again within `connect_timeout`, and frames
+    /// queued on it are lost meanwhile. Datagram transports lose a datagram,
+    /// not a stretch of time.
+    pub(crate) fn longest_outage(&self) -> Duration {
+        match self {
+            TransportPlan::Udp(_) | TransportPlan::Ipmc(_) => Duration::ZERO,
+            TransportPlan::Tcptree(c) => c.stall_timeout + c.connect_timeout,
+        }
+    }
+
     /// The largest datagram the transport carries.
     pub(crate) fn max_datagram(&self) -> usize {
         match self {
@@ -366,7 +378,7 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     // The id text `M:k|` may make a payload longer than --size.
     let longest = args.size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
     check_size_fits(&dry, args.size, longest, transport.max_datagram())?;
-    let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack));
+    let quiet = (members.len() > 1 && !membership).then(|| quiet_period(registry, &args.stack, &transport));
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
     let leave_after = match args.leave_after {
         Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|e| format!("--leave-after {secs}: {e}"))?),
@@ -439,14 +451,17 @@ pub(crate) fn check_size_fits(stack: &Stack, size: usize, longest: usize, max_da
 
 /// The silence that shows a group has settled: a few periods of the
 /// slowest periodic status any layer of the stack declares (`status_ms`;
-/// NAK sends one while anything is unacknowledged), or [`QUIET_MIN`].
-pub(crate) fn quiet_period(registry: &Registry, stack: &str) -> Duration {
+/// NAK sends one while anything is unacknowledged), or [`QUIET_MIN`], plus
+/// the longest a live member can go unheard because of the transport
+/// ([`TransportPlan::longest_outage`]): a member that still needs an
+/// acknowledgement must be heard asking before this one exits.
+pub(crate) fn quiet_period(registry: &Registry, stack: &str, transport: &TransportPlan) -> Duration {
     let status_ms = |params: &strata::Params| match params.get("status_ms") {
         Some(ParamValue::U64(ms)) => Some(*ms),
         _ => None,
     };
     let slowest = registry.resolve(stack).map(|r| r.layers.iter().filter_map(|(_, params)| status_ms(params)).max().unwrap_or(0)).unwrap_or(0);
-    QUIET_MIN.max(Duration::from_millis(slowest.saturating_mul(3)))
+    QUIET_MIN.max(Duration::from_millis(slowest.saturating_mul(3))) + transport.longest_outage()
 }
 
 /// Runs `strata node`; `Err` is the one-line reason for a failure.

@@ -269,7 +269,7 @@ fn plan(args: PerfArgs, registry: &Registry) -> Result<Plan, String> {
     }
     let linger = Duration::try_from_secs_f64(args.linger).map_err(|e| format!("--linger {}: {e}", args.linger))?;
     let quiet = match &role {
-        Role::Host { members, .. } if members.len() > 1 && !membership && !args.baseline => Some(node::quiet_period(registry, &args.stack)),
+        Role::Host { members, .. } if members.len() > 1 && !membership && !args.baseline => Some(node::quiet_period(registry, &args.stack, &transport)),
         _ => None,
     };
     Ok(Plan {
