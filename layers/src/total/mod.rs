@@ -105,7 +105,7 @@
 //! | name | default | meaning |
 //! |---|---|---|
 //! | `batch_msgs` | 32 | casts awaiting an order that make the sequencer announce at once; the most one header names (wire) |
-//! | `batch_us` | 1000 | most time an ordered cast waits at the sequencer before an announcement (0: right after the current input) |
+//! | `batch_us` | 0 | most time an ordered cast waits at the sequencer before an announcement (0: until the driver next fires timers, at the end of the current round of input) |
 //! | `max_pending` | 10000 | undelivered casts held before this member's send window closes (reopens at ¾) |
 //!
 //! ## Bad input
@@ -158,8 +158,8 @@ pub const TOTAL: LayerDescriptor = LayerDescriptor {
         ParamSpec {
             name: "batch_us",
             kind: ParamKind::U64 { min: 0, max: 1_000_000 },
-            default: "1000",
-            doc: "most time an ordered cast waits at the sequencer before an announcement (0: right after the current input)",
+            default: "0",
+            doc: "most time an ordered cast waits at the sequencer before an announcement (0: until the driver next fires timers, at the end of the current round of input)",
             wire: false,
         },
         strata_stack::window::MAX_PENDING,
