@@ -98,7 +98,7 @@
 //! | `retransmit_ms` | 20 | least time between two requests for the same missing messages |
 //! | `status_ms` | 100 | period of the status while anything is unacknowledged |
 //! | `max_unstable` | 10000 | unstable messages (casts and sends) held before the send window closes |
-//! | `max_unstable_bytes` | 16777216 | bytes of unstable messages held before the send window closes |
+//! | `max_unstable_bytes` | 4194304 | bytes of unstable messages held before the send window closes |
 //! | `max_out_of_order` | 10000 | per channel: how far ahead of the next expected message an arrival is kept |
 //! | `max_out_of_order_bytes` | 67108864 | bytes of early arrivals held, all channels together (one message is always kept when none is) |
 //! | `max_xmit_per_nak` | 256 | most messages retransmitted for one request |
@@ -169,7 +169,7 @@ pub const NAK: LayerDescriptor = LayerDescriptor {
         ParamSpec {
             name: "max_unstable_bytes",
             kind: ParamKind::U64 { min: 1, max: 1 << 40 },
-            default: "16777216",
+            default: "4194304",
             doc: "bytes of unstable messages (casts and sends) held before the send window closes",
             wire: false,
         },

@@ -343,11 +343,8 @@ pub fn run(args: PerfArgs) -> Result<ExitCode, Failure> {
     // One thread per member process: on a small machine, worker threads of
     // several member processes only contend for the same cores (measured:
     // less CPU per message, a shorter tail and more at peak than 2 workers).
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
-        .and_then(|runtime| {
+    let result =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start the async runtime: {e}")).and_then(|runtime| {
             runtime.block_on(async {
                 if plan.baseline {
                     baseline::run(&plan).await
