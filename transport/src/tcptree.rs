@@ -47,12 +47,16 @@
 //!   error), a connection that stalls (what it sent unacknowledged for
 //!   [`TcpTreeConfig::stall_timeout`], Linux `TCP_USER_TIMEOUT`: how a
 //!   partitioned or frozen peer shows), or a connect that is refused or times
-//!   out marks the peer unreachable and reports it through
-//!   [`Transport::poll_lost`] once, when it goes from reachable to
-//!   unreachable; the driver turns that into a suspicion for each group whose
-//!   view has it. New connections to that peer then wait a backoff (growing
-//!   from [`RECONNECT_BACKOFF_MIN`] to [`RECONNECT_BACKOFF_MAX`]); what is sent
-//!   to it point-to-point meanwhile is dropped and counted (`send_drops`).
+//!   out marks the peer unreachable: it is routed around at once, and
+//!   connected to again after a backoff (growing from
+//!   [`RECONNECT_BACKOFF_MIN`] to [`RECONNECT_BACKOFF_MAX`]; what is sent to
+//!   it point-to-point meanwhile is dropped and counted, `send_drops`). A
+//!   connection that comes up again ends the outage unreported: under heavy
+//!   segment loss TCP's retransmission backoff stalls connections to live
+//!   peers. A failed connect (a killed member's port refuses at once), or
+//!   an outage longer than [`TcpTreeConfig::longest_outage`], reports the
+//!   peer through [`Transport::poll_lost`], once per outage; the driver turns
+//!   that into a suspicion for each group whose view has it.
 //! - **Framing.** After the hello, each direction carries
 //!   `length u32 BE | kind u8 | ...`, the length counting what follows it:
 //!   kind `P` (point-to-point) carries a stack frame, kind `C` (tree cast) a
@@ -80,6 +84,7 @@
 use crate::counters::{frame_len, join_frame, DatagramCounters};
 use crate::tree;
 use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
@@ -164,10 +169,22 @@ pub struct TcpTreeConfig {
     /// accepts are closed at once and new connects refused. Default 1024.
     pub max_connections: usize,
     /// How long data sent on a connection may stay unacknowledged before
-    /// the connection is broken and its peer reported lost (Linux
-    /// `TCP_USER_TIMEOUT`; ignored elsewhere): how a partitioned or frozen
-    /// peer shows. Default 1 s.
+    /// the connection is broken (Linux `TCP_USER_TIMEOUT`; ignored
+    /// elsewhere): how a partitioned or frozen peer shows. The peer is
+    /// routed around at once and connected to again; it is reported lost
+    /// if that connect fails or it stays unreachable for
+    /// [`TcpTreeConfig::longest_outage`]. Default 1 s.
     pub stall_timeout: Duration,
+}
+
+impl TcpTreeConfig {
+    /// The longest a live peer can stay cut off by a broken connection:
+    /// `stall_timeout` to notice, `connect_timeout` to connect again.
+    /// Unreachable longer, a peer is reported lost even without a failed
+    /// connect.
+    pub fn longest_outage(&self) -> Duration {
+        self.stall_timeout + self.connect_timeout
+    }
 }
 
 impl Default for TcpTreeConfig {
@@ -453,6 +470,10 @@ struct GroupTree {
 struct Unreachable {
     until: Instant,
     backoff: Duration,
+    /// When the peer went from reachable to unreachable.
+    since: Instant,
+    /// Whether [`Transport::poll_lost`] reported it (once per outage).
+    reported: bool,
 }
 
 /// Counted by the transport itself.
@@ -702,19 +723,42 @@ impl TcpTreeTransport {
         self.conns.values().any(|c| c.peer == peer)
     }
 
-    /// Marks `peer` unreachable; reports it if it was not already.
-    fn lose(&mut self, peer: SocketAddr) {
+    /// Marks `peer` unreachable (routed around from now on). A broken
+    /// connection is not yet a lost peer: a stall under heavy segment loss
+    /// breaks connections to live peers, so the peer is reported only when
+    /// a connect to it fails too, or when it stays unreachable for
+    /// [`TcpTreeConfig::longest_outage`].
+    fn lose(&mut self, peer: SocketAddr, cause: Cause) {
         let now = self.now;
-        match self.unreachable.get_mut(&peer) {
-            Some(u) => {
+        let u = match self.unreachable.entry(peer) {
+            Entry::Occupied(e) => {
+                let u = e.into_mut();
                 u.backoff = (u.backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 u.until = now + u.backoff;
+                u
             }
-            None => {
-                self.unreachable.insert(peer, Unreachable { until: now + RECONNECT_BACKOFF_MIN, backoff: RECONNECT_BACKOFF_MIN });
+            Entry::Vacant(e) => {
                 self.counters.connections_lost += 1;
+                tracing::debug!(%peer, ?cause, "tcptree cannot reach a peer");
+                e.insert(Unreachable { until: now + RECONNECT_BACKOFF_MIN, backoff: RECONNECT_BACKOFF_MIN, since: now, reported: false })
+            }
+        };
+        if !u.reported && (cause == Cause::ConnectFailed || now.saturating_duration_since(u.since) >= self.config.longest_outage()) {
+            u.reported = true;
+            tracing::debug!(%peer, "tcptree lost a peer");
+            self.lost.push(peer);
+        }
+    }
+
+    /// Reports the peers unreachable for [`TcpTreeConfig::longest_outage`]
+    /// that no failed connect reported yet.
+    fn report_overdue(&mut self) {
+        let (now, outage) = (self.now, self.config.longest_outage());
+        for (peer, u) in &mut self.unreachable {
+            if !u.reported && now.saturating_duration_since(u.since) >= outage {
+                u.reported = true;
                 tracing::debug!(%peer, "tcptree lost a peer");
-                self.lost.push(peer);
+                self.lost.push(*peer);
             }
         }
     }
@@ -762,7 +806,7 @@ impl TcpTreeTransport {
                     }
                     let others = self.unlink(id, peer);
                     if matches!(cause, Cause::Lost | Cause::ConnectFailed) && !others {
-                        self.lose(peer);
+                        self.lose(peer, cause);
                     }
                 }
             }
@@ -838,7 +882,7 @@ impl TcpTreeTransport {
         due.extend(
             self.unreachable
                 .iter()
-                .filter(|(peer, u)| now >= u.until && self.tree_peers.contains(*peer) && !self.by_peer.contains_key(*peer))
+                .filter(|(peer, u)| now >= u.until && (self.tree_peers.contains(*peer) || !u.reported) && !self.by_peer.contains_key(*peer))
                 .map(|(peer, _)| *peer),
         );
         for peer in due.drain(..) {
@@ -966,6 +1010,7 @@ impl Transport for TcpTreeTransport {
             self.next_idle_scan = self.now + (self.config.idle_close / 4).max(Duration::from_millis(10));
         }
         if self.now >= self.next_probe && !self.unreachable.is_empty() {
+            self.report_overdue();
             self.probe();
             self.next_probe = self.now + RECONNECT_BACKOFF_MIN;
         }
@@ -1343,6 +1388,86 @@ mod tests {
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect()
+    }
+
+    /// Runs `t` as a driver would (receive, flush) until `done` holds;
+    /// false if `limit` passes first.
+    async fn drive(t: &mut TcpTreeTransport, limit: Duration, mut done: impl FnMut(&mut TcpTreeTransport) -> bool) -> bool {
+        let end = Instant::now() + limit;
+        let mut got = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| {
+                let _ = t.poll_recv(cx, &mut got);
+                Poll::Ready(())
+            })
+            .await;
+            got.clear();
+            t.flush();
+            if done(t) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn connected(t: &TcpTreeTransport, peer: SocketAddr) -> bool {
+        t.by_peer.get(&peer).and_then(|id| t.conns.get(id)).is_some_and(|c| c.established)
+    }
+
+    /// Breaks `t`'s connection to `peer` as a stall would (`TCP_USER_TIMEOUT`).
+    fn stall(t: &mut TcpTreeTransport, peer: SocketAddr) {
+        let id = t.by_peer[&peer];
+        t.handle(Event::Closed { id, peer, cause: Cause::Lost, unsent: 0 }, &mut Vec::new());
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_is_reported_only_if_the_peer_stays_unreachable() {
+        let config = TcpTreeConfig { stall_timeout: Duration::from_millis(100), connect_timeout: Duration::from_millis(200), ..TcpTreeConfig::default() };
+        let outage = config.longest_outage();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut a = TcpTreeTransport::bind(loopback, config.clone()).await.unwrap();
+        let b = TcpTreeTransport::bind(loopback, config).await.unwrap();
+        let b_addr = b.local_addr();
+        let frame = [0xA1, 0, 0, 0, 0, 7];
+        a.send(&[b_addr], &[&frame]).unwrap();
+        assert!(drive(&mut a, Duration::from_secs(5), |a| connected(a, b_addr)).await, "a connects to b");
+
+        // A stall to a live peer: routed around, connected again, never reported.
+        stall(&mut a, b_addr);
+        assert!(a.unreachable.contains_key(&b_addr), "routed around from the stall on");
+        assert!(drive(&mut a, Duration::from_secs(5), |a| connected(a, b_addr)).await, "a connects to b again");
+        assert!(!a.unreachable.contains_key(&b_addr));
+        assert!(!drive(&mut a, outage * 2, |a| !a.lost.is_empty()).await, "a live peer is not reported: {:?}", a.lost);
+        assert_eq!(a.counters.connections_lost, 1);
+
+        // The peer is gone: the connect after the break is refused, and the
+        // peer is reported, once.
+        drop(b);
+        let broken = drive(&mut a, Duration::from_secs(5), |a| !connected(a, b_addr)).await;
+        if !broken {
+            stall(&mut a, b_addr);
+        }
+        let mut lost = Vec::new();
+        assert!(
+            drive(&mut a, Duration::from_secs(5), |a| {
+                a.poll_lost(&mut lost);
+                !lost.is_empty()
+            })
+            .await,
+            "the gone peer is reported"
+        );
+        assert!(
+            !drive(&mut a, outage * 2, |a| {
+                a.poll_lost(&mut lost);
+                lost.len() > 1
+            })
+            .await,
+            "reported once: {lost:?}"
+        );
+        assert_eq!(lost, vec![b_addr]);
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl TransportPlan {
     pub(crate) fn longest_outage(&self) -> Duration {
         match self {
             TransportPlan::Udp(_) | TransportPlan::Ipmc(_) => Duration::ZERO,
-            TransportPlan::Tcptree(c) => c.stall_timeout + c.connect_timeout,
+            TransportPlan::Tcptree(c) => c.longest_outage(),
         }
     }
 
