@@ -476,6 +476,17 @@ struct Unreachable {
     reported: bool,
 }
 
+impl Unreachable {
+    /// Reports `peer`'s outage to [`Transport::poll_lost`] (into `lost`), once.
+    fn report(&mut self, peer: SocketAddr, lost: &mut Vec<SocketAddr>) {
+        if !self.reported {
+            self.reported = true;
+            tracing::debug!(%peer, "tcptree lost a peer");
+            lost.push(peer);
+        }
+    }
+}
+
 /// Counted by the transport itself.
 #[derive(Default)]
 struct Counters {
@@ -729,7 +740,7 @@ impl TcpTreeTransport {
     /// a connect to it fails too, or when it stays unreachable for
     /// [`TcpTreeConfig::longest_outage`].
     fn lose(&mut self, peer: SocketAddr, cause: Cause) {
-        let now = self.now;
+        let (now, outage) = (self.now, self.config.longest_outage());
         let u = match self.unreachable.entry(peer) {
             Entry::Occupied(e) => {
                 let u = e.into_mut();
@@ -743,10 +754,8 @@ impl TcpTreeTransport {
                 e.insert(Unreachable { until: now + RECONNECT_BACKOFF_MIN, backoff: RECONNECT_BACKOFF_MIN, since: now, reported: false })
             }
         };
-        if !u.reported && (cause == Cause::ConnectFailed || now.saturating_duration_since(u.since) >= self.config.longest_outage()) {
-            u.reported = true;
-            tracing::debug!(%peer, "tcptree lost a peer");
-            self.lost.push(peer);
+        if cause == Cause::ConnectFailed || now.saturating_duration_since(u.since) >= outage {
+            u.report(peer, &mut self.lost);
         }
     }
 
@@ -755,10 +764,8 @@ impl TcpTreeTransport {
     fn report_overdue(&mut self) {
         let (now, outage) = (self.now, self.config.longest_outage());
         for (peer, u) in &mut self.unreachable {
-            if !u.reported && now.saturating_duration_since(u.since) >= outage {
-                u.reported = true;
-                tracing::debug!(%peer, "tcptree lost a peer");
-                self.lost.push(*peer);
+            if now.saturating_duration_since(u.since) >= outage {
+                u.report(*peer, &mut self.lost);
             }
         }
     }
