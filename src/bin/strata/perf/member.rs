@@ -219,7 +219,7 @@ impl Member<'_> {
         if !self.plan.casts_from(self.index) {
             return;
         }
-        let maker = PayloadMaker::new(self.plan.size, wire::host_id(), self.index as u32);
+        let mut maker = PayloadMaker::new(self.plan.size, wire::host_id(), self.index as u32);
         let (group, sent, casts, rate) = (self.group.clone(), self.sent.clone(), self.plan.casts, self.plan.rate);
         self.caster = Some(tokio::spawn(async move {
             let began = Clock::now();

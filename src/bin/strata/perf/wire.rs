@@ -55,7 +55,16 @@ pub struct PayloadMaker {
     template: Vec<u8>,
     host: u64,
     sender: u32,
+    /// Payloads are carved from here, [`PAYLOADS_PER_CHUNK`] to a buffer.
+    chunk: BytesMut,
 }
+
+/// Payloads that share one buffer: the stack clones each payload it keeps
+/// for retransmission, and a clone of a carved (shared) buffer is a
+/// reference count, where one of a payload built from its own `Vec`
+/// allocates (`bytes` moves it to shared storage). The buffer is freed once
+/// all of its payloads are stable.
+const PAYLOADS_PER_CHUNK: usize = 64;
 
 impl PayloadMaker {
     /// Payloads of `size` bytes (at least [`HEADER_LEN`]) from `sender` on `host`.
@@ -63,7 +72,7 @@ impl PayloadMaker {
         debug_assert!(size >= HEADER_LEN, "the plan refuses smaller sizes");
         // Filler that is not all zeros, so that no layer or link can shrink it.
         let template = (0..size.max(HEADER_LEN)).map(|j| (j as u64).wrapping_mul(31) as u8).collect();
-        PayloadMaker { template, host, sender }
+        PayloadMaker { template, host, sender, chunk: BytesMut::new() }
     }
 
     /// The header for a payload sent now.
@@ -71,13 +80,18 @@ impl PayloadMaker {
         Header { sent_ns: monotonic_ns(), host: self.host, sender: self.sender }
     }
 
-    /// A payload stamped now (one allocation: the stack keeps the body
-    /// until the cast is stable, so it cannot be a reused buffer).
-    pub fn make(&self) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.template.len());
-        buf.put_slice(&self.template);
-        self.header_now().write(&mut buf[..HEADER_LEN]);
-        buf.freeze()
+    /// A payload stamped now. The stack keeps it until the cast is stable,
+    /// so it is never reused: each is carved from a buffer shared with the
+    /// next few (one allocation per [`PAYLOADS_PER_CHUNK`] payloads).
+    pub fn make(&mut self) -> Bytes {
+        let len = self.template.len();
+        if self.chunk.capacity() < len {
+            self.chunk = BytesMut::with_capacity(len * PAYLOADS_PER_CHUNK);
+        }
+        let header = self.header_now();
+        self.chunk.put_slice(&self.template);
+        header.write(&mut self.chunk[..HEADER_LEN]);
+        self.chunk.split().freeze()
     }
 
     /// Stamps the template in place and returns it (for the baseline, which
@@ -114,6 +128,23 @@ mod tests {
         assert_eq!(Header::read(&buf[..HEADER_LEN]), Some(h));
         assert_eq!(Header::read(&buf[..HEADER_LEN - 1]), None);
         assert_eq!(Header::read(&[]), None);
+    }
+
+    #[test]
+    fn payloads_are_carved_from_shared_buffers_and_never_overlap() {
+        let mut maker = PayloadMaker::new(100, 9, 3);
+        let payloads: Vec<Bytes> = (0..3 * PAYLOADS_PER_CHUNK + 5).map(|_| maker.make()).collect();
+        for (k, p) in payloads.iter().enumerate() {
+            assert_eq!(p.len(), 100);
+            assert_eq!(Header::read(p).map(|h| (h.host, h.sender)), Some((9, 3)), "payload {k}");
+            assert_eq!(&p[HEADER_LEN..], &maker.template[HEADER_LEN..], "payload {k}'s filler");
+        }
+        // Within a buffer, each payload follows the previous one.
+        for pair in payloads[..PAYLOADS_PER_CHUNK].windows(2) {
+            assert_eq!(pair[1].as_ptr(), pair[0].as_ptr().wrapping_add(100));
+        }
+        let stamps: Vec<u64> = payloads.iter().map(|p| Header::read(p).unwrap().sent_ns).collect();
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "stamped in order");
     }
 
     #[test]
