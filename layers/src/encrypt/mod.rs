@@ -57,7 +57,7 @@
 //!   process reports it as an [`Up::Problem`] ("… uses a different group
 //!   key") and changes nothing else, since anyone could forge a notice.
 //!
-//! Header: see [`wire`]. 29 bytes plus a 17-byte trailer (inner kind and tag);
+//! Header: see `wire.rs`. 29 bytes plus a 17-byte trailer (inner kind and tag);
 //! 32 more (the sender's public key) on admission and pairwise packets.
 //!
 //! | Parameter | Default | Meaning |

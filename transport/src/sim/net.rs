@@ -12,9 +12,9 @@
 //! breaks the tie). With `tree=K` a forwarded copy is sent like any other,
 //! by the member that forwards it (see [`super::route`]), and the network
 //! also carries the tree transport's own events: notices of connections
-//! broken by a crash ([`Carried::Lost`]), which draw a base delay and
+//! broken by a crash (`Carried::Lost`), which draw a base delay and
 //! nothing else, and the checks of stalled connections
-//! ([`Carried::Stall`]), which draw nothing.
+//! (`Carried::Stall`), which draw nothing.
 
 use super::scenario::Scenario;
 use std::cmp::{Ordering, Reverse};

@@ -13,7 +13,7 @@
 //!   neighbours, unless it routes around one: below), tagged with the
 //!   sender's view tag;
 //! * every tree copy carries the rank it logically comes from (`as_from`,
-//!   [`super::net::TreeCopy`]); when a tagged copy arrives at a running
+//!   `TreeCopy` (`net.rs`)); when a tagged copy arrives at a running
 //!   member, its transport first forwards it, if the tag is its own
 //!   view's tag and `as_from` is one of its tree neighbours (else it
 //!   counts it in [`NetStats::not_forwarded`](super::NetStats::not_forwarded)),

@@ -40,7 +40,7 @@
 //!
 //! ## Restarts
 //! A crash stops a member's casts; a `restart(i)@T` resumes them
-//! ([`Caster::resume`]): the remaining casts, numbered on from where the
+//! (`Caster::resume`): the remaining casts, numbered on from where the
 //! member stopped, the first within one interval of the restart.
 
 use super::scenario::Scenario;

@@ -26,7 +26,7 @@
 //!   sender's last casts, a cast lost with a minority's view): completeness
 //!   and liveness say when that is wrong.
 //!
-//! **How.** Casts are numbered densely ([`super::numbering`]). One sweep
+//! **How.** Casts are numbered densely (`numbering.rs`). One sweep
 //! over every member's casts and deliveries in time order (casts before
 //! deliveries at the same instant) gives each cast a vector clock: per
 //! sender, how many of its casts precede-or-are the cast (a sender's

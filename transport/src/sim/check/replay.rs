@@ -25,7 +25,7 @@
 //!   non-empty list, and in some list if any incarnation of the next era
 //!   got a replay (the group cannot have forgotten it: its logs drop a
 //!   message only once every member is done with it);
-//! * the list keeps the order of the failed era ([`super::uniform::global_order`]):
+//! * the list keeps the order of the failed era (`uniform.rs`, `global_order`):
 //!   two messages delivered one before the other there come in that order.
 //!   Messages accepted but never delivered before the failure may appear
 //!   anywhere.

@@ -22,7 +22,7 @@
 //! the first difference A delivered `x` where B delivered `y`, so each
 //! delivered the two in the opposite order, and the failure names both
 //! messages, both members and the four delivery times. With message
-//! numbers ([`super::numbering`]) and a position per delivered message
+//! numbers (`numbering.rs`) and a position per delivered message
 //! per member, the check costs O(members² × deliveries).
 //!
 //! That members moving from one view to the next delivered the same set in
