@@ -356,24 +356,8 @@ fn plan(args: NodeArgs, registry: &Registry) -> Result<Plan, String> {
     if args.bind.port() == 0 && !args.peers.is_empty() && !membership {
         return Err(format!("--bind {}: port 0 cannot be a member id that peers know in advance; give a port", args.bind));
     }
-    let mut members = vec![MemberId::new(args.bind, 0)];
-    for peer in &args.peers {
-        if peer.ip().is_unspecified() || peer.port() == 0 {
-            return Err(format!("--peers: {peer} is not an address a member can receive at"));
-        }
-        if peer.is_ipv4() != args.bind.is_ipv4() {
-            return Err(format!("--peers: {peer} and --bind {} are of different IP families; one socket cannot reach both", args.bind));
-        }
-        let m = MemberId::new(*peer, 0);
-        if !members.contains(&m) {
-            members.push(m);
-        }
-    }
-    // A dry build: the parser's and every layer's own checks, with the
-    // datagram limit of the transport the real stack will run over. Its
-    // storage is in memory: a layer with a durable log (SAFE) must not write
-    // the real one for a stack that is thrown away; the real build opens it
-    // (and fails on a bad `log_dir` or a locked log) in `run_node`.
+    let members: Vec<MemberId> = member_addrs(args.bind, &args.peers)?.into_iter().map(|a| MemberId::new(a, 0)).collect();
+    // The real build opens a durable log (and fails on a bad `log_dir`) in `run_node`.
     let dry = dry_build(registry, &args.stack, &args.group, &members, &transport)?;
     // The id text `M:k|` may make a payload longer than --size.
     let longest = args.size.max(payload::make("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", u64::MAX, 0).len());
@@ -411,6 +395,24 @@ fn safe_log_file(registry: &Registry, stack: &str, group: &str) -> Option<PathBu
         Some(ParamValue::Str(dir)) if desc.name == safe::SAFE.name && !dir.is_empty() => Some(Path::new(dir).join(safe::log_file_name(group))),
         _ => None,
     })
+}
+
+/// `bind` then the distinct `peers`, each checked to be an address a member
+/// can receive at, of `bind`'s IP family.
+pub(crate) fn member_addrs(bind: SocketAddr, peers: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs = vec![bind];
+    for peer in peers {
+        if peer.ip().is_unspecified() || peer.port() == 0 {
+            return Err(format!("--peers: {peer} is not an address a member can receive at"));
+        }
+        if peer.is_ipv4() != bind.is_ipv4() {
+            return Err(format!("--peers: {peer} and --bind {bind} are of different IP families; one socket cannot reach both"));
+        }
+        if !addrs.contains(peer) {
+            addrs.push(*peer);
+        }
+    }
+    Ok(addrs)
 }
 
 /// Builds the stack once, dry, for its checks: the parser's and every
@@ -518,12 +520,12 @@ enum Outcome<T> {
     Gone,
 }
 
-/// SIGINT and SIGTERM.
 /// The exit status of a run ended by signal `sig`: 128 + its number.
 pub(crate) fn signal_exit(sig: i32) -> ExitCode {
     ExitCode::from(128u8.saturating_add(sig as u8))
 }
 
+/// SIGINT and SIGTERM.
 pub(crate) struct Signals {
     int: Signal,
     term: Signal,
@@ -1280,6 +1282,17 @@ mod tests {
         assert_eq!(payload_id(b"\xff\xfe|x"), "\u{fffd}\u{fffd}");
         let far = [b'a'; 500];
         assert_eq!(payload_id(&far), "?");
+    }
+
+    #[test]
+    fn the_quiet_period_waits_out_nak_status_and_the_transports_outage() {
+        let registry = strata::builtin_registry();
+        let bind: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let plan = |kind| transport_plan(kind, &TransportOpts::default(), bind, "g").unwrap();
+        let udp = quiet_period(&registry, "FRAG:NAK(status_ms=400)", &plan(TransportKind::Udp));
+        assert_eq!(udp, Duration::from_millis(1200), "three status periods");
+        let tree = quiet_period(&registry, "FRAG:NAK(status_ms=400)", &plan(TransportKind::Tcptree));
+        assert_eq!(tree, udp + strata::transport::tcptree::TcpTreeConfig::default().longest_outage());
     }
 
     #[test]

@@ -21,11 +21,10 @@ use super::link::{self, Command};
 use super::meter::{cpu_time, peak_rss_mib, Mark, Meter, Pacer};
 use super::report::{MemberResult, Row};
 use super::wire::{self, Header, PayloadMaker};
-use super::{print_results, progress_line, Plan, Role};
+use super::{due, print_results, Plan, Progress, Role, CHILD_PROGRESS, HOST_PROGRESS};
 use crate::node::{signal_exit, sleep_until, Signals};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,27 +40,9 @@ const IDLE: Duration = Duration::from_millis(500);
 const HELLO_EVERY: Duration = Duration::from_millis(100);
 /// The first byte of a hello; the second says whether the sender has heard from every peer.
 const HELLO: u8 = b'h';
-/// Socket buffers asked for: the same as the UDP transport's.
-const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
-
-/// A UDP socket bound at `addr` with large buffers (best effort, as the UDP transport's).
+/// A UDP socket bound at `addr` with the UDP transport's buffers.
 fn bind(addr: SocketAddr) -> Result<UdpSocket, String> {
-    let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
-    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let value = SOCKET_BUFFER_BYTES;
-        // SAFETY: a valid socket and a pointer to a c_int of the size given.
-        // A failure only leaves the default buffer, which is not an error.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    }
-    socket.set_nonblocking(true).map_err(|e| format!("cannot set up the socket: {e}"))?;
+    let socket = strata::transport::udp::bound_socket(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
     UdpSocket::from_std(socket).map_err(|e| format!("cannot set up the socket: {e}"))
 }
 
@@ -93,8 +74,7 @@ struct Raw<'a> {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// The slow member's pace.
     pacer: Option<Pacer>,
-    tick: tokio::time::Interval,
-    last_line: (u64, Clock),
+    progress_lines: Progress,
     buf: Vec<u8>,
 }
 
@@ -114,8 +94,7 @@ impl Raw<'_> {
         self.meter.start();
         let now = Clock::now();
         self.last_rx = now;
-        self.last_line = (0, now);
-        self.tick.reset();
+        self.progress_lines.restart(self.delivered());
         if !self.plan.casts_from(self.index) {
             self.send_end = Some(now);
             return;
@@ -126,9 +105,8 @@ impl Raw<'_> {
             let began = Clock::now();
             let mut refused = 0u64;
             for k in 0..casts {
-                if let Some(rate) = rate {
-                    let due = Duration::try_from_secs_f64(k as f64 / rate).ok().and_then(|d| began.checked_add(d));
-                    sleep_until(due).await;
+                if rate.is_some() {
+                    sleep_until(due(began, k, rate)).await;
                 }
                 let payload = maker.stamp();
                 for peer in &peers {
@@ -166,7 +144,7 @@ impl Raw<'_> {
                 biased;
                 sig = self.signals.recv() => return Ok(Wake::Signal(sig)),
                 cmd = link::next(&mut self.commands) => return Ok(Wake::Command(cmd)),
-                end = link::sending_ended(&mut self.sender, Clock::now) => {
+                end = link::sending_ended(&mut self.sender) => {
                     self.sender = None;
                     self.send_end = Some(end?);
                 }
@@ -175,7 +153,7 @@ impl Raw<'_> {
                     Ok((len, from)) => self.receive(len, from).await,
                     Err(e) => tracing::debug!("receive error: {e}"),
                 },
-                _ = self.tick.tick() => self.report_progress(),
+                _ = self.progress_lines.tick.tick() => self.report_progress(),
                 _ = sleep_until(idle_at), if idle_at.is_some() => {
                     if self.last_rx + IDLE <= Clock::now() {
                         self.done = Some(Mark::now());
@@ -209,20 +187,9 @@ impl Raw<'_> {
 
     fn report_progress(&mut self) {
         let Some(start) = self.meter.started else { return };
-        let delivered = self.delivered();
-        let expected = self.plan.expected();
-        if self.commands.is_some() {
-            let line = json!({"ev": "progress", "delivered": delivered, "expected": expected,
-                "sent": self.sent.load(Ordering::Relaxed), "done": self.done.is_some()});
-            link::report(line);
-        } else {
-            let now = Clock::now();
-            let (before, at) = self.last_line;
-            let secs = now.saturating_duration_since(at).as_secs_f64();
-            let rate = if secs > 0.0 { delivered.saturating_sub(before) as f64 / secs } else { 0.0 };
-            self.last_line = (delivered, now);
-            eprintln!("{}", progress_line(now.saturating_duration_since(start.at), &[delivered], expected, rate));
-        }
+        let (delivered, sent) = (self.delivered(), self.sent.load(Ordering::Relaxed));
+        let (child, done) = (self.commands.is_some(), self.done.is_some());
+        self.progress_lines.member_line(child, start.at, delivered, self.plan.expected(), sent, done);
     }
 
     /// Start to the later of the last datagram and the end of own sending;
@@ -280,9 +247,7 @@ fn member<'a>(
     signals: Signals,
     commands: Option<mpsc::UnboundedReceiver<Command>>,
 ) -> Raw<'a> {
-    let period = if commands.is_some() { Duration::from_millis(250) } else { Duration::from_secs(1) };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let progress_lines = Progress::every(if commands.is_some() { CHILD_PROGRESS } else { HOST_PROGRESS });
     let senders_among_peers = match plan.senders {
         super::Senders::All => peers.len() as u64,
         super::Senders::One => u64::from(!plan.casts_from(index)),
@@ -303,8 +268,7 @@ fn member<'a>(
         signals,
         commands,
         pacer: plan.slow_rate_of(index).map(Pacer::new),
-        tick,
-        last_line: (0, now),
+        progress_lines,
         buf: vec![0; 65_536],
     }
 }

@@ -103,12 +103,11 @@ pub async fn next(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Co
 }
 
 /// How the task sending a member's casts ended, or never while there is
-/// none; one aborted on purpose ends with `aborted()`.
-pub async fn sending_ended<T>(task: &mut Option<JoinHandle<Result<T, String>>>, aborted: impl FnOnce() -> T) -> Result<T, String> {
+/// none (a task is taken out of `task` before it is aborted).
+pub async fn sending_ended<T>(task: &mut Option<JoinHandle<Result<T, String>>>) -> Result<T, String> {
     match task {
         Some(handle) => match handle.await {
             Ok(end) => end,
-            Err(e) if e.is_cancelled() => Ok(aborted()),
             Err(e) => Err(format!("the sending task failed: {e}")),
         },
         None => std::future::pending().await,

@@ -21,7 +21,7 @@ use super::link::{self, Command};
 use super::meter::{peak_rss_mib, Meter, Pacer};
 use super::report::{MemberResult, Row};
 use super::wire::{self, PayloadMaker};
-use super::{print_results, progress_line, Plan, Role};
+use super::{due, print_results, Plan, Progress, Role, CHILD_PROGRESS, HOST_PROGRESS};
 use crate::node::{self, signal_exit, sleep_until, Signals, WRAP_UP};
 use serde_json::json;
 use std::future::Future;
@@ -37,10 +37,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant as Clock;
 
-/// How often a member process reports its progress to the coordinator.
-const CHILD_PROGRESS: Duration = Duration::from_millis(250);
-/// How often a member on its own prints its progress line.
-const HOST_PROGRESS: Duration = Duration::from_secs(1);
 /// Events taken per wake-up of the member's task when several are waiting.
 const EVENT_BATCH: usize = 64;
 /// A deadline that does not come (for a `--linger` too long to add to a clock).
@@ -94,12 +90,10 @@ struct Member<'a> {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// The last delivery or view (for `--linger`, one member per host).
     progress: Clock,
-    tick: tokio::time::Interval,
+    progress_lines: Progress,
     /// Fires at the `--linger` deadline as it was when armed; re-armed
     /// from there (one timer, not one per event).
     linger_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Deliveries at the previous progress line, and when (for the rate).
-    last_line: (u64, Clock),
 }
 
 impl Member<'_> {
@@ -125,7 +119,7 @@ impl Member<'_> {
                 biased;
                 sig = self.signals.recv() => return Ok(Wake::Signal(sig)),
                 cmd = link::next(&mut self.commands) => return Ok(Wake::Command(cmd)),
-                result = link::sending_ended(&mut self.caster, || ()) => {
+                result = link::sending_ended(&mut self.caster) => {
                     self.caster = None;
                     result?;
                 }
@@ -138,7 +132,7 @@ impl Member<'_> {
                     None => self.events_open = false,
                 },
                 out = &mut fut => return Ok(Wake::Done(out)),
-                _ = self.tick.tick() => self.report_progress(),
+                _ = self.progress_lines.tick.tick() => self.report_progress(),
                 _ = &mut self.linger_timer, if host => {
                     let at = self.linger_deadline();
                     if at <= Clock::now() {
@@ -213,9 +207,7 @@ impl Member<'_> {
         self.meter.start();
         let now = Clock::now();
         self.progress = now;
-        self.last_line = (self.meter.delivered, now);
-        // The first progress report one period after the start.
-        self.tick.reset();
+        self.progress_lines.restart(self.meter.delivered);
         if !self.plan.casts_from(self.index) {
             return;
         }
@@ -224,10 +216,9 @@ impl Member<'_> {
         self.caster = Some(tokio::spawn(async move {
             let began = Clock::now();
             for k in 0..casts {
-                if let Some(rate) = rate {
+                if rate.is_some() {
                     // Deadlines from the start: a late cast is caught up on.
-                    let due = Duration::try_from_secs_f64(k as f64 / rate).ok().and_then(|d| began.checked_add(d));
-                    sleep_until(due).await;
+                    sleep_until(due(began, k, rate)).await;
                 }
                 group.cast(maker.make()).await.map_err(|e| format!("cast {k} failed: {e}"))?;
                 sent.store(k + 1, Ordering::Relaxed);
@@ -240,19 +231,8 @@ impl Member<'_> {
     /// line on stderr. Nothing before the start.
     fn report_progress(&mut self) {
         let Some(start) = self.meter.started else { return };
-        let delivered = self.meter.delivered;
-        if self.child() {
-            let line = json!({"ev": "progress", "delivered": delivered, "expected": self.meter.expected,
-                "sent": self.sent.load(Ordering::Relaxed), "done": self.meter.complete()});
-            link::report(line);
-        } else {
-            let now = Clock::now();
-            let (before, at) = self.last_line;
-            let secs = now.saturating_duration_since(at).as_secs_f64();
-            let rate = if secs > 0.0 { delivered.saturating_sub(before) as f64 / secs } else { 0.0 };
-            self.last_line = (delivered, now);
-            eprintln!("{}", progress_line(now.saturating_duration_since(start.at), &[delivered], self.meter.expected, rate));
-        }
+        let (child, sent, done) = (self.child(), self.sent.load(Ordering::Relaxed), self.meter.complete());
+        self.progress_lines.member_line(child, start.at, self.meter.delivered, self.meter.expected, sent, done);
     }
 
     /// The member's numbers (its latency samples move into the result).
@@ -302,9 +282,7 @@ async fn join<'a>(
 ) -> Result<Member<'a>, String> {
     let cfg = node::join_config(&plan.group, &plan.stack, members, plan.membership);
     let (group, events) = endpoint.join(cfg).await.map_err(|e| e.to_string())?;
-    let period = if commands.is_some() { CHILD_PROGRESS } else { HOST_PROGRESS };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let progress_lines = Progress::every(if commands.is_some() { CHILD_PROGRESS } else { HOST_PROGRESS });
     let now = Clock::now();
     Ok(Member {
         plan,
@@ -321,9 +299,8 @@ async fn join<'a>(
         signals,
         commands,
         progress: now,
-        tick,
+        progress_lines,
         linger_timer: Box::pin(tokio::time::sleep_until(now.checked_add(plan.linger).unwrap_or(now + FOREVER))),
-        last_line: (0, now),
     })
 }
 

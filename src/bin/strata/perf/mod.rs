@@ -33,7 +33,9 @@ use crate::node::{self, TransportKind, TransportOpts, TransportPlan};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
+use strata::transport::udp::MAX_DATAGRAM;
 use strata::{MemberId, Registry};
+use tokio::time::Instant as Clock;
 
 /// The stack measured when `--stack` is not given.
 const DEFAULT_STACK: &str = "FRAG:NAK:CAUSAL:VSYNC:TOTAL";
@@ -41,8 +43,6 @@ const DEFAULT_STACK: &str = "FRAG:NAK:CAUSAL:VSYNC:TOTAL";
 const MAX_MEMBERS: usize = 1000;
 /// The most member processes loopback mode starts.
 const MAX_LOOPBACK_MEMBERS: usize = 64;
-/// The largest payload of one plain UDP datagram (IPv4).
-const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Which members cast.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,8 +234,8 @@ fn plan(args: PerfArgs, registry: &Registry) -> Result<Plan, String> {
     if args.baseline && args.transport != TransportKind::Udp {
         return Err(format!("--baseline sends plain UDP datagrams: it needs --transport udp, not {}", args.transport.name()));
     }
-    if args.baseline && args.size > MAX_UDP_PAYLOAD {
-        return Err(format!("--size {}: --baseline sends each message as one UDP datagram, at most {MAX_UDP_PAYLOAD} bytes", args.size));
+    if args.baseline && args.size > MAX_DATAGRAM {
+        return Err(format!("--size {}: --baseline sends each message as one UDP datagram, at most {MAX_DATAGRAM} bytes", args.size));
     }
     if !args.peers.is_empty() && args.bind.is_none() {
         return Err("--peers needs --bind (one member per host); without --bind all members run on loopback".into());
@@ -298,18 +298,7 @@ fn host_role(args: &PerfArgs, bind: SocketAddr, membership: bool) -> Result<Role
     if bind.ip().is_unspecified() || bind.port() == 0 {
         return Err(format!("--bind {bind}: give the address and port peers reach this member at (it is its member id)"));
     }
-    let mut addrs = vec![bind];
-    for peer in &args.peers {
-        if peer.ip().is_unspecified() || peer.port() == 0 {
-            return Err(format!("--peers: {peer} is not an address a member can receive at"));
-        }
-        if peer.is_ipv4() != bind.is_ipv4() {
-            return Err(format!("--peers: {peer} and --bind {bind} are of different IP families; one socket cannot reach both"));
-        }
-        if !addrs.contains(peer) {
-            addrs.push(*peer);
-        }
-    }
+    let addrs = node::member_addrs(bind, &args.peers)?;
     if !membership && addrs.len() != n {
         let what = if args.baseline { "--baseline".to_string() } else { format!("fixed membership (no layer of {} provides membership)", args.stack) };
         return Err(format!("--members {n}: with {what}, --bind and --peers must name exactly {n} distinct addresses, got {}", addrs.len()));
@@ -374,6 +363,62 @@ pub(crate) fn print_results(plan: &Plan, rows: &[report::Row]) -> report::Summar
         print!("{}", summary.text(&info, rows));
     }
     summary
+}
+
+/// How often a member process reports its progress to the coordinator.
+pub(crate) const CHILD_PROGRESS: Duration = Duration::from_millis(250);
+/// How often a member on its own prints its progress line.
+pub(crate) const HOST_PROGRESS: Duration = Duration::from_secs(1);
+
+/// Progress lines every `period`: the tick, and the deliveries at the
+/// previous line for the rate since.
+pub(crate) struct Progress {
+    pub(crate) tick: tokio::time::Interval,
+    last: (u64, Clock),
+}
+
+impl Progress {
+    pub(crate) fn every(period: Duration) -> Progress {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Progress { tick, last: (0, Clock::now()) }
+    }
+
+    /// Counts from `delivered`, now (the start); the next line a period later.
+    pub(crate) fn restart(&mut self, delivered: u64) {
+        self.last = (delivered, Clock::now());
+        self.tick.reset();
+    }
+
+    /// Deliveries per second since the previous line; this line is the next one's start.
+    pub(crate) fn rate(&mut self, delivered: u64, now: Clock) -> f64 {
+        let (before, at) = std::mem::replace(&mut self.last, (delivered, now));
+        let secs = now.saturating_duration_since(at).as_secs_f64();
+        if secs > 0.0 {
+            delivered.saturating_sub(before) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// A member's line: to the coordinator (a `progress` report) or, on
+    /// its own host, on stderr.
+    pub(crate) fn member_line(&mut self, to_coordinator: bool, started: Clock, delivered: u64, expected: u64, sent: u64, done: bool) {
+        if to_coordinator {
+            link::report(serde_json::json!({"ev": "progress", "delivered": delivered, "expected": expected, "sent": sent, "done": done}));
+        } else {
+            let now = Clock::now();
+            let rate = self.rate(delivered, now);
+            eprintln!("{}", progress_line(now.saturating_duration_since(started), &[delivered], expected, rate));
+        }
+    }
+}
+
+/// When cast `k` of a run paced at `rate` casts a second (from `began`) is
+/// due; `None`: unpaced, or too far off to matter.
+pub(crate) fn due(began: Clock, k: u64, rate: Option<f64>) -> Option<Clock> {
+    let rate = rate?;
+    Duration::try_from_secs_f64(k as f64 / rate).ok().and_then(|d| began.checked_add(d))
 }
 
 /// `perf: 3.0 s, 41% delivered (slowest member 37%), 120k msgs/s per member`.

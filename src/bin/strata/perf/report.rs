@@ -336,17 +336,7 @@ mod tests {
         assert_eq!(s.rss_mib_max, Some(11.0));
         let cpu = s.cpu_us_per_msg.unwrap();
         assert!((cpu - 0.5e6 / 300.0).abs() < 1e-6, "{cpu}");
-        let info = RunInfo {
-            members: 2,
-            stack: "NAK".into(),
-            transport: "udp",
-            size: 1000,
-            casts: 150,
-            senders: "all",
-            rate: None,
-            baseline: false,
-            group: "g".into(),
-        };
+        let info = run_info(1000);
         let v = s.json(&info, &rows);
         assert_eq!(v["mb_per_sec_per_member"], json!(0.225));
         assert_eq!(v["latency_us"]["max"], json!(5.0));
@@ -356,22 +346,17 @@ mod tests {
         assert!(text.starts_with("strata perf: 2 members") && text.contains("complete") && text.lines().count() == 7, "{text}");
     }
 
+    /// A run of 2 members casting 150 messages of `size` bytes over `NAK`.
+    fn run_info(size: usize) -> RunInfo {
+        RunInfo { members: 2, stack: "NAK".into(), transport: "udp", size, casts: 150, senders: "all", rate: None, baseline: false, group: "g".into() }
+    }
+
     #[test]
     fn a_member_without_a_result_makes_the_run_incomplete() {
         let rows = vec![Row::of(result(0, 300, 1.0, &[])), Row { index: 1, addr: "127.0.0.1:7001".into(), pid: 9, delivered: 12, expected: 300, result: None }];
         let s = Summary::of(&rows);
         assert!(!s.complete);
-        let info = RunInfo {
-            members: 2,
-            stack: "NAK".into(),
-            transport: "udp",
-            size: 100,
-            casts: 150,
-            senders: "all",
-            rate: None,
-            baseline: false,
-            group: "g".into(),
-        };
+        let info = run_info(100);
         let v = s.json(&info, &rows);
         assert_eq!(v["complete"], json!(false));
         assert_eq!(v["per_member"][1]["delivered"], json!(12));

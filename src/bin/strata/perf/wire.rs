@@ -55,16 +55,16 @@ pub struct PayloadMaker {
     template: Vec<u8>,
     host: u64,
     sender: u32,
-    /// Payloads are carved from here, [`PAYLOADS_PER_CHUNK`] to a buffer.
+    /// Payloads are carved from here, as many as fit [`CHUNK_BYTES`] (at least one).
     chunk: BytesMut,
 }
 
-/// Payloads that share one buffer: the stack clones each payload it keeps
-/// for retransmission, and a clone of a carved (shared) buffer is a
-/// reference count, where one of a payload built from its own `Vec`
-/// allocates (`bytes` moves it to shared storage). The buffer is freed once
-/// all of its payloads are stable.
-const PAYLOADS_PER_CHUNK: usize = 64;
+/// The buffer payloads share: the stack clones each payload it keeps for
+/// retransmission, and a clone of a carved (shared) buffer is a reference
+/// count, where one of a payload built from its own `Vec` allocates
+/// (`bytes` moves it to shared storage). A buffer is freed once all of its
+/// payloads are stable, so it is kept small next to the send window.
+const CHUNK_BYTES: usize = 256 << 10;
 
 impl PayloadMaker {
     /// Payloads of `size` bytes (at least [`HEADER_LEN`]) from `sender` on `host`.
@@ -82,11 +82,11 @@ impl PayloadMaker {
 
     /// A payload stamped now. The stack keeps it until the cast is stable,
     /// so it is never reused: each is carved from a buffer shared with the
-    /// next few (one allocation per [`PAYLOADS_PER_CHUNK`] payloads).
+    /// next few (one allocation per [`CHUNK_BYTES`] of payloads).
     pub fn make(&mut self) -> Bytes {
         let len = self.template.len();
         if self.chunk.capacity() < len {
-            self.chunk = BytesMut::with_capacity(len * PAYLOADS_PER_CHUNK);
+            self.chunk = BytesMut::with_capacity(len.max(CHUNK_BYTES / len * len));
         }
         let header = self.header_now();
         self.chunk.put_slice(&self.template);
@@ -133,16 +133,21 @@ mod tests {
     #[test]
     fn payloads_are_carved_from_shared_buffers_and_never_overlap() {
         let mut maker = PayloadMaker::new(100, 9, 3);
-        let payloads: Vec<Bytes> = (0..3 * PAYLOADS_PER_CHUNK + 5).map(|_| maker.make()).collect();
+        let per_chunk = CHUNK_BYTES / 100;
+        let payloads: Vec<Bytes> = (0..2 * per_chunk + 5).map(|_| maker.make()).collect();
         for (k, p) in payloads.iter().enumerate() {
             assert_eq!(p.len(), 100);
             assert_eq!(Header::read(p).map(|h| (h.host, h.sender)), Some((9, 3)), "payload {k}");
             assert_eq!(&p[HEADER_LEN..], &maker.template[HEADER_LEN..], "payload {k}'s filler");
         }
         // Within a buffer, each payload follows the previous one.
-        for pair in payloads[..PAYLOADS_PER_CHUNK].windows(2) {
+        for pair in payloads[..per_chunk].windows(2) {
             assert_eq!(pair[1].as_ptr(), pair[0].as_ptr().wrapping_add(100));
         }
+        // A payload larger than a buffer gets one to itself, no more.
+        let mut big = PayloadMaker::new(CHUNK_BYTES * 2, 9, 3);
+        assert_eq!(big.make().len(), CHUNK_BYTES * 2);
+        assert_eq!(big.chunk.capacity(), 0);
         let stamps: Vec<u64> = payloads.iter().map(|p| Header::read(p).unwrap().sent_ns).collect();
         assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "stamped in order");
     }
