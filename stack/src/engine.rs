@@ -48,6 +48,9 @@ pub const FRAME_MAGIC: u8 = 0xA1;
 const FLAG_CAST: u8 = 1;
 /// The most bytes the frame header takes.
 pub const FRAME_HEADER_MAX: usize = 1 + 1 + 4 + 4 + MemberId::MAX_ENCODED_LEN;
+/// The fewest bytes a frame takes: its header with an IPv4 sender of
+/// incarnation below 128, and nothing after it.
+pub const FRAME_MIN: usize = 1 + 1 + 4 + 4 + MemberId::MIN_ENCODED_LEN;
 /// The stack-string name of the layer that handles [`Down::Query`] and
 /// [`Down::Reply`]; [`Stack::query`] refuses on a stack without it.
 pub const QUERY_LAYER: &str = "QUERY";

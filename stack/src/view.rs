@@ -20,6 +20,8 @@ pub struct MemberId {
 impl MemberId {
     /// The most bytes [`MemberId::encode`] writes.
     pub const MAX_ENCODED_LEN: usize = 1 + 16 + 2 + crate::codec::MAX_VARINT_LEN;
+    /// The fewest bytes [`MemberId::encode`] writes (IPv4, incarnation below 128).
+    pub const MIN_ENCODED_LEN: usize = 1 + 4 + 2 + 1;
 
     /// A member at `addr` in its `incarnation`.
     pub const fn new(addr: SocketAddr, incarnation: u64) -> Self {

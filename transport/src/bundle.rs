@@ -40,11 +40,14 @@
 //! ## Receiving and bad input
 //! [`unbundle`] hands the frames out one by one as [`Bytes`] slices of the
 //! datagram: no copy, no allocation per frame. A bundle that is empty, has
-//! a truncated or oversized length, a zero length, a length beyond its end
+//! a truncated or oversized length, a zero length, an entry shorter than
+//! the smallest frame ([`FRAME_MIN`] bytes), a length beyond its end
 //! (trailing junk ends up here), or an entry that is itself a bundle is
 //! malformed: the frames before the fault are kept, the rest is dropped, and
 //! the transport counts it (`bundles_malformed`). Nothing a peer sends can
-//! make it panic or allocate.
+//! make it panic or allocate, and a datagram yields at most
+//! 65 507 / ([`FRAME_MIN`] + 1) frames, so a receive batch's bookkeeping
+//! stays within about 200 KB per datagram.
 //!
 //! ## Sending without allocation
 //! The sender (`Bundler`) keeps one buffer per destination address (a small map from
@@ -68,7 +71,7 @@ use bytes::Bytes;
 use socket2::SockAddr;
 use std::net::SocketAddr;
 use strata_stack::codec::{varint_len, Reader};
-use strata_stack::engine::FRAME_MAGIC;
+use strata_stack::engine::{FRAME_MAGIC, FRAME_MIN};
 use strata_stack::{Malformed, Stats};
 
 /// First byte of a bundle: neither a frame's (0xA1) nor an IP multicast
@@ -80,7 +83,7 @@ pub const BUNDLE_MAGIC: u8 = 0xBD;
 /// docs/transports/udp.md for the measurements and the trade-off).
 pub const DEFAULT_BUNDLE_BYTES: usize = 8 << 10;
 /// The largest limit: the largest UDP payload over IPv4.
-pub const MAX_BUNDLE_BYTES: usize = 65_507;
+pub const MAX_BUNDLE_BYTES: usize = crate::udp::MAX_DATAGRAM;
 /// Every this many flushes, destinations not used since the last sweep are
 /// forgotten (their buffers freed).
 pub const SWEEP_FLUSHES: u64 = 1024;
@@ -126,15 +129,19 @@ pub fn unbundle(datagram: &Bytes, mut frame: impl FnMut(Bytes)) -> Unbundled {
             if len == 0 {
                 return Some(Malformed("zero_length"));
             }
-            if len > r.remaining() as u64 {
-                return Some(Malformed("length_beyond_end"));
+            // No frame is shorter: tiny entries would only multiply the
+            // receiver's per-frame bookkeeping (tens of thousands per datagram).
+            if len < FRAME_MIN as u64 {
+                return Some(Malformed("short_frame"));
             }
             let start = r.consumed();
-            let Ok(body) = r.bytes(len as usize) else { return Some(Malformed("length_beyond_end")) };
-            if body[0] == BUNDLE_MAGIC {
+            if r.bytes(len as usize).is_err() {
+                return Some(Malformed("length_beyond_end"));
+            }
+            if datagram[start] == BUNDLE_MAGIC {
                 return Some(Malformed("nested_bundle"));
             }
-            frame(datagram.slice(start..start + body.len()));
+            frame(datagram.slice(start..start + len as usize));
             frames += 1;
         }
         None
@@ -262,9 +269,9 @@ impl Bundler {
         q.used = true;
         let entry = varint_len(len as u64) + len;
         let before = q.bytes.len();
-        // A receiver takes neither an empty entry nor one that starts with the marker.
+        // A receiver takes no entry shorter than a frame, nor one that starts with the marker.
         let first = frame.iter().find(|s| !s.is_empty()).map(|s| s[0]);
-        let bundleable = first.is_some() && first != Some(BUNDLE_MAGIC);
+        let bundleable = len >= FRAME_MIN && first != Some(BUNDLE_MAGIC);
         match q.datagrams.last_mut() {
             Some(d) if bundleable && !d.alone && before - d.start + entry <= self.limit => d.frames += 1,
             _ => {
@@ -441,9 +448,9 @@ mod tests {
         // 50 alone (299 does not fit after it); 299 alone, plain; 50 + 50;
         // the marker-led frame alone; 50; 1000 alone; the empty one alone; 50.
         assert_eq!(sizes, vec![50, 299, 1 + 51 + 51, 3, 50, 1000, 0, 50]);
-        let got: Vec<Vec<u8>> = out.iter().flat_map(|(_, d)| if d.is_empty() { vec![Vec::new()] } else { frames_of(d) }).collect();
-        assert_eq!(got[..4], frames[..4]);
-        assert_eq!(got[5..], frames[5..]);
+        // The marker-led frame is sent as it is (a receiver drops it as a bad bundle).
+        let got: Vec<Vec<u8>> = out.iter().flat_map(|(_, d)| if d.is_empty() || d[..] == odd { vec![d.clone()] } else { frames_of(d) }).collect();
+        assert_eq!(got, frames);
         assert_eq!((c.bundles_sent, c.frames_bundled), (1, 2));
     }
 
@@ -519,27 +526,28 @@ mod tests {
 
     #[test]
     fn unbundle_keeps_frames_before_a_fault() {
-        let good = |tail: &[u8]| {
-            let mut d = vec![BUNDLE_MAGIC, 2, FRAME_MAGIC, 7, 1, FRAME_MAGIC];
-            d.extend_from_slice(tail);
-            Bytes::from(d)
-        };
-        let cases: [(&[u8], usize, Option<&str>); 7] = [
-            (&[], 2, None),
-            (&[0x80], 2, Some("truncated_length")),
-            (&[0], 2, Some("zero_length")),
-            (&[5, FRAME_MAGIC], 2, Some("length_beyond_end")),
-            (&[2, BUNDLE_MAGIC, 1], 2, Some("nested_bundle")),
-            (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 2, Some("bad_length")),
-            (&[1, FRAME_MAGIC, 0], 3, Some("zero_length")),
+        let entry = |f: &[u8]| [&[f.len() as u8][..], f].concat();
+        let (a, b) = (frame(1, FRAME_MIN), frame(2, FRAME_MIN + 1));
+        let good = |tail: &[u8]| Bytes::from([&[BUNDLE_MAGIC][..], &entry(&a), &entry(&b), tail].concat());
+        let mut nested = frame(3, FRAME_MIN);
+        nested[0] = BUNDLE_MAGIC;
+        let short = frame(4, FRAME_MIN - 1);
+        let cases: [(Vec<u8>, usize, Option<&str>); 8] = [
+            (vec![], 2, None),
+            (vec![0x80], 2, Some("truncated_length")),
+            (vec![0], 2, Some("zero_length")),
+            (vec![FRAME_MIN as u8 + 5, FRAME_MAGIC], 2, Some("length_beyond_end")),
+            (entry(&nested), 2, Some("nested_bundle")),
+            (entry(&short), 2, Some("short_frame")),
+            (vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], 2, Some("bad_length")),
+            ([entry(&a), vec![0]].concat(), 3, Some("zero_length")),
         ];
         for (tail, frames, fault) in cases {
-            let d = good(tail);
+            let d = good(&tail);
             let mut got = Vec::new();
             let u = unbundle(&d, |f| got.push(f));
             assert_eq!(u, Unbundled { frames, fault: fault.map(Malformed) }, "tail {tail:?}");
-            assert_eq!(got[0], Bytes::from_static(&[FRAME_MAGIC, 7]));
-            assert_eq!(got[1], Bytes::from_static(&[FRAME_MAGIC]));
+            assert_eq!((&got[0][..], &got[1][..]), (&a[..], &b[..]));
         }
         for bad in [&[][..], &[BUNDLE_MAGIC], &[FRAME_MAGIC, 1, 1]] {
             let u = unbundle(&Bytes::copy_from_slice(bad), |_| panic!("no frame in {bad:?}"));

@@ -49,7 +49,7 @@
 //! Counters: those of UDP (bundling's included), and `cast_calls` (casts the driver handed
 //! over), `casts_multicast` (those sent to the group's multicast address,
 //! bundled or not; the rest went unicast to each peer),
-//! `unicast_datagrams` (point-to-point sends, one per destination),
+//! `unicast_datagrams` (point-to-point frames handed to the sender, one per destination; with bundling several may share a datagram),
 //! `own_multicast`, `discovery_probes_sent`, `discovery_probes_received`,
 //! `discovery_answers_sent`, `discovery_answers_received`,
 //! `malformed_discovery`, `multicast_sockets`.

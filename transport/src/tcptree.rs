@@ -179,9 +179,9 @@ pub struct TcpTreeConfig {
 
 impl TcpTreeConfig {
     /// The longest a live peer can stay cut off by a broken connection:
-    /// `stall_timeout` to notice, `connect_timeout` to connect again.
-    /// Unreachable longer, a peer is reported lost even without a failed
-    /// connect.
+    /// `stall_timeout` to notice, `connect_timeout` to connect again. A
+    /// peer still unreachable this long after its connection broke is
+    /// reported lost even without a failed connect.
     pub fn longest_outage(&self) -> Duration {
         self.stall_timeout + self.connect_timeout
     }
@@ -465,8 +465,9 @@ struct GroupTree {
     neighbours: Vec<SocketAddr>,
 }
 
-/// A peer that was lost: routed around, and no new connection to it before
-/// `until`. Cleared when a connection to it is established.
+/// A peer this endpoint cannot reach now: routed around, and no new
+/// connection to it before `until`; reported lost once the outage is
+/// confirmed (see `lose`). Cleared when a connection to it is established.
 struct Unreachable {
     until: Instant,
     backoff: Duration,
@@ -740,7 +741,7 @@ impl TcpTreeTransport {
     /// a connect to it fails too, or when it stays unreachable for
     /// [`TcpTreeConfig::longest_outage`].
     fn lose(&mut self, peer: SocketAddr, cause: Cause) {
-        let (now, outage) = (self.now, self.config.longest_outage());
+        let now = self.now;
         let u = match self.unreachable.entry(peer) {
             Entry::Occupied(e) => {
                 let u = e.into_mut();
@@ -754,13 +755,15 @@ impl TcpTreeTransport {
                 e.insert(Unreachable { until: now + RECONNECT_BACKOFF_MIN, backoff: RECONNECT_BACKOFF_MIN, since: now, reported: false })
             }
         };
-        if cause == Cause::ConnectFailed || now.saturating_duration_since(u.since) >= outage {
+        if cause == Cause::ConnectFailed {
             u.report(peer, &mut self.lost);
         }
     }
 
     /// Reports the peers unreachable for [`TcpTreeConfig::longest_outage`]
-    /// that no failed connect reported yet.
+    /// since their connection broke that no failed connect reported yet (a
+    /// fallback: a reconnect normally ends within `connect_timeout`, but one
+    /// may not be tried, as when `max_connections` are open).
     fn report_overdue(&mut self) {
         let (now, outage) = (self.now, self.config.longest_outage());
         for (peer, u) in &mut self.unreachable {
@@ -878,10 +881,12 @@ impl TcpTreeTransport {
         self.unreachable.retain(|peer, u| now.saturating_duration_since(u.until) < idle || groups.values().any(|g| g.members.contains(peer)));
     }
 
-    /// Connects again to unreachable tree neighbours whose backoff is over:
-    /// if the connection is established, they are routed through again (a
-    /// partition healed before the membership removed them); if not, the
-    /// backoff grows.
+    /// Connects again to unreachable peers whose backoff is over, tree
+    /// neighbours always and others until they are reported: if the
+    /// connection is established they are reachable again (a stall under
+    /// loss, or a partition healed before the membership removed them),
+    /// unreported; if not, the backoff grows and a failed connect reports
+    /// them.
     fn probe(&mut self) {
         let now = self.now;
         let mut due = std::mem::take(&mut self.scratch);

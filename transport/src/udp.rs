@@ -7,8 +7,9 @@
 //! - **Batching** ([`UdpConfig::batch`], on by default; Linux and Android).
 //!   Up to [`RECV_BATCH`] datagrams are read per `recvmmsg`; sends are
 //!   queued during a driver round and leave together with `sendmmsg` when
-//!   the driver calls [`Transport::flush`] (or when [`SEND_BATCH`] datagrams
-//!   are queued). Off, it is one `recvfrom` and one `sendmsg` per datagram.
+//!   the driver calls [`Transport::flush`] (or, without bundling, when
+//!   [`SEND_BATCH`] datagrams are queued). Off, it is one `recvfrom` and one
+//!   `sendmsg` per datagram.
 //!   docs/transports/udp.md has the measured difference.
 //! - **Bundling** ([`UdpConfig::bundle`], on by default). Frames handed
 //!   over for one destination during a driver round leave packed into
@@ -50,8 +51,9 @@ pub const MAX_DATAGRAM: usize = 65_507;
 #[derive(Clone, Debug)]
 pub struct UdpConfig {
     /// Batch system calls (`recvmmsg`/`sendmmsg`) where the OS has them.
-    /// Default true; false sends each datagram with its own `sendmsg` at
-    /// once and reads each with its own `recvfrom`.
+    /// Default true; false sends each datagram with its own `sendmsg` (at
+    /// once without bundling; at `flush` with it) and reads each with its
+    /// own `recvfrom`.
     pub batch: bool,
     /// Bundle the frames sent to one destination in one driver round into
     /// datagrams of at most this many bytes (at most [`MAX_DATAGRAM`]; a
@@ -97,6 +99,14 @@ pub(crate) fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// A non-blocking UDP socket bound at `addr`, with the buffers this
+/// transport asks for: for tools that compare plain UDP with it.
+pub fn bound_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = udp_socket(addr)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 impl UdpTransport {
     /// Binds a UDP socket with the default configuration (batched). Port 0
     /// lets the OS pick; [`Transport::local_addr`] tells which.
@@ -107,9 +117,7 @@ impl UdpTransport {
     /// Binds a UDP socket (SO_REUSEADDR off; 4 MiB SO_RCVBUF/SO_SNDBUF, best
     /// effort) configured by `config`.
     pub async fn bind_with(addr: SocketAddr, config: UdpConfig) -> io::Result<UdpTransport> {
-        let socket = udp_socket(addr)?;
-        socket.bind(&addr.into())?;
-        UdpTransport::from_std_with(socket.into(), config)
+        UdpTransport::from_std_with(bound_socket(addr)?, config)
     }
 
     /// Wraps a socket bound elsewhere (it is made non-blocking), batched.

@@ -18,7 +18,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
-use strata_stack::engine::{peek_group, FRAME_MAGIC};
+use strata_stack::engine::{peek_group, FRAME_MAGIC, FRAME_MIN};
 use strata_stack::runtime::{Endpoint, JoinConfig, Transport};
 use strata_stack::{MemberId, Stats};
 use strata_transport::bundle::{is_bundle, unbundle, BUNDLE_MAGIC, DEFAULT_BUNDLE_BYTES};
@@ -265,7 +265,7 @@ async fn ipmc_casts_of_a_round_leave_as_one_datagram_per_group_and_groups_stay_a
 async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
     let mut t = udp(true, DEFAULT_BUNDLE_BYTES).await;
     let attacker = UdpSocket::bind(LOOPBACK).unwrap();
-    let good = |i: u32| frame(3, i, 12);
+    let good = |i: u32| frame(3, i, FRAME_MIN);
     let entry = |f: &[u8]| {
         let mut e = vec![f.len() as u8];
         e.extend_from_slice(f);
@@ -284,6 +284,7 @@ async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
         ("zero-length entry", bundle(&[&entry(&good(2)), &[0], &entry(&good(99))]), vec![2]),
         ("length beyond the end", bundle(&[&entry(&good(3)), &entry(&good(4)), &[200], &good(99)]), vec![3, 4]),
         ("trailing junk", bundle(&[&entry(&good(5)), &[7, 1, 2]]), vec![5]),
+        ("an entry shorter than any frame", bundle(&[&entry(&good(8)), &[2, FRAME_MAGIC, 0], &entry(&good(99))]), vec![8]),
         ("nested marker", bundle(&[&entry(&good(6)), &entry(&nested), &entry(&good(99))]), vec![6]),
         ("empty bundle", bundle(&[]), vec![]),
         ("oversized length", bundle(&[&[0xff; 11]]), vec![]),

@@ -347,10 +347,10 @@ async fn a_slow_application_stops_input_instead_of_buffering_it() {
 /// The first view of `n` members an application sees, reading every event before it.
 async fn view_of(events: &mut Events, n: usize) {
     loop {
-        if let Some(AppEvent::View(v)) = next_event(events).await {
-            if v.len() == n {
-                return;
-            }
+        match next_event(events).await {
+            Some(AppEvent::View(v)) if v.len() == n => return,
+            Some(_) => {}
+            None => panic!("the events ended before a view of {n}"),
         }
     }
 }

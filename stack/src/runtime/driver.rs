@@ -27,6 +27,10 @@ use tokio::time::Sleep;
 
 /// Commands taken from one queue per round before the driver looks elsewhere.
 const BATCH: usize = 64;
+/// Received frames whose room the driver keeps between rounds: a batch of
+/// bundles can hold thousands of frames, and one such burst must not pin
+/// that much memory for good.
+const BATCH_RETAINED: usize = 4096;
 /// Rounds of work per poll before the driver yields to other tasks.
 const MAX_ROUNDS: usize = 32;
 /// How often a join in discovery asks the transport again.
@@ -488,6 +492,7 @@ impl<T: Transport> Driver<T> {
             }
             g.stack.handle_datagram(now, data);
         }
+        self.batch.shrink_to(BATCH_RETAINED);
     }
 
     /// Carries out an endpoint command; a shutdown is returned to the caller,
