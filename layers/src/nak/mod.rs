@@ -51,7 +51,8 @@
 //!   out-of-order store bounded per channel by `max_out_of_order` messages
 //!   and, all channels together, by `max_out_of_order_bytes` bytes. An
 //!   arrival that does not fit is dropped (`out_of_order_full`) and asked for
-//!   again once the gap before it fills; the next expected message of a
+//!   again with the gap before it (requests reach up to the highest number
+//!   heard of); the next expected message of a
 //!   channel always goes through, and an empty store takes any one message,
 //!   so a full store never stops delivery.
 //!
@@ -117,7 +118,7 @@
 //!
 //! ## Cost
 //! Per message, on the fast path: a header push or a single-pass decode, a
-//! rank lookup in an index built per view (`nak/ranks.rs`), counters kept
+//! rank lookup in an index built per view (`layers/src/ranks.rs`), counters kept
 //! incrementally (no scan of the view), and no heap allocation (growth of
 //! the buffers to their working size aside). The retransmission buffer
 //! keeps each message as passed down, without NAK's header, which a
@@ -1665,10 +1666,15 @@ mod tests {
         }
         assert_eq!((b.stats().get("out_of_order"), b.stats().get("out_of_order_bytes")), (Some(2), Some(2000)));
         assert_eq!(b.stats().get("out_of_order_full"), Some(1));
+        // Meanwhile the dropped cast is asked for with the gap before it:
+        // casts 0 and 3, not the held 1 and 2.
+        let early: Vec<_> = wire(&b.advance(Instant::from_millis(20))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].1.front(), &hdr(kind::NAK, &[0, 2, 0, 1, 3, 1])[..], "casts 0 and 3 asked for");
         // Cast 0 arrives: 0, 1 and 2 go up; 3 is known missing and requested.
         assert_eq!(delivered(&b.up(Up::Cast { from: m(A), msg: d[0].1.clone() })).len(), 3);
         assert_eq!(b.stats().get("out_of_order_bytes"), Some(0));
-        let requests: Vec<_> = wire(&b.advance(Instant::from_millis(20))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
+        let requests: Vec<_> = wire(&b.advance(Instant::from_millis(40))).into_iter().filter(|(to, _)| *to == Some(m(A))).collect();
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].1.front(), &hdr(kind::NAK, &[0, 1, 3, 1])[..], "cast 3 asked for");
         let resent = wire(&a.up(Up::Send { from: m(B), msg: requests[0].1.clone() }));

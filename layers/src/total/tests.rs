@@ -203,11 +203,15 @@ fn announcements_wait_for_the_timer_or_a_full_batch() {
 }
 
 #[test]
-fn a_zero_delay_announces_right_after_the_current_input() {
-    let mut a = harness_with(A, &[("batch_us", 0)]);
+fn by_default_casts_that_arrive_together_share_one_announcement_at_once() {
+    // The default batch_us is 0: the timer is due at the current instant,
+    // so the driver fires it once the round's inputs are handled.
+    let mut a = harness(A);
     assert!(from(&mut a, B, data(1, true, "b1")).is_empty());
+    assert!(from(&mut a, C, data(2, true, "c1")).is_empty());
     assert_eq!(a.next_timer(), Some(Instant::ZERO));
-    assert_eq!(casts(&a.advance(Instant::ZERO)), vec![order(tag0(), &[run(1, 1)])]);
+    assert_eq!(casts(&a.advance(Instant::ZERO)), vec![order(tag0(), &[run(1, 1), run(2, 1)])]);
+    assert_eq!(a.stats().get("announcements_sent"), Some(1));
 }
 
 #[test]

@@ -253,9 +253,12 @@ fn silence_while_the_application_is_behind_is_not_a_failure() {
     h.set_app_behind(true);
     let out = h.advance(h.now() + Duration::from_secs(10));
     assert!(!suspected(&out), "{out:?}");
-    // Input resumes and the joiner stays silent: suspected within a period.
+    // Input resumes and the joiner stays silent: it gets a fresh period
+    // (suspect_ms, 1.5 s) from the last check, and is suspected after it.
     h.set_app_behind(false);
-    let out = h.advance(h.now() + Duration::from_secs(2));
+    let out = h.advance(h.now() + Duration::from_millis(1000));
+    assert!(!suspected(&out), "{out:?}");
+    let out = h.advance(h.now() + Duration::from_millis(1000));
     assert!(suspected(&out), "{out:?}");
 }
 
