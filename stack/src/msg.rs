@@ -9,10 +9,12 @@
 //! whole, so it lies entirely in the headroom or entirely in the body, never
 //! across both.
 //!
-//! The headroom lives outside the `Msg` so that a message stays small (it is
-//! moved through the engine's event queue at every layer): a message without
-//! pushed headers carries none, and the first push takes a buffer of
-//! [`HEADROOM`] bytes from a per-thread pool that dropped messages return
+//! The headroom lives outside the `Msg`, behind one thin pointer, so that a
+//! message stays small (56 bytes: it is moved through the engine's event
+//! queue at every layer, and an event carrying one fits the 128 bytes that
+//! compile to inline moves rather than calls to `memcpy`): a message
+//! without pushed headers carries none, and the first push takes a buffer
+//! of [`HEADROOM`] bytes from a per-thread pool that dropped messages return
 //! theirs to. In steady state pushing headers allocates nothing.
 
 use crate::codec::{DecodeResult, Malformed, Reader, Writer};
@@ -27,23 +29,26 @@ pub const HEADROOM: usize = 128;
 /// Headroom buffers a thread keeps for reuse.
 const POOL_LIMIT: usize = 4096;
 
+/// A headroom buffer, boxed so that a message holds one pointer to it.
+type HeadBuf = Box<Vec<u8>>;
+
 thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<HeadBuf>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A zeroed headroom buffer of at least `len` bytes (`len` = its length).
-fn take_buffer(len: usize) -> Vec<u8> {
+fn take_buffer(len: usize) -> HeadBuf {
     if len <= HEADROOM {
         if let Some(buf) = POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten() {
             return buf;
         }
     }
-    vec![0u8; len.max(HEADROOM)]
+    Box::new(vec![0u8; len.max(HEADROOM)])
 }
 
 /// Returns a headroom buffer to this thread's pool (buffers that grew past
 /// [`HEADROOM`] are freed, so the pool holds one size).
-fn give_buffer(buf: Vec<u8>) {
+fn give_buffer(buf: HeadBuf) {
     if buf.len() == HEADROOM {
         let _ = POOL.try_with(|p| {
             let mut p = p.borrow_mut();
@@ -118,9 +123,9 @@ pub enum Order {
 
 /// A message moving through a stack.
 pub struct Msg {
-    // The headroom's data is head[start..]; head[..start] is free space. An
-    // empty `head` (no buffer yet) has start == 0.
-    head: Vec<u8>,
+    // The headroom's data is head[start..]; head[..start] is free space.
+    // Without a buffer yet, start == 0.
+    head: Option<HeadBuf>,
     body: Bytes,
     // `tag` is meaningful only when `tagged`; kept apart (not an `Option`)
     // so that a message packs into 72 bytes.
@@ -132,7 +137,7 @@ pub struct Msg {
 
 impl Clone for Msg {
     fn clone(&self) -> Msg {
-        let mut out = Msg { head: Vec::new(), start: 0, body: self.body.clone(), tag: self.tag, tagged: self.tagged, flags: self.flags };
+        let mut out = Msg { head: None, start: 0, body: self.body.clone(), tag: self.tag, tagged: self.tagged, flags: self.flags };
         if self.head_len() > 0 {
             out.push(self.head());
         }
@@ -142,8 +147,8 @@ impl Clone for Msg {
 
 impl Drop for Msg {
     fn drop(&mut self) {
-        if !self.head.is_empty() {
-            give_buffer(std::mem::take(&mut self.head));
+        if let Some(head) = self.head.take() {
+            give_buffer(head);
         }
     }
 }
@@ -151,7 +156,7 @@ impl Drop for Msg {
 impl Msg {
     /// A message whose payload is `body`.
     pub fn new(body: Bytes) -> Self {
-        Msg { head: Vec::new(), start: 0, body, tag: 0, tagged: false, flags: MsgFlags::default() }
+        Msg { head: None, start: 0, body, tag: 0, tagged: false, flags: MsgFlags::default() }
     }
 
     /// An empty message (for control traffic whose content is all header).
@@ -171,12 +176,15 @@ impl Msg {
 
     /// Bytes in the headroom.
     pub fn head_len(&self) -> usize {
-        self.head.len() - self.start as usize
+        self.head.as_ref().map_or(0, |h| h.len() - self.start as usize)
     }
 
     /// The headroom's bytes (outermost header first).
     pub fn head(&self) -> &[u8] {
-        &self.head[self.start as usize..]
+        match &self.head {
+            Some(h) => &h[self.start as usize..],
+            None => &[],
+        }
     }
 
     /// The body.
@@ -216,11 +224,16 @@ impl Msg {
     /// message exceed [`HEADROOM`] bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len();
+        if n == 0 {
+            return;
+        }
+        // Without a buffer `start` is 0, so the first push grows.
         if n > self.start as usize {
             self.grow(n);
         }
         let start = self.start as usize - n;
-        self.head[start..start + n].copy_from_slice(bytes);
+        let head = self.head.as_mut().expect("grow gave the message a buffer");
+        head[start..start + n].copy_from_slice(bytes);
         self.start = start as u32;
     }
 
@@ -239,8 +252,8 @@ impl Msg {
     #[cold]
     fn grow(&mut self, need: usize) {
         let used = self.head_len();
-        if self.head.is_empty() && need <= HEADROOM {
-            self.head = take_buffer(HEADROOM);
+        if self.head.is_none() && need <= HEADROOM {
+            self.head = Some(take_buffer(HEADROOM));
             self.start = HEADROOM as u32;
             return;
         }
@@ -250,7 +263,9 @@ impl Msg {
         let len = bigger.len();
         bigger[len - used..].copy_from_slice(self.head());
         self.start = u32::try_from(len - used).expect("headers of one message fit in 4 GiB");
-        give_buffer(std::mem::replace(&mut self.head, bigger));
+        if let Some(old) = self.head.replace(bigger) {
+            give_buffer(old);
+        }
     }
 
     /// The contiguous bytes at the front: the headroom if any, else the body.
@@ -390,14 +405,25 @@ mod tests {
     fn headroom_buffers_are_reused_after_the_message_is_dropped() {
         let mut first = Msg::new(Bytes::from_static(b"x"));
         first.push(&[1, 2, 3]);
-        let buffer = first.head.as_ptr();
+        let buffer = first.head.as_ref().unwrap().as_ptr();
         drop(first);
         let mut second = Msg::new(Bytes::from_static(b"y"));
         second.push(&[4]);
-        assert_eq!(second.head.as_ptr(), buffer, "the dropped message's buffer was taken from the pool");
+        assert_eq!(second.head.as_ref().unwrap().as_ptr(), buffer, "the dropped message's buffer was taken from the pool");
         assert_eq!(second.head(), &[4]);
         let copy = second.clone();
         assert_eq!(copy.to_bytes(), second.to_bytes());
+    }
+
+    #[test]
+    fn an_empty_header_takes_no_buffer() {
+        let mut m = Msg::new(Bytes::from_static(b"x"));
+        m.push(&[]);
+        assert!(m.head.is_none(), "nothing to hold");
+        assert_eq!((m.head_len(), m.head(), m.front()), (0, &[][..], &b"x"[..]));
+        m.push(&[7]);
+        m.push(&[]);
+        assert_eq!(m.to_bytes(), Bytes::from_static(b"\x07x"));
     }
 
     #[test]
