@@ -1,0 +1,161 @@
+//! Members of one group in this process, each on a thread of its own with
+//! a single-threaded tokio runtime, talking over the in-process transport
+//! (`MemNetwork`) through the public runtime API (`Endpoint`, `Group`,
+//! `Events`), exactly as an application would. Every member casts its share
+//! of 64-byte messages as fast as the stack takes them; the example prints
+//! the messages delivered per second at each member.
+//!
+//! ```sh
+//! cargo run --release --example mem_group -- 'FRAG:NAK:CAUSAL:VSYNC:TOTAL' 300000 3
+//! ```
+//!
+//! Arguments: the stack string (default the full ordering stack), the casts
+//! per member (default 200 000), the members (default 3) and each member's
+//! receive queue in datagrams (default 2^20). Where the
+//! `stacks` bench runs every member on one thread on a virtual clock, this
+//! spreads them over the machine's cores on the real clock.
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata::runtime::{Endpoint, JoinConfig};
+use strata::transport::mem::MemNetwork;
+use strata::{AppEvent, MemberId};
+use tokio::sync::Barrier;
+
+const BODY_BYTES: usize = 64;
+/// Each member's receive queue, in datagrams. `MemNetwork`'s default (4096)
+/// overflows here: this transport does not bundle, so every cast is a
+/// datagram, and three unpaced senders outrun a receiver's queue; the
+/// losses are recovered, but slowly (see docs/performance.md).
+const QUEUE_DATAGRAMS: usize = 1 << 20;
+/// How long a member waits for the group to form, or for a delivery.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let spec = args.next().unwrap_or_else(|| "FRAG:NAK:CAUSAL:VSYNC:TOTAL".into());
+    let casts: u64 = number(args.next(), 200_000, "casts per member");
+    let members: usize = number(args.next(), 3, "members");
+    if members == 0 {
+        eprintln!("mem_group: at least one member");
+        std::process::exit(2);
+    }
+    let queue: usize = number(args.next(), QUEUE_DATAGRAMS, "queue datagrams");
+    let net = MemNetwork::with_limits(queue, strata::transport::udp::MAX_DATAGRAM);
+    let registry = Arc::new(strata::layers::builtin());
+    let formed = Arc::new(Barrier::new(members));
+    // Member 0 founds the group; the others join through it.
+    let founder = MemberId::new("127.0.0.1:7000".parse().unwrap(), 1);
+    let threads: Vec<_> = (0..members)
+        .map(|i| {
+            let (net, registry, formed, spec) = (net.clone(), registry.clone(), formed.clone(), spec.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+                rt.block_on(member(i, members, net, registry, formed, spec, founder, casts))
+            })
+        })
+        .collect();
+    let mut rates = Vec::new();
+    for t in threads {
+        match t.join().expect("a member thread") {
+            Ok(rate) => rates.push(rate),
+            Err(e) => {
+                eprintln!("mem_group: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("{spec}: {members} members, {casts} casts each: {} deliveries/s per member (min {min:.0})", shown.join(" / "));
+}
+
+fn number<T: std::str::FromStr>(arg: Option<String>, default: T, what: &str) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    match arg.map(|s| s.parse::<T>()) {
+        None => default,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("mem_group: {what}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// One member: joins, waits for the whole group, casts `casts` messages from
+/// a task of its own and takes deliveries until it has every member's.
+/// Returns its deliveries per second.
+#[allow(clippy::too_many_arguments)]
+async fn member(
+    index: usize,
+    members: usize,
+    net: MemNetwork,
+    registry: Arc<strata::Registry>,
+    formed: Arc<Barrier>,
+    spec: String,
+    founder: MemberId,
+    casts: u64,
+) -> Result<f64, String> {
+    let port = 7000 + index as u16;
+    let endpoint = Endpoint::new(net.bind(format!("127.0.0.1:{port}").parse().unwrap()), registry);
+    let mut cfg = JoinConfig::new("mem_group", spec);
+    cfg.incarnation = 1;
+    cfg.seed = index as u64;
+    cfg.event_capacity = 8192;
+    if index > 0 {
+        cfg.members = vec![founder];
+        // Joins one at a time, in order, so that they do not race to found.
+        tokio::time::sleep(Duration::from_millis(200 * index as u64)).await;
+    }
+    let (group, mut events) = endpoint.join(cfg).await.map_err(|e| format!("member {index} could not join: {e}"))?;
+    let whole = async {
+        while let Some(ev) = events.next().await {
+            if let AppEvent::View(v) = ev {
+                if v.len() == members {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!("member {index}: the group closed before it formed"))
+    };
+    tokio::time::timeout(PATIENCE, whole).await.map_err(|_| format!("member {index}: no view of {members} members within {PATIENCE:?}"))??;
+    formed.wait().await;
+
+    let start = Instant::now();
+    let caster = {
+        let group = group.clone();
+        tokio::spawn(async move {
+            let buffer = Bytes::from(vec![0x5a; BODY_BYTES * 1024]);
+            for k in 0..casts {
+                let at = (k as usize % 1024) * BODY_BYTES;
+                group.cast(buffer.slice(at..at + BODY_BYTES)).await.map_err(|e| format!("member {index}: cast {k}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        })
+    };
+    let wanted = casts * members as u64;
+    let mut delivered = 0u64;
+    while delivered < wanted {
+        match tokio::time::timeout(PATIENCE, events.next()).await {
+            Ok(Some(AppEvent::Deliver { .. })) => delivered += 1,
+            Ok(Some(AppEvent::Problem(p))) => eprintln!("member {index}: {}: {}", p.layer, p.what),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("member {index}: the group closed after {delivered} of {wanted} deliveries")),
+            Err(_) => {
+                let stats = group.stats().await.map(|s| format!("{s:#?}")).unwrap_or_default();
+                let ep = endpoint.stats().await.map(|s| format!("{s:#?}")).unwrap_or_default();
+                return Err(format!("member {index}: no delivery for {PATIENCE:?} after {delivered} of {wanted}\n{stats}\n{ep}"));
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    caster.await.map_err(|e| format!("member {index}: the caster: {e}"))??;
+    // Every member stays until every member is done: a member that left
+    // early would be a view change for the others.
+    formed.wait().await;
+    endpoint.shutdown().await;
+    Ok(delivered as f64 / secs)
+}
