@@ -24,10 +24,11 @@ use strata::{AppEvent, MemberId};
 use tokio::sync::Barrier;
 
 const BODY_BYTES: usize = 64;
-/// Each member's receive queue, in datagrams. `MemNetwork`'s default (4096)
-/// overflows here: this transport does not bundle, so every cast is a
-/// datagram, and three unpaced senders outrun a receiver's queue; the
-/// losses are recovered, but slowly (see docs/performance.md).
+/// Each member's receive queue, in datagrams. This transport does not
+/// bundle, so every cast is a datagram, and `MemNetwork`'s default (4096)
+/// overflows at once. Unpaced senders can overrun even this one, and the
+/// group then stalls: a known problem, described in docs/performance.md
+/// ("Known problem"); the example then exits with the member's statistics.
 const QUEUE_DATAGRAMS: usize = 1 << 20;
 /// How long a member waits for the group to form, or for a delivery.
 const PATIENCE: Duration = Duration::from_secs(10);
