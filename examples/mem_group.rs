@@ -33,6 +33,28 @@ const QUEUE_DATAGRAMS: usize = 1 << 20;
 /// How long a member waits for the group to form, or for a delivery.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// What every member shares.
+struct Run {
+    spec: String,
+    casts: u64,
+    members: usize,
+    net: MemNetwork,
+    registry: Arc<strata::Registry>,
+    /// Member 0 founds the group; the others join through it once it has.
+    founder: MemberId,
+    /// Meeting points of all members: the founder has founded; the view
+    /// is whole; every member is done.
+    meet: Barrier,
+}
+
+impl Run {
+    /// Waits for every member at the next meeting point; an error if one
+    /// does not come (it gave up) within [`PATIENCE`].
+    async fn meet(&self, index: usize, what: &str) -> Result<(), String> {
+        tokio::time::timeout(PATIENCE, self.meet.wait()).await.map(drop).map_err(|_| format!("member {index}: the others did not {what} within {PATIENCE:?}"))
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let spec = args.next().unwrap_or_else(|| "FRAG:NAK:CAUSAL:VSYNC:TOTAL".into());
@@ -43,17 +65,21 @@ fn main() {
         std::process::exit(2);
     }
     let queue: usize = number(args.next(), QUEUE_DATAGRAMS, "queue datagrams");
-    let net = MemNetwork::with_limits(queue, strata::transport::udp::MAX_DATAGRAM);
-    let registry = Arc::new(strata::layers::builtin());
-    let formed = Arc::new(Barrier::new(members));
-    // Member 0 founds the group; the others join through it.
-    let founder = MemberId::new("127.0.0.1:7000".parse().unwrap(), 1);
+    let run = Arc::new(Run {
+        spec,
+        casts,
+        members,
+        net: MemNetwork::with_limits(queue, strata::transport::udp::MAX_DATAGRAM),
+        registry: Arc::new(strata::layers::builtin()),
+        founder: MemberId::new(addr(0), 1),
+        meet: Barrier::new(members),
+    });
     let threads: Vec<_> = (0..members)
         .map(|i| {
-            let (net, registry, formed, spec) = (net.clone(), registry.clone(), formed.clone(), spec.clone());
+            let run = run.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-                rt.block_on(member(i, members, net, registry, formed, spec, founder, casts))
+                rt.block_on(member(i, &run))
             })
         })
         .collect();
@@ -69,7 +95,11 @@ fn main() {
     }
     let shown: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    println!("{spec}: {members} members, {casts} casts each: {} deliveries/s per member (min {min:.0})", shown.join(" / "));
+    println!("{}: {members} members, {casts} casts each: {} deliveries/s per member (min {min:.0})", run.spec, shown.join(" / "));
+}
+
+fn addr(index: usize) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + index as u16))
 }
 
 fn number<T: std::str::FromStr>(arg: Option<String>, default: T, what: &str) -> T
@@ -86,32 +116,25 @@ where
     }
 }
 
-/// One member: joins, waits for the whole group, casts `casts` messages from
-/// a task of its own and takes deliveries until it has every member's.
+/// One member: joins, waits for the whole group, casts `run.casts` messages
+/// from a task of its own and takes deliveries until it has every member's.
 /// Returns its deliveries per second.
-#[allow(clippy::too_many_arguments)]
-async fn member(
-    index: usize,
-    members: usize,
-    net: MemNetwork,
-    registry: Arc<strata::Registry>,
-    formed: Arc<Barrier>,
-    spec: String,
-    founder: MemberId,
-    casts: u64,
-) -> Result<f64, String> {
-    let port = 7000 + index as u16;
-    let endpoint = Endpoint::new(net.bind(format!("127.0.0.1:{port}").parse().unwrap()), registry);
-    let mut cfg = JoinConfig::new("mem_group", spec);
+async fn member(index: usize, run: &Run) -> Result<f64, String> {
+    let (members, casts) = (run.members, run.casts);
+    let endpoint = Endpoint::new(run.net.bind(addr(index)), run.registry.clone());
+    let mut cfg = JoinConfig::new("mem_group", run.spec.clone());
     cfg.incarnation = 1;
     cfg.seed = index as u64;
     cfg.event_capacity = 8192;
     if index > 0 {
-        cfg.members = vec![founder];
-        // Joins one at a time, in order, so that they do not race to found.
-        tokio::time::sleep(Duration::from_millis(200 * index as u64)).await;
+        cfg.members = vec![run.founder];
+        run.meet(index, "found the group").await?;
     }
-    let (group, mut events) = endpoint.join(cfg).await.map_err(|e| format!("member {index} could not join: {e}"))?;
+    let joined = endpoint.join(cfg).await.map_err(|e| format!("member {index} could not join: {e}"));
+    if index == 0 {
+        run.meet(index, "start").await?;
+    }
+    let (group, mut events) = joined?;
     let whole = async {
         while let Some(ev) = events.next().await {
             if let AppEvent::View(v) = ev {
@@ -123,7 +146,7 @@ async fn member(
         Err(format!("member {index}: the group closed before it formed"))
     };
     tokio::time::timeout(PATIENCE, whole).await.map_err(|_| format!("member {index}: no view of {members} members within {PATIENCE:?}"))??;
-    formed.wait().await;
+    run.meet(index, "see the whole group").await?;
 
     let start = Instant::now();
     let caster = {
@@ -156,7 +179,7 @@ async fn member(
     caster.await.map_err(|e| format!("member {index}: the caster: {e}"))??;
     // Every member stays until every member is done: a member that left
     // early would be a view change for the others.
-    formed.wait().await;
+    run.meet(index, "finish").await?;
     endpoint.shutdown().await;
     Ok(delivered as f64 / secs)
 }

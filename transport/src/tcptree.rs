@@ -1482,6 +1482,29 @@ mod tests {
         assert_eq!(lost, vec![b_addr]);
     }
 
+    #[tokio::test]
+    async fn a_peer_unreachable_for_the_longest_outage_is_reported_once_without_a_failed_connect() {
+        let config = TcpTreeConfig::default();
+        let outage = config.longest_outage();
+        let mut a = TcpTreeTransport::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.unwrap();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        a.lose(peer, Cause::Lost);
+        let mut lost = Vec::new();
+        a.now += outage - Duration::from_millis(1);
+        a.report_overdue();
+        a.poll_lost(&mut lost);
+        assert!(lost.is_empty(), "within the longest outage a stall is not a loss");
+        a.now += Duration::from_millis(1);
+        a.report_overdue();
+        a.report_overdue();
+        a.poll_lost(&mut lost);
+        assert_eq!(lost, vec![peer], "reported once the outage outlasts the longest a live peer can be cut off");
+        a.now += outage;
+        a.report_overdue();
+        a.poll_lost(&mut lost);
+        assert_eq!(lost, vec![peer], "once per outage");
+    }
+
     #[test]
     fn tree_info_names_parent_and_children_by_address() {
         let m = addrs(6);
