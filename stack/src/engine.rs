@@ -758,6 +758,8 @@ impl Stack {
             Down::StateChunk { .. } | Down::StateDone { .. } => count_drop(&mut self.drops, "state_without_membership"),
             // No reliability layer to recover with (the membership layer requires one).
             Down::Recover { .. } => count_drop(&mut self.drops, "recover_without_reliability"),
+            // No reliability layer to slow the senders down: nothing to do.
+            Down::Holding { .. } => {}
             // `Stack::query` and `Stack::reply` refuse these without a QUERY
             // layer; only raw `input` gets here.
             // `Stack::done` refuses this without a durable layer.

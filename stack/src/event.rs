@@ -60,6 +60,26 @@ pub enum Down {
         /// Who has them.
         holder: MemberId,
     },
+    /// Sent by a layer that holds casts back (CAUSAL, waiting for their
+    /// causal predecessors) to the reliability layer below it: of the casts
+    /// of `from` that the reliability layer passed up in the current view,
+    /// `count` are held above and not yet delivered. The reliability layer
+    /// acknowledges only the casts delivered past the holding layer, so a
+    /// sender whose casts pile up here runs out of send window (flow
+    /// control) instead of the holding layer running out of room, and the
+    /// casts the held ones wait for get through. A later report replaces an
+    /// earlier one; a new view starts from 0.
+    ///
+    /// Only a hold that casts *already sent* end (a missing predecessor,
+    /// which retransmission brings) may be reported: a hold waiting for a
+    /// future cast (a sequencer's order) could close the window of the very
+    /// sender it waits for.
+    Holding {
+        /// Whose casts.
+        from: MemberId,
+        /// How many are held.
+        count: u64,
+    },
     /// Cast `msg` as query `id` and collect replies until `want` is met, the
     /// view rules it out, or `timeout` passes; answered by
     /// [`Up::QueryDone`] with the same id. Handled by a query layer (QUERY);

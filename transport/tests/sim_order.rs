@@ -241,6 +241,36 @@ fn a_departing_senders_cast_keeps_its_place_before_casts_that_depend_on_it() {
 }
 
 #[test]
+fn casts_waiting_for_a_cast_lost_to_one_member_slow_their_sender_instead_of_being_given_up() {
+    // Member 2 gets nothing from member 0 for 1.4 s, while member 1 keeps
+    // casting after delivering member 0's casts: at member 2, CAUSAL holds
+    // each of member 1's casts until member 0's arrive. Member 2's NAK must
+    // not acknowledge what CAUSAL holds, so member 1's window closes long
+    // before member 2 holds max_held of its casts; CAUSAL once gave up on
+    // member 1 here (Lost) and the members never agreed again.
+    // Without VSYNC the casts start at once; with it, once the group formed
+    // (about 1 s), and a cut before that would split the group instead.
+    for (stack, cut) in [
+        ("FRAG:NAK(max_unstable=64):CAUSAL(max_held=1000)", "cut(0>2)@20ms,heal@1500ms"),
+        ("FRAG:NAK(max_unstable=64):CAUSAL(max_held=1000):VSYNC(suspect_ms=60000)", "cut(0>2)@300ms,heal@1700ms"),
+    ] {
+        let name = format!("cut cause ({stack})");
+        let o = run_named(
+            &name,
+            &format!("seed=206 members=3 stack={stack} loss=0.02 delay_us=100..500 casts=2000 size=1..100 interval_us=200 quiet_ms=10000 faults={cut}"),
+        );
+        let held_max = o.members[2].counter("CAUSAL", "held_max").expect("CAUSAL's stats");
+        assert!(held_max >= 64, "{name}: member 2 held member 1's casts back ({held_max} at most), else the test shows nothing");
+        assert!(held_max < 1000, "{name}: held at most {held_max}");
+        assert_eq!(o.members[2].counter("CAUSAL", "given_up"), Some(0), "{name}");
+        assert!(o.members[1].backpressured > 0, "{name}: member 1 was slowed down");
+        for (i, m) in o.members.iter().enumerate() {
+            assert_eq!(m.knowledge().len(), 6000, "{name}: member {i} delivered every cast");
+        }
+    }
+}
+
+#[test]
 fn the_workload_of_an_ordering_stack_reacts_to_deliveries() {
     let o = run_named(
         "reactive workload",

@@ -41,6 +41,16 @@
 //!   this member lacks; NAK hands them up as that sender's, in order, with
 //!   this layer's header intact, and the delivery rule orders them like any
 //!   other cast.
+//! * **Flow control.** Casts that wait here were acknowledged by NAK below
+//!   when they arrived, so nothing would stop their senders from piling
+//!   more on, while the cast they wait for, lost once, is lost again in the
+//!   flood (a receiver that cannot keep up). So the layer tells NAK how many
+//!   casts of each sender wait ([`Down::Holding`], in steps of
+//!   `max_held / 64`, at most 256, so that the usual short waits report
+//!   nothing) and NAK acknowledges only the rest: a sender with many casts
+//!   waiting here runs out of send window, the flood stops, and the missing
+//!   cast gets through. What is held stays near NAK's `max_unstable`, far
+//!   below `max_held`.
 //! * **FIFO casts.** A cast that asks for [`Order::Fifo`] carries no
 //!   dependencies and is delivered as soon as its sender's earlier casts
 //!   are. It still counts in its sender's entry, so a later causal cast that
@@ -117,6 +127,10 @@ use wire::{kind, Entry};
 
 pub use wire::max_len as header_bound;
 
+/// The most casts of one sender held here but not yet reported below (see
+/// [`Down::Holding`]).
+const HOLDING_QUANTUM_MAX: usize = 256;
+
 /// The `CAUSAL` descriptor.
 pub const CAUSAL: LayerDescriptor = LayerDescriptor {
     name: "CAUSAL",
@@ -162,11 +176,14 @@ struct Sender {
     held: VecDeque<Held>,
     /// Its held casts overflowed `max_held`: its casts are dropped until the next view.
     given_up: bool,
+    /// The count of its held casts last reported to the reliability layer
+    /// ([`Down::Holding`]).
+    reported_held: u64,
 }
 
 impl Sender {
     fn new(id: MemberId) -> Self {
-        Sender { id, row: Vec::new(), held: VecDeque::new(), given_up: false }
+        Sender { id, row: Vec::new(), held: VecDeque::new(), given_up: false, reported_held: 0 }
     }
 }
 
@@ -175,6 +192,9 @@ impl Sender {
 pub struct Causal {
     max_members: usize,
     max_held: usize,
+    /// Held casts are reported to the reliability layer in multiples of
+    /// this, so that the usual short waits report nothing.
+    holding_quantum: usize,
 
     /// The view timestamps index (`None` before `init`).
     view: Option<Arc<View>>,
@@ -216,6 +236,7 @@ impl Causal {
         Causal {
             max_members: p.u64("max_members") as usize,
             max_held: p.u64("max_held") as usize,
+            holding_quantum: (p.u64("max_held") as usize / 64).clamp(1, HOLDING_QUANTUM_MAX),
             view: None,
             rank: Ranks::default(),
             me: None,
@@ -247,6 +268,12 @@ impl Causal {
         }
         self.discarded_at_view += self.held as u64;
         self.held = 0;
+        // The held casts are gone: a report of them must not outlive them.
+        for s in &self.senders {
+            if s.reported_held > 0 {
+                cx.down(Down::Holding { from: s.id, count: 0 });
+            }
+        }
         let n = view.len();
         self.ordered = n <= self.max_members;
         self.rank = Ranks::new(view.members());
@@ -353,6 +380,7 @@ impl Causal {
             self.held += 1;
             self.delayed += 1;
             self.held_max = self.held_max.max(self.held as u64);
+            self.report_held(cx, s);
         }
         self.entries = entries;
     }
@@ -376,8 +404,27 @@ impl Causal {
                 }
             }
             if !progress || self.held == 0 {
-                return;
+                break;
             }
+        }
+        for s in 0..self.senders.len() {
+            if self.senders[s].reported_held > 0 {
+                self.report_held(cx, s);
+            }
+        }
+    }
+
+    /// Tells the reliability layer below how many casts of sender `s` wait
+    /// here, rounded down to `holding_quantum`, when that changed: it
+    /// acknowledges only the others, so a sender whose casts pile up here
+    /// (their predecessor lost, and lost again under the flood) runs out of
+    /// send window before this layer runs out of `max_held`.
+    fn report_held(&mut self, cx: &mut Context<'_>, s: usize) {
+        let sender = &mut self.senders[s];
+        let count = (sender.held.len() / self.holding_quantum * self.holding_quantum) as u64;
+        if count != sender.reported_held {
+            sender.reported_held = count;
+            cx.down(Down::Holding { from: sender.id, count });
         }
     }
 
@@ -392,6 +439,7 @@ impl Causal {
         sender.given_up = true;
         self.given_up += 1;
         let from = sender.id;
+        self.report_held(cx, s);
         cx.drop_malformed("held_overflow");
         cx.up(Up::Lost { from, count });
         let what = format!("{count} casts of {from} waited for dependencies, more than max_held={}: its casts are dropped until the next view", self.max_held);

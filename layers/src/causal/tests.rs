@@ -374,18 +374,48 @@ fn a_dependency_far_in_the_future_waits_and_cannot_overflow() {
 fn a_sender_that_fills_its_queue_is_given_up_on_until_the_next_view() {
     let mut c = harness_with(C, 3, &[("max_held", 2)]);
     let dep = [kind::MAP, 0b001, 0];
-    assert_eq!(arrive(&mut c, B, &wire(&dep, "b1")), vec![]);
-    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b2")), vec![]);
+    // Each held cast is reported below (max_held / 64 rounds up to 1).
+    assert_eq!(arrive(&mut c, B, &wire(&dep, "b1")), vec![holding(B, 1)]);
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b2")), vec![holding(B, 2)]);
     let out = arrive(&mut c, B, &wire(&[kind::SAME], "b3"));
-    assert_eq!(out.len(), 2, "{out:?}");
-    assert_eq!(out[0], Out::Up(Up::Lost { from: m(B), count: 3 }));
-    assert!(matches!(&out[1], Out::Up(Up::Problem(p)) if p.layer == "CAUSAL" && p.what.contains("max_held=2")));
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0], holding(B, 0), "the discarded casts are no longer held");
+    assert_eq!(out[1], Out::Up(Up::Lost { from: m(B), count: 3 }));
+    assert!(matches!(&out[2], Out::Up(Up::Problem(p)) if p.layer == "CAUSAL" && p.what.contains("max_held=2")));
     assert_eq!((stat(&c, "held"), stat(&c, "given_up"), c.dropped("held_overflow")), (0, 1, 1));
     assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b4")), vec![]);
     assert_eq!(c.dropped("sender_given_up"), 1);
     assert_eq!(arrive(&mut c, A, &wire(&[kind::SAME], "a1")), ups(&[(A, "a1")]), "other senders go on");
     c.up(Up::View(next_view(1, &[A, B, C])));
     assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b1")), ups(&[(B, "b1")]));
+}
+
+fn holding(from: u16, count: u64) -> Out {
+    Out::Down(Down::Holding { from: m(from), count })
+}
+
+#[test]
+fn held_casts_are_reported_below_in_steps_and_released_when_delivered() {
+    // max_held 128: steps of 2.
+    let mut c = harness_with(C, 3, &[("max_held", 128)]);
+    let dep = [kind::MAP, 0b001, 0];
+    assert_eq!(arrive(&mut c, B, &wire(&dep, "b1")), vec![], "one held cast is below a step: a short wait reports nothing");
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b2")), vec![holding(B, 2)]);
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b3")), vec![]);
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b4")), vec![holding(B, 4)]);
+    // A's cast, which they all wait for, releases them and the report.
+    let mut out = arrive(&mut c, A, &wire(&[kind::SAME], "a1"));
+    assert_eq!(out.pop(), Some(holding(B, 0)), "the release is reported after the deliveries");
+    assert_eq!(delivered(&out), [(m(A), "a1"), (m(B), "b1"), (m(B), "b2"), (m(B), "b3"), (m(B), "b4")].map(|(f, t)| (f, t.to_string())));
+    assert_eq!(stat(&c, "held"), 0);
+    assert_eq!(stat(&c, "given_up"), 0);
+
+    // Casts still held at a view change are discarded, and so is the report.
+    assert_eq!(arrive(&mut c, B, &wire(&dep, "b5")), vec![]);
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b6")), vec![holding(B, 2)]);
+    let out = c.down(Down::View(next_view(1, &[A, B, C])));
+    assert_eq!(out[0], holding(B, 0), "{out:?}");
+    assert_eq!(stat(&c, "discarded_at_view"), 2);
 }
 
 #[test]

@@ -47,7 +47,10 @@
 //!   or cut off) stops acknowledging, the others' windows close, and their
 //!   memory stays bounded: about `max_unstable_bytes` per member of
 //!   retransmission buffer, and the same again of the others' casts kept for
-//!   relaying. On the receiving side, early arrivals wait in an
+//!   relaying. Casts that a layer above holds back ([`Down::Holding`]:
+//!   CAUSAL, waiting for a cast they depend on) count as not received until
+//!   it lets them go, so a sender cannot flood a member whose upper layers
+//!   wait for a retransmission. On the receiving side, early arrivals wait in an
 //!   out-of-order store bounded per channel by `max_out_of_order` messages
 //!   and, all channels together, by `max_out_of_order_bytes` bytes. An
 //!   arrival that does not fit is dropped (`out_of_order_full`) and asked for
@@ -412,6 +415,9 @@ struct Peer {
     sends_out: Outbound,
     /// How many of this member's casts it has acknowledged.
     acked_casts: u64,
+    /// How many of its casts passed up are held by a layer above
+    /// ([`Down::Holding`]): not acknowledged yet.
+    held_above: u64,
     /// How many of its casts are stable, as last reported to the layers above.
     reported_stable: u64,
     /// Its casts received here and not known stable, as passed up (NAK's
@@ -431,10 +437,17 @@ impl Peer {
             sends_in: Inbound::default(),
             sends_out: Outbound::default(),
             acked_casts: 0,
+            held_above: 0,
             reported_stable: 0,
             kept: VecDeque::new(),
             relay: None,
         }
+    }
+
+    /// How many of its casts this member acknowledges: those received and
+    /// not held above.
+    fn casts_consumed(&self) -> u64 {
+        self.casts_in.next.saturating_sub(self.held_above)
     }
 
     /// Records that its casts up to `stable` are received everywhere.
@@ -861,7 +874,7 @@ impl Nak {
             if own {
                 // Own casts come back through the loopback: this member's own
                 // acknowledgement of them.
-                self.peers[r].acked_casts = self.peers[r].casts_in.next;
+                self.peers[r].acked_casts = self.peers[r].acked_casts.max(self.peers[r].casts_consumed());
                 self.advance_stability(cx);
             }
             // Acknowledge early when a quarter of a sender's window arrived,
@@ -956,6 +969,35 @@ impl Nak {
         self.arm_nak(cx);
     }
 
+    /// A layer above holds `count` of the casts of `from` passed up: they
+    /// are not acknowledged until it lets them go, so that their sender's
+    /// window closes. Acknowledgements already given are not taken back.
+    fn holding(&mut self, cx: &mut Context<'_>, from: MemberId, count: u64) {
+        // A report about a member of another view is stale.
+        let Some(r) = self.rank.get(&from) else { return };
+        if self.me >= self.peers.len() {
+            return;
+        }
+        let peer = &mut self.peers[r];
+        let before = peer.casts_consumed();
+        peer.held_above = count;
+        let after = peer.casts_consumed();
+        if r == self.me {
+            peer.acked_casts = peer.acked_casts.max(after);
+            return self.advance_stability(cx);
+        }
+        if after > before {
+            // Acknowledgements to give, as if these casts arrived now; the
+            // sender may be waiting for them with a closed window.
+            self.status_dirty = true;
+            self.unacked_deliveries += (after - before) as usize;
+            if self.unacked_deliveries >= (self.max_unstable / 4).max(1) {
+                self.send_status(cx);
+            }
+            self.arm_status(cx);
+        }
+    }
+
     fn status(&mut self, cx: &mut Context<'_>, r: usize, msg: &Msg) -> DecodeResult<()> {
         if r == self.me {
             return Ok(()); // the loopback of this member's own status
@@ -982,7 +1024,7 @@ impl Nak {
         // Its casts: trailing loss, and whether it waits for our acks.
         let peer = &mut self.peers[r];
         peer.casts_in.known = peer.casts_in.known.max(sent.min(peer.casts_in.next.saturating_add(self.window)));
-        if stable < peer.casts_in.next {
+        if stable < peer.casts_consumed() {
             self.ack_requested = true;
         }
         if stable > peer.reported_stable && stable <= peer.casts_in.next {
@@ -1034,7 +1076,7 @@ impl Nak {
         let mut w = Writer::new();
         w.varint(self.casts_out.next()).varint(self.casts_out.base).varint(self.peers.len() as u64);
         for p in &self.peers {
-            w.varint(p.casts_in.next).varint(p.sends_in.next).varint(p.sends_out.next()).varint(p.sends_out.base);
+            w.varint(p.casts_consumed()).varint(p.sends_in.next).varint(p.sends_out.next()).varint(p.sends_out.base);
         }
         let mut msg = Msg::new(bytes::Bytes::copy_from_slice(w.as_slice()));
         push_control(&mut msg, kind::STATUS, self.epoch);
@@ -1135,6 +1177,7 @@ impl Layer for Nak {
             Down::Send { to, msg } => self.send(cx, to, msg),
             Down::Flush { token } => self.flush(cx, token),
             Down::Recover { sender, upto, holder } => self.recover(cx, sender, upto, holder),
+            Down::Holding { from, count } => self.holding(cx, from, count),
             Down::View(v) => {
                 self.install(cx, &v);
                 cx.down(Down::View(v));
@@ -1592,6 +1635,50 @@ mod tests {
 
     fn sized(len: usize) -> Msg {
         Msg::new(Bytes::from(vec![7u8; len]))
+    }
+
+    #[test]
+    fn casts_held_above_are_acknowledged_only_once_released_so_their_senders_window_stays_closed() {
+        let mut a = harness_with(A, 2, &[("max_unstable", 8)]);
+        let mut b = harness_with(B, 2, &[("max_unstable", 8)]);
+        let mut datagrams = Vec::new();
+        for _ in 0..8 {
+            let sent = wire(&a.down(Down::Cast(body("p"))));
+            a.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
+            datagrams.push(sent[0].1.clone());
+        }
+        assert!(a.backpressure());
+        // The layer above B's NAK holds 7 of A's casts (waiting for a cast
+        // of another member): B acknowledges only the eighth.
+        assert!(b.down(Down::Holding { from: m(A), count: 7 }).is_empty(), "NAK takes the report; nothing goes further down");
+        let mut acks = Vec::new();
+        for d in datagrams {
+            let out = b.up(Up::Cast { from: m(A), msg: d });
+            assert_eq!(delivered(&out).len(), 1, "holding above does not stop delivery up");
+            acks.extend(statuses(&out));
+        }
+        assert!(!acks.is_empty());
+        for st in acks {
+            a.up(Up::Cast { from: m(B), msg: st });
+        }
+        assert!(a.backpressure(), "7 casts unacknowledged keep A's window closed");
+        assert_eq!(a.stats().get("xmit_buffer"), Some(7));
+        // A's status shows 1 stable; B, which acknowledges 1, does not answer it.
+        let st = statuses(&a.advance(Instant::from_millis(100)));
+        assert_eq!(st.len(), 1);
+        b.advance(Instant::from_millis(100));
+        b.up(Up::Cast { from: m(A), msg: st[0].clone() });
+        assert!(statuses(&b.advance(Instant::from_millis(250))).is_empty(), "no answer to a sender that has every acknowledgement B gives");
+        // Released: B acknowledges all 8 at once, and A's window reopens.
+        let out = b.down(Down::Holding { from: m(A), count: 0 });
+        let st = statuses(&out);
+        assert_eq!(st.len(), 1, "{out:?}");
+        let out = a.up(Up::Cast { from: m(B), msg: st[0].clone() });
+        assert!(out.contains(&Out::Up(Up::Stable { from: m(A), count: 8 })), "{out:?}");
+        assert!(!a.backpressure());
+        assert_eq!(a.stats().get("xmit_buffer"), Some(0));
+        // A report about a member of no view here is ignored.
+        assert!(b.down(Down::Holding { from: m(9), count: 3 }).is_empty());
     }
 
     #[test]

@@ -1437,6 +1437,7 @@ pub fn run(registry: &Registry, scenario: &Scenario) -> Result<Outcome, SimError
                     }
                 }
                 FaultKind::Partition(sets) => world.net.partition(n, sets),
+                FaultKind::Cut { from, to } => world.net.cut(usize::from(*from), usize::from(*to)),
                 FaultKind::Heal => {
                     world.net.heal();
                     // Retransmissions get through: no connection times out.

@@ -129,6 +129,8 @@ pub(crate) struct Net {
     seq: u64,
     /// The set of each member while a partition holds.
     sets: Option<Vec<usize>>,
+    /// One-way links cut until the next heal, as (from, to).
+    cut_links: Vec<(usize, usize)>,
     /// With `link_fifo=true`: the latest arrival scheduled on each link,
     /// at `from * members + to`.
     link_last: Option<Vec<Instant>>,
@@ -149,6 +151,7 @@ impl Net {
             heap: BinaryHeap::new(),
             seq: 0,
             sets: None,
+            cut_links: Vec::new(),
             link_last,
             members,
             stats: NetStats::default(),
@@ -168,8 +171,14 @@ impl Net {
         self.sets = Some(of);
     }
 
+    /// Cuts the link from `from` to `to` (one way) until the next heal.
+    pub fn cut(&mut self, from: usize, to: usize) {
+        self.cut_links.push((from, to));
+    }
+
     pub fn heal(&mut self) {
         self.sets = None;
+        self.cut_links.clear();
     }
 
     fn delay(&mut self) -> Duration {
@@ -182,9 +191,9 @@ impl Net {
         Duration::from_micros(us)
     }
 
-    /// Whether a partition cuts the copies from `from` to `to` now.
+    /// Whether a partition or a cut stops the copies from `from` to `to` now.
     pub fn cuts(&self, from: usize, to: usize) -> bool {
-        self.sets.as_ref().is_some_and(|sets| sets[from] != sets[to])
+        self.sets.as_ref().is_some_and(|sets| sets[from] != sets[to]) || self.cut_links.contains(&(from, to))
     }
 
     /// Sends one copy from `from` to `to` at `now`; `tree` marks a tree

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! seed=42 members=4 stack=FRAG:NAK loss=0.2 dup=0.05 reorder=0.1 delay_us=100..2000 casts=30
-//!   size=1..65536 interval_us=500 quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,heal@400ms
+//!   size=1..65536 interval_us=500 quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,cut(3>1)@60ms,heal@400ms
 //! seed=7 members=5 stack=FRAG:NAK:VSYNC casts=40 interval_us=10000 quiet_ms=10000
 //!   faults=join(4)@1200ms,leave(2)@1500ms,crash(0)@1400ms
 //! ```
@@ -60,7 +60,17 @@ pub enum FaultKind {
     /// Datagrams sent between members of different sets vanish until a heal
     /// (or the next partition). Members listed in no set form one more set together.
     Partition(Vec<Vec<u16>>),
-    /// Ends the partition.
+    /// Datagrams from member `from` to member `to` vanish until a heal; the
+    /// other direction and every other link still work (a one-way link
+    /// failure, or a receiver that drops one sender's traffic). Several cuts
+    /// add up; a partition leaves them in force.
+    Cut {
+        /// The sender whose datagrams vanish.
+        from: u16,
+        /// The member that no longer gets them.
+        to: u16,
+    },
+    /// Ends the partition and every cut.
     Heal,
     /// A crashed member starts again: the same address, the next
     /// incarnation, the same disk (its log files as the crash left them);
@@ -299,6 +309,9 @@ impl Scenario {
                 FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) | FaultKind::Restart(i) if *i >= self.members => {
                     return err(format!("{} names no member (members={})", f.kind, self.members))
                 }
+                FaultKind::Cut { from, to } if *from >= self.members || *to >= self.members || from == to => {
+                    return err(format!("{} needs two different members (members={})", f.kind, self.members))
+                }
                 FaultKind::Partition(sets) => {
                     let mut seen = Vec::new();
                     for &i in sets.iter().flatten() {
@@ -406,6 +419,7 @@ impl fmt::Display for FaultKind {
             FaultKind::Leave(i) => write!(f, "leave({i})"),
             FaultKind::Restart(i) => write!(f, "restart({i})"),
             FaultKind::Heal => write!(f, "heal"),
+            FaultKind::Cut { from, to } => write!(f, "cut({from}>{to})"),
             FaultKind::Partition(sets) => {
                 let sets: Vec<String> = sets.iter().map(|s| s.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".")).collect();
                 write!(f, "partition({})", sets.join("|"))
@@ -437,11 +451,14 @@ impl FromStr for Fault {
             FaultKind::Leave(index(i)?)
         } else if let Some(i) = inner("restart") {
             FaultKind::Restart(index(i)?)
+        } else if let Some(link) = inner("cut") {
+            let (from, to) = link.split_once('>').ok_or_else(|| ScenarioError(format!("fault `{s}`: a cut names a link as cut(from>to)")))?;
+            FaultKind::Cut { from: index(from)?, to: index(to)? }
         } else if let Some(sets) = inner("partition") {
             let sets = sets.split('|').map(|set| if set.is_empty() { Ok(Vec::new()) } else { set.split('.').map(index).collect() });
             FaultKind::Partition(sets.collect::<Result<_, _>>()?)
         } else {
-            return err(format!("unknown fault `{kind}`: expected crash(i), restart(i), join(i), leave(i), partition(a.b|c.d) or heal"));
+            return err(format!("unknown fault `{kind}`: expected crash(i), restart(i), join(i), leave(i), partition(a.b|c.d), cut(a>b) or heal"));
         };
         Ok(Fault { at, kind })
     }
@@ -1140,6 +1157,7 @@ impl Scenario {
         let mut s = Scenario { members, ..self.clone() };
         s.faults.retain_mut(|f| match &mut f.kind {
             FaultKind::Crash(i) | FaultKind::Join(i) | FaultKind::Leave(i) | FaultKind::Restart(i) => *i < members,
+            FaultKind::Cut { from, to } => *from < members && *to < members,
             FaultKind::Partition(sets) => {
                 for set in sets.iter_mut() {
                     set.retain(|i| *i < members);
@@ -1160,9 +1178,10 @@ mod tests {
     #[test]
     fn the_documented_line_round_trips() {
         let line = "seed=42 members=4 stack=FRAG:NAK loss=0.2 dup=0.05 reorder=0.1 delay_us=100..2000 casts=30 size=1..65536 interval_us=500 \
-                    quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,heal@400ms";
+                    quiet_ms=5000 faults=crash(2)@100ms,partition(0.1|2.3)@50ms,cut(3>1)@60ms,heal@400ms";
         let s: Scenario = line.parse().unwrap();
         assert_eq!(s.faults[1], Fault { at: Duration::from_millis(50), kind: FaultKind::Partition(vec![vec![0, 1], vec![2, 3]]) });
+        assert_eq!(s.faults[2], Fault { at: Duration::from_millis(60), kind: FaultKind::Cut { from: 3, to: 1 } });
         assert_eq!(s.to_string(), line);
         assert!(!s.is_fault_free());
     }
@@ -1203,6 +1222,9 @@ mod tests {
         let e = |l: &str| l.parse::<Scenario>().unwrap_err().0;
         assert!(e("members=3 faults=join(3)@1ms").contains("join(3) names no member"));
         assert!(e("members=3 faults=leave(5)@1ms").contains("leave(5) names no member"));
+        assert!(e("members=3 faults=cut(0>3)@1ms").contains("cut(0>3) needs two different members"));
+        assert!(e("members=3 faults=cut(1>1)@1ms").contains("needs two different members"));
+        assert!(e("members=3 faults=cut(1)@1ms").contains("cut(from>to)"));
         assert!(e("faults=join(1)@1ms,join(1)@2ms").contains("join(1) appears more than once"));
         assert!(e("faults=leave(1)@1ms,leave(1)@2ms").contains("leave(1) appears more than once"));
         assert!(e("faults=join(1)@5ms,leave(1)@5ms").contains("leave(1)@5ms is not after join(1)@5ms"));

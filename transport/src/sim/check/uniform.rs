@@ -323,7 +323,7 @@ pub(crate) fn global_order(lives: &[NamedLife<'_>]) -> Result<Vec<Vec<SafeTag>>,
 /// Whether a partition is in force at the end of the run.
 pub(crate) fn split_at_end(o: &Outcome) -> bool {
     o.scenario.faults_in_order().iter().fold(false, |split, f| match f.kind {
-        FaultKind::Partition(_) => true,
+        FaultKind::Partition(_) | FaultKind::Cut { .. } => true,
         FaultKind::Heal => false,
         _ => split,
     })

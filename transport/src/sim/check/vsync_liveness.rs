@@ -97,6 +97,8 @@ pub fn partitions_keep_a_majority(s: &Scenario) -> bool {
                     return false;
                 }
             }
+            // A one-way cut is not a partition VSYNC can settle.
+            FaultKind::Cut { .. } => return false,
             FaultKind::Heal => {}
         }
     }
@@ -119,7 +121,7 @@ pub fn surviving_quorum(o: &Outcome) -> Option<&Arc<View>> {
 /// Checks that the live members settled in one primary view, knowing everything cast.
 pub fn check(o: &Outcome) -> Result<(), String> {
     let split = o.scenario.faults_in_order().iter().fold(false, |split, f| match f.kind {
-        FaultKind::Partition(_) => true,
+        FaultKind::Partition(_) | FaultKind::Cut { .. } => true,
         FaultKind::Heal => false,
         _ => split,
     });
