@@ -2,16 +2,19 @@
 //! a single-threaded tokio runtime, talking over the in-process transport
 //! (`MemNetwork`) through the public runtime API (`Endpoint`, `Group`,
 //! `Events`), exactly as an application would. Every member casts its share
-//! of 64-byte messages as fast as the stack takes them; the example prints
-//! the messages delivered per second at each member.
+//! of 64-byte messages as fast as the stack takes them, and takes its
+//! events in batches (`Events::next_many`); the example prints the messages
+//! delivered per second at each member.
 //!
 //! ```sh
 //! cargo run --release --example mem_group -- 'FRAG:NAK:CAUSAL:VSYNC:TOTAL' 300000 3
 //! ```
 //!
 //! Arguments: the stack string (default the full ordering stack), the casts
-//! per member (default 200 000), the members (default 3) and each member's
-//! receive queue in datagrams (default 2^20). Where the
+//! per member (default 200 000), the members (default 3), each member's
+//! receive queue in datagrams (default `MemNetwork`'s, 4096) and the
+//! largest bundle in bytes (default 8192, as over UDP; 0 sends every frame
+//! as a datagram of its own). Where the
 //! `stacks` bench runs every member on one thread on a virtual clock, this
 //! spreads them over the machine's cores on the real clock.
 
@@ -19,18 +22,14 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata::runtime::{Endpoint, JoinConfig};
-use strata::transport::mem::MemNetwork;
-use strata::{AppEvent, MemberId};
+use strata::transport::bundle::DEFAULT_BUNDLE_BYTES;
+use strata::transport::mem::{MemNetwork, DEFAULT_QUEUE_DATAGRAMS};
+use strata::{AppEvent, MemberId, Props};
 use tokio::sync::Barrier;
 
 const BODY_BYTES: usize = 64;
-/// Each member's receive queue, in datagrams. This transport does not
-/// bundle, so every cast is a datagram, and `MemNetwork`'s default (4096)
-/// overflows again and again: the group gets through, retransmitting, at
-/// about a seventh of the speed (docs/performance.md, "Fixed"). Should a
-/// member see no delivery for `PATIENCE`, the example exits with its
-/// statistics.
-const QUEUE_DATAGRAMS: usize = 1 << 20;
+/// Events taken from the group at a time.
+const EVENT_BATCH: usize = 256;
 /// How long a member waits for the group to form, or for a delivery.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -41,8 +40,11 @@ struct Run {
     members: usize,
     net: MemNetwork,
     registry: Arc<strata::Registry>,
-    /// Member 0 founds the group; the others join through it once it has.
+    /// With a membership layer, member 0 founds the group and the others
+    /// join through it once it has; without one, every member starts in
+    /// the view of all of them.
     founder: MemberId,
+    membership: bool,
     /// Meeting points of all members: the founder has founded; the view
     /// is whole; every member is done.
     meet: Barrier,
@@ -65,14 +67,24 @@ fn main() {
         eprintln!("mem_group: at least one member");
         std::process::exit(2);
     }
-    let queue: usize = number(args.next(), QUEUE_DATAGRAMS, "queue datagrams");
+    // Without bundling every cast is a datagram, and a queue of 4096
+    // overflows again and again: the group gets through, retransmitting, at
+    // about a seventh of the speed (docs/performance.md, "Fixed").
+    let queue: usize = number(args.next(), DEFAULT_QUEUE_DATAGRAMS, "queue datagrams");
+    let bundle: usize = number(args.next(), DEFAULT_BUNDLE_BYTES, "bundle bytes");
+    let registry = strata::layers::builtin();
+    let resolved = registry.resolve(&spec).unwrap_or_else(|e| {
+        eprintln!("mem_group: {e}");
+        std::process::exit(2);
+    });
     let run = Arc::new(Run {
         spec,
         casts,
         members,
-        net: MemNetwork::with_limits(queue, strata::transport::udp::MAX_DATAGRAM),
-        registry: Arc::new(strata::layers::builtin()),
-        founder: MemberId::new(addr(0), 1),
+        net: MemNetwork::with_limits(queue, strata::transport::udp::MAX_DATAGRAM).with_bundle(bundle),
+        registry: Arc::new(registry),
+        founder: member_id(0),
+        membership: resolved.layers.iter().any(|(d, _)| d.provides.contains(Props::MEMBERSHIP)),
         meet: Barrier::new(members),
     });
     let threads: Vec<_> = (0..members)
@@ -103,6 +115,10 @@ fn addr(index: usize) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + index as u16))
 }
 
+fn member_id(index: usize) -> MemberId {
+    MemberId::new(addr(index), 1)
+}
+
 fn number<T: std::str::FromStr>(arg: Option<String>, default: T, what: &str) -> T
 where
     T::Err: std::fmt::Display,
@@ -127,26 +143,31 @@ async fn member(index: usize, run: &Run) -> Result<f64, String> {
     cfg.incarnation = 1;
     cfg.seed = index as u64;
     cfg.event_capacity = 8192;
-    if index > 0 {
+    if !run.membership {
+        cfg.members = (0..members).map(member_id).collect();
+    } else if index > 0 {
         cfg.members = vec![run.founder];
         run.meet(index, "found the group").await?;
     }
     let joined = endpoint.join(cfg).await.map_err(|e| format!("member {index} could not join: {e}"));
-    if index == 0 {
+    if index == 0 && run.membership {
         run.meet(index, "start").await?;
     }
     let (group, mut events) = joined?;
-    let whole = async {
-        while let Some(ev) = events.next().await {
-            if let AppEvent::View(v) = ev {
-                if v.len() == members {
-                    return Ok(());
+    // Without a membership layer the view is whole from the start.
+    if run.membership {
+        let whole = async {
+            while let Some(ev) = events.next().await {
+                if let AppEvent::View(v) = ev {
+                    if v.len() == members {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        Err(format!("member {index}: the group closed before it formed"))
-    };
-    tokio::time::timeout(PATIENCE, whole).await.map_err(|_| format!("member {index}: no view of {members} members within {PATIENCE:?}"))??;
+            Err(format!("member {index}: the group closed before it formed"))
+        };
+        tokio::time::timeout(PATIENCE, whole).await.map_err(|_| format!("member {index}: no view of {members} members within {PATIENCE:?}"))??;
+    }
     run.meet(index, "see the whole group").await?;
 
     let start = Instant::now();
@@ -163,12 +184,19 @@ async fn member(index: usize, run: &Run) -> Result<f64, String> {
     };
     let wanted = casts * members as u64;
     let mut delivered = 0u64;
+    let mut batch = Vec::with_capacity(EVENT_BATCH);
     while delivered < wanted {
-        match tokio::time::timeout(PATIENCE, events.next()).await {
-            Ok(Some(AppEvent::Deliver { .. })) => delivered += 1,
-            Ok(Some(AppEvent::Problem(p))) => eprintln!("member {index}: {}: {}", p.layer, p.what),
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(format!("member {index}: the group closed after {delivered} of {wanted} deliveries")),
+        match tokio::time::timeout(PATIENCE, events.next_many(&mut batch, EVENT_BATCH)).await {
+            Ok(0) => return Err(format!("member {index}: the group closed after {delivered} of {wanted} deliveries")),
+            Ok(_) => {
+                for ev in batch.drain(..) {
+                    match ev {
+                        AppEvent::Deliver { .. } => delivered += 1,
+                        AppEvent::Problem(p) => eprintln!("member {index}: {}: {}", p.layer, p.what),
+                        _ => {}
+                    }
+                }
+            }
             Err(_) => {
                 let stats = group.stats().await.map(|s| format!("{s:#?}")).unwrap_or_default();
                 let ep = endpoint.stats().await.map(|s| format!("{s:#?}")).unwrap_or_default();

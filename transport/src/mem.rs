@@ -5,9 +5,15 @@
 //! arrive in the order sent and are never corrupted; a datagram to an address
 //! nobody has bound vanishes; a datagram arriving at a full receive queue
 //! (default [`DEFAULT_QUEUE_DATAGRAMS`]) is dropped and counted, like a full
-//! socket buffer. A datagram costs one copy when sent (the frame's slices are
-//! joined into one `Bytes` shared by every destination) and none when received.
+//! socket buffer. As over UDP, the frames of one driver round to one
+//! destination are bundled into datagrams of up to
+//! [`DEFAULT_BUNDLE_BYTES`](crate::bundle::DEFAULT_BUNDLE_BYTES) (see
+//! [`bundle`]; [`MemNetwork::with_bundle`] changes the limit or,
+//! with 0, sends every frame as a datagram of its own). A datagram costs one
+//! copy when sent (into one `Bytes` shared by every destination of an
+//! unbundled frame) and none when received: a bundle's frames are slices of it.
 
+use crate::bundle::{self, BundleCounters, Bundler, DEFAULT_BUNDLE_BYTES};
 use crate::counters::{frame_len, join_frame, DatagramCounters};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -25,6 +31,8 @@ pub const DEFAULT_QUEUE_DATAGRAMS: usize = 4096;
 const RECV_BATCH: usize = 64;
 /// Ports handed out for binds to port 0 start here.
 const FIRST_AUTO_PORT: u16 = 40_000;
+/// Bytes bundled before they leave without waiting for the end of the round.
+const SEND_QUEUE_BYTES: usize = 256 << 10;
 
 type Datagram = (SocketAddr, Bytes);
 
@@ -38,6 +46,8 @@ struct Switch {
     ports: HashMap<SocketAddr, Port>,
     queue_datagrams: usize,
     max_datagram: usize,
+    /// The largest bundle, 0 for none.
+    bundle: usize,
     next_id: u64,
     next_port: u16,
 }
@@ -61,8 +71,10 @@ impl std::fmt::Debug for MemNetwork {
 }
 
 impl MemNetwork {
-    /// A network whose receive queues hold [`DEFAULT_QUEUE_DATAGRAMS`] and
-    /// whose datagrams carry up to 65 507 bytes, as UDP over IPv4.
+    /// A network whose receive queues hold [`DEFAULT_QUEUE_DATAGRAMS`],
+    /// whose datagrams carry up to 65 507 bytes, as UDP over IPv4, and whose
+    /// transports bundle frames into datagrams of up to
+    /// [`DEFAULT_BUNDLE_BYTES`], as UDP's do.
     pub fn new() -> MemNetwork {
         MemNetwork::with_limits(DEFAULT_QUEUE_DATAGRAMS, 65_507)
     }
@@ -70,8 +82,23 @@ impl MemNetwork {
     /// A network with receive queues of `queue_datagrams` (at least 1) and
     /// datagrams of at most `max_datagram` bytes.
     pub fn with_limits(queue_datagrams: usize, max_datagram: usize) -> MemNetwork {
-        let switch = Switch { ports: HashMap::new(), queue_datagrams: queue_datagrams.max(1), max_datagram, next_id: 0, next_port: FIRST_AUTO_PORT };
+        let switch = Switch {
+            ports: HashMap::new(),
+            queue_datagrams: queue_datagrams.max(1),
+            max_datagram,
+            bundle: DEFAULT_BUNDLE_BYTES,
+            next_id: 0,
+            next_port: FIRST_AUTO_PORT,
+        };
         MemNetwork { switch: Arc::new(Mutex::new(switch)) }
+    }
+
+    /// The same network, whose transports bound from now on bundle frames
+    /// into datagrams of at most `bytes` (capped by the network's
+    /// `max_datagram`); 0 sends every frame as a datagram of its own.
+    pub fn with_bundle(self, bytes: usize) -> MemNetwork {
+        self.lock().bundle = bytes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Switch> {
@@ -101,7 +128,18 @@ impl MemNetwork {
         let id = switch.next_id;
         switch.next_id += 1;
         switch.ports.insert(local, Port { id, tx });
-        MemTransport { local, id, net: self.clone(), rx, routes: HashMap::new(), max_datagram: switch.max_datagram, counters: MemCounters::default() }
+        let bundler = (switch.bundle > 0).then(|| Bundler::new(switch.bundle.min(switch.max_datagram)));
+        MemTransport {
+            local,
+            id,
+            net: self.clone(),
+            rx,
+            routes: HashMap::new(),
+            max_datagram: switch.max_datagram,
+            bundler,
+            inbox: Vec::with_capacity(RECV_BATCH),
+            counters: MemCounters::default(),
+        }
     }
 
     fn route(&self, to: &SocketAddr) -> Option<mpsc::Sender<Datagram>> {
@@ -118,6 +156,7 @@ impl MemNetwork {
 #[derive(Default)]
 struct MemCounters {
     datagrams: DatagramCounters,
+    bundles: BundleCounters,
     no_route: u64,
 }
 
@@ -130,6 +169,10 @@ pub struct MemTransport {
     /// Senders already looked up, so that a send takes no lock.
     routes: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
     max_datagram: usize,
+    /// Frames queued per destination until the end of the round (bundling on).
+    bundler: Option<Bundler>,
+    /// Datagrams just received, before bundles are opened.
+    inbox: Vec<Datagram>,
     counters: MemCounters,
 }
 
@@ -190,16 +233,23 @@ impl Transport for MemTransport {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, out: &mut Vec<(SocketAddr, Bytes)>) -> Poll<std::io::Result<()>> {
-        let before = out.len();
-        match self.rx.poll_recv_many(cx, out, RECV_BATCH) {
-            // Zero means the queue was closed: a later bind took the address
-            // over. Nothing will ever arrive again.
-            Poll::Ready(0) | Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => {
-                for (_, datagram) in &out[before..] {
-                    self.counters.datagrams.received(datagram.len());
+        let start = out.len();
+        loop {
+            match self.rx.poll_recv_many(cx, &mut self.inbox, RECV_BATCH) {
+                // Zero means the queue was closed: a later bind took the
+                // address over. Nothing will ever arrive again.
+                Poll::Ready(0) | Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => {
+                    for (from, datagram) in self.inbox.drain(..) {
+                        self.counters.datagrams.received(datagram.len());
+                        bundle::receive(from, datagram, out, &mut self.counters.bundles);
+                    }
+                    // Only malformed bundles: look again, so that the waker
+                    // is registered if the queue is empty.
+                    if out.len() > start {
+                        return Poll::Ready(Ok(()));
+                    }
                 }
-                Poll::Ready(Ok(()))
             }
         }
     }
@@ -209,6 +259,15 @@ impl Transport for MemTransport {
         if len > self.max_datagram {
             // The engine never builds such a frame; a raw caller gets UDP's answer.
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "datagram larger than the network's max_datagram"));
+        }
+        if let Some(bundler) = &mut self.bundler {
+            for &addr in to {
+                bundler.push(addr, frame, len);
+            }
+            if bundler.queued_bytes() > SEND_QUEUE_BYTES {
+                self.flush();
+            }
+            return Ok(());
         }
         // Receivers keep the datagram: one fresh buffer per frame, shared by
         // every destination.
@@ -221,8 +280,21 @@ impl Transport for MemTransport {
         Ok(())
     }
 
+    fn flush(&mut self) {
+        let Some(mut bundler) = self.bundler.take() else { return };
+        bundler.seal(&mut self.counters.bundles);
+        for i in 0..bundler.outgoing_len() {
+            let (data, _, to) = bundler.outgoing(i);
+            // Receivers keep the datagram: one fresh buffer per datagram.
+            self.deliver(to, &Bytes::copy_from_slice(data));
+        }
+        bundler.clear();
+        self.bundler = Some(bundler);
+    }
+
     fn stats(&self, out: &mut Stats) {
         self.counters.datagrams.report(out);
+        self.counters.bundles.report(out);
         out.add("no_route", self.counters.no_route);
     }
 }

@@ -1,4 +1,5 @@
-//! Bundling in the UDP and IP multicast transports, on loopback: the frames
+//! Bundling in the UDP and IP multicast transports, on loopback, and in the
+//! in-process transport: the frames
 //! of one driver round leave packed into as few datagrams as the limit
 //! allows and arrive as the same frames in order; a frame over the limit
 //! goes alone and plain; multicast casts of a round are one datagram per
@@ -23,6 +24,7 @@ use strata_stack::runtime::{Endpoint, JoinConfig, Transport};
 use strata_stack::{MemberId, Stats};
 use strata_transport::bundle::{is_bundle, unbundle, BUNDLE_MAGIC, DEFAULT_BUNDLE_BYTES};
 use strata_transport::ipmc::{IpmcConfig, IpmcTransport};
+use strata_transport::mem::MemNetwork;
 use strata_transport::udp::{UdpConfig, UdpTransport};
 
 /// Counts the allocations of each thread, so that tests running in
@@ -261,10 +263,9 @@ async fn ipmc_casts_of_a_round_leave_as_one_datagram_per_group_and_groups_stay_a
     assert!(polled.is_pending() && more.is_empty(), "{more:?}");
 }
 
-#[tokio::test]
-async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
-    let mut t = udp(true, DEFAULT_BUNDLE_BYTES).await;
-    let attacker = UdpSocket::bind(LOOPBACK).unwrap();
+/// Hostile bundles, each with the numbers of the frames before its fault
+/// (which a receiver keeps), then a well-formed bundle of frames 7 and 8.
+fn hostile_bundles() -> Vec<(&'static str, Vec<u8>, Vec<u32>)> {
     let good = |i: u32| frame(3, i, FRAME_MIN);
     let entry = |f: &[u8]| {
         let mut e = vec![f.len() as u8];
@@ -279,7 +280,7 @@ async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
         d
     };
     let nested = bundle(&[&entry(&good(90)), &entry(&good(91))]);
-    let hostile: Vec<(&str, Vec<u8>, Vec<u32>)> = vec![
+    vec![
         ("truncated length", bundle(&[&entry(&good(1)), &[0x80]]), vec![1]),
         ("zero-length entry", bundle(&[&entry(&good(2)), &[0], &entry(&good(99))]), vec![2]),
         ("length beyond the end", bundle(&[&entry(&good(3)), &entry(&good(4)), &[200], &good(99)]), vec![3, 4]),
@@ -288,20 +289,68 @@ async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
         ("nested marker", bundle(&[&entry(&good(6)), &entry(&nested), &entry(&good(99))]), vec![6]),
         ("empty bundle", bundle(&[]), vec![]),
         ("oversized length", bundle(&[&[0xff; 11]]), vec![]),
-    ];
-    let mut kept = Vec::new();
-    for (_, datagram, survivors) in &hostile {
-        attacker.send_to(datagram, t.local_addr()).unwrap();
-        kept.extend(survivors.iter().copied());
-    }
-    // A well-formed bundle after them still gets through.
-    attacker.send_to(&bundle(&[&entry(&good(7)), &entry(&good(8))]), t.local_addr()).unwrap();
-    kept.extend([7, 8]);
-    let got = receive(&mut t, kept.len()).await;
+        // A well-formed bundle after them still gets through.
+        ("well-formed", bundle(&[&entry(&good(7)), &entry(&good(8))]), vec![7, 8]),
+    ]
+}
+
+/// Receives what [`hostile_bundles`] sent to `t` and checks what was kept and counted.
+async fn check_hostile_bundles_received(t: &mut impl Transport) {
+    let hostile = hostile_bundles();
+    let kept: Vec<u32> = hostile.iter().flat_map(|(_, _, survivors)| survivors.iter().copied()).collect();
+    let got = receive(t, kept.len()).await;
     assert_eq!(got.iter().map(|(_, f)| number(f)).collect::<Vec<_>>(), kept, "the frames before each fault, in order");
-    assert_eq!(stat(&t, "bundles_malformed"), hostile.len() as u64, "one per hostile bundle");
-    assert_eq!(stat(&t, "bundles_received"), hostile.len() as u64 + 1);
-    assert_eq!(stat(&t, "frames_unbundled"), kept.len() as u64);
+    assert_eq!(stat(t, "bundles_malformed"), hostile.len() as u64 - 1, "one per hostile bundle");
+    assert_eq!(stat(t, "bundles_received"), hostile.len() as u64);
+    assert_eq!(stat(t, "frames_unbundled"), kept.len() as u64);
+}
+
+#[tokio::test]
+async fn hostile_bundles_are_counted_and_the_frames_before_the_fault_kept() {
+    let mut t = udp(true, DEFAULT_BUNDLE_BYTES).await;
+    let attacker = UdpSocket::bind(LOOPBACK).unwrap();
+    for (_, datagram, _) in hostile_bundles() {
+        attacker.send_to(&datagram, t.local_addr()).unwrap();
+    }
+    check_hostile_bundles_received(&mut t).await;
+}
+
+#[tokio::test]
+async fn the_in_process_transport_counts_hostile_bundles_too() {
+    let net = MemNetwork::new();
+    let mut t = net.bind(LOOPBACK);
+    let attacker: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (_, datagram, _) in hostile_bundles() {
+        assert!(net.inject(attacker, t.local_addr(), Bytes::from(datagram)));
+    }
+    check_hostile_bundles_received(&mut t).await;
+}
+
+#[tokio::test]
+async fn the_in_process_transport_bundles_a_round_per_destination_like_udp() {
+    for (bundle, per_destination) in
+        [(DEFAULT_BUNDLE_BYTES, 100usize.div_ceil((DEFAULT_BUNDLE_BYTES - 1) / 101) as u64), (2000, 100usize.div_ceil(1999 / 101) as u64), (0, 100)]
+    {
+        let net = MemNetwork::new().with_bundle(bundle);
+        let mut a = net.bind(LOOPBACK);
+        let mut receivers = [net.bind(LOOPBACK), net.bind(LOOPBACK)];
+        let to = receivers.each_ref().map(|r| r.local_addr());
+        let frames: Vec<Vec<u8>> = (0..100).map(|i| frame(7, i, 100)).collect();
+        for f in &frames {
+            a.send(&to, &[&f[..4], &f[4..]]).unwrap();
+        }
+        a.flush();
+        for r in &mut receivers {
+            let got = receive(r, 100).await;
+            assert!(got.iter().all(|(from, _)| *from == a.local_addr()), "each frame comes from the bundle's source");
+            assert_eq!(got.iter().map(|(_, f)| f.to_vec()).collect::<Vec<_>>(), frames, "bundle {bundle}: the same frames, in order");
+            assert_eq!(stat(r, "datagrams_received"), per_destination, "bundle {bundle}");
+            assert_eq!(stat(r, "bundles_malformed"), 0);
+        }
+        assert_eq!(stat(&a, "datagrams_sent"), 2 * per_destination, "bundle {bundle}");
+        let bundled = if bundle == 0 { 0 } else { 200 };
+        assert_eq!((stat(&a, "frames_bundled"), stat(&receivers[0], "frames_unbundled")), (bundled, bundled / 2), "bundle {bundle}");
+    }
 }
 
 #[test]

@@ -282,6 +282,37 @@ async fn leave_delivers_left_then_calls_fail_and_the_name_can_be_joined_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_taken_in_batches_in_order_and_the_stream_ends_after_left() {
+    let net = MemNetwork::new();
+    let eps = endpoints(&net, 1, &test_registry());
+    let mut joined = join_all(&eps, "g", "PASS", 1024).await;
+    let (group, events) = &mut joined[0];
+    let k = 300;
+    cast_payloads(group, k, 40).await;
+    let mut batch = Vec::new();
+    assert_eq!(events.next_many(&mut batch, 0).await, 0, "a limit of 0 takes nothing");
+    let mut got = Vec::new();
+    let mut calls = 0;
+    while got.len() < k as usize {
+        let n = tokio::time::timeout(PATIENCE, events.next_many(&mut batch, 64)).await.expect("events within the patience");
+        assert!((1..=64).contains(&n) && batch.len() == n, "{n} events appended, within the limit");
+        calls += 1;
+        for ev in batch.drain(..) {
+            match ev {
+                AppEvent::Deliver { from, kind: Delivery::Cast, body } => got.push((from, body)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    check_fifo(&got, &members(&eps), k);
+    assert!(calls >= k.div_ceil(64), "{calls} calls");
+    group.leave().await.unwrap();
+    assert_eq!(events.next_many(&mut batch, 64).await, 1);
+    assert_eq!(batch, [AppEvent::Left]);
+    assert_eq!(events.next_many(&mut batch, 64).await, 0, "then the stream ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_group() {
     let net = MemNetwork::new();
     let eps = endpoints(&net, 1, &test_registry());
@@ -298,7 +329,8 @@ async fn shutdown_closes_every_group() {
 async fn a_slow_application_stops_input_instead_of_buffering_it() {
     // Receive queues of 16 datagrams stand in for a socket buffer.
     let queue = 16;
-    let net = MemNetwork::with_limits(queue, 65_507);
+    // Unbundled: every cast is a datagram of its own in the queue.
+    let net = MemNetwork::with_limits(queue, 65_507).with_bundle(0);
     let eps = endpoints(&net, 2, &test_registry());
     let capacity = 4;
     let all = members(&eps);

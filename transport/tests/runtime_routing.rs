@@ -80,6 +80,8 @@ impl Transport for Watched {
     }
     fn flush(&mut self) {
         self.watch().flushes += 1;
+        // The inner transport bundles: what it queued leaves now.
+        self.inner.flush();
     }
     fn poll_lost(&mut self, out: &mut Vec<SocketAddr>) {
         out.append(&mut self.watch().lose);

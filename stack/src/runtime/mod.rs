@@ -746,6 +746,22 @@ impl Events {
         ev
     }
 
+    /// Waits for the next event, then appends it and up to `limit - 1`
+    /// more that are waiting now to `out`, in order; returns how many it
+    /// appended, 0 once the group is gone (or if `limit` is 0). One call
+    /// costs about what one [`Events::next`] does, so an application that
+    /// takes deliveries by the thousand should take them this way.
+    pub async fn next_many(&mut self, out: &mut Vec<AppEvent>, limit: usize) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        let n = std::future::poll_fn(|cx| self.rx.poll_recv_many(cx, out, limit)).await;
+        if n > 0 {
+            self.wake.notify();
+        }
+        n
+    }
+
     /// Polls for the next event.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<AppEvent>> {
         let polled = self.rx.poll_recv(cx);
