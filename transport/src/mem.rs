@@ -7,7 +7,7 @@
 //! (default [`DEFAULT_QUEUE_DATAGRAMS`]) is dropped and counted, like a full
 //! socket buffer. As over UDP, the frames of one driver round to one
 //! destination are bundled into datagrams of up to
-//! [`DEFAULT_BUNDLE_BYTES`](crate::bundle::DEFAULT_BUNDLE_BYTES) (see
+//! [`DEFAULT_BUNDLE_BYTES`] (see
 //! [`bundle`]; [`MemNetwork::with_bundle`] changes the limit or,
 //! with 0, sends every frame as a datagram of its own). A datagram costs one
 //! copy when sent (into one `Bytes` shared by every destination of an
