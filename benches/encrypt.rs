@@ -29,39 +29,17 @@ use bytes::Bytes;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use strata_stack::harness::alloc::{thread_allocations, CountingAllocator};
 use strata_stack::harness::net::LoopNet;
 use strata_stack::{MemberId, Stack, StackConfig};
 
-/// Counts heap allocations (reallocations included) made by this process.
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
+/// Counts heap allocations (reallocations included) per thread; the
+/// members, the network and the cipher all run on the bench's thread.
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// This thread's CPU time: the bench measures it instead of wall time so
 /// that other processes sharing the (2-core) machine do not inflate the
@@ -226,11 +204,11 @@ fn report_counts(label: &str, size: usize, pair: &mut Pair, body: &Bytes) {
     let sealed = |p: &Pair| p.encrypt_counter(0, "sealed") + p.encrypt_counter(1, "sealed");
     let opened = |p: &Pair| p.encrypt_counter(0, "opened") + p.encrypt_counter(1, "opened");
     let (sealed0, opened0) = (sealed(pair), opened(pair));
-    let allocs0 = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocs0 = thread_allocations();
     for _ in 0..COUNTED_BURSTS {
         pair.burst(body);
     }
-    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - allocs0;
+    let allocs = thread_allocations() - allocs0;
     let messages = (COUNTED_BURSTS * BURST) as f64;
     let mut line = format!("{label} {size} B: {:.2} allocations per message (both members and the network)", allocs as f64 / messages);
     if pair.encrypted {
@@ -286,11 +264,11 @@ fn aead(c: &mut Criterion) {
             })
         });
         assert_eq!(buf, plain, "open restores the plaintext");
-        let allocs0 = ALLOCATIONS.load(Ordering::Relaxed);
+        let allocs0 = thread_allocations();
         for k in 0..1000 {
             cipher.encrypt_in_place_detached(&nonce_of(k), &aad, &mut buf).expect("seals");
         }
-        println!("raw AEAD {size} B: {} allocations per 1000 seals", ALLOCATIONS.load(Ordering::Relaxed) - allocs0);
+        println!("raw AEAD {size} B: {} allocations per 1000 seals", thread_allocations() - allocs0);
         g.finish();
     }
 }

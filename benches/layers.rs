@@ -246,8 +246,41 @@ fn layers(c: &mut Criterion) {
 /// layer name, a benchmark id such as `NAK/8/up`, or alternatives such as
 /// `NAK|CAUSAL`) names `layer`: layers it leaves out are not even recorded.
 fn filter_matches(layer: &str) -> bool {
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    filter.is_none_or(|f| f.split('|').any(|alt| alt.split('/').next().is_some_and(|first| layer.contains(first))))
+    filter_of(std::env::args().skip(1)).is_none_or(|f| f.split('|').any(|alt| alt.split('/').next().is_some_and(|first| layer.contains(first))))
+}
+
+/// Criterion's options that take a value in the next argument.
+const CRITERION_VALUE_OPTIONS: [&str; 17] = [
+    "--warm-up-time",
+    "--measurement-time",
+    "--sample-size",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--save-baseline",
+    "-s",
+    "--baseline",
+    "-b",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--profile-time",
+    "--plotting-backend",
+    "--output-format",
+    "--color",
+];
+
+/// The first argument that is neither an option nor an option's value.
+fn filter_of(mut args: impl Iterator<Item = String>) -> Option<String> {
+    while let Some(arg) = args.next() {
+        if !arg.starts_with('-') {
+            return Some(arg);
+        }
+        if CRITERION_VALUE_OPTIONS.contains(&arg.as_str()) {
+            args.next();
+        }
+    }
+    None
 }
 
 fn print_table(rows: &BTreeMap<(usize, usize), (&'static str, Row)>) {

@@ -193,6 +193,7 @@ fn bad_arguments_exit_2_with_one_line() {
     refused(&["--slow-rate", "100"], &["--slow-member"]);
     refused(&["--slow-member", "5", "--slow-rate", "100"], &["--slow-member 5"]);
     refused(&["--baseline", "--transport", "tcptree"], &["--baseline", "udp"]);
+    refused(&["--baseline", "--bundle", "4096"], &["--bundle", "--baseline"]);
     refused(&["--members"], &["--members"]);
     refused(&["--casts"], &["--casts"]);
     refused(&["--casts", "0"], &["--casts", "0"]);
@@ -291,6 +292,24 @@ fn sigterm_kills_the_members_and_exits_143() {
         assert!(Instant::now() < deadline, "members left running: {pids:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn members_of_a_coordinator_killed_with_sigkill_exit_on_their_own() {
+    // No handler runs on SIGKILL: the members learn it from the end of
+    // their command pipe.
+    let (mut child, pids, rest) = start_long_run("t-kill9", "30");
+    // SAFETY: plain kill(2) of this test's child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "members left running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The members held the other end of its stderr: it ends with them.
+    rest.join().unwrap();
 }
 
 /// `n` loopback addresses whose ports were free a moment ago.

@@ -19,68 +19,20 @@
 //! metered (the BASELINE ones included), to find the culprit of a failure.
 
 use bytes::Bytes;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::Duration;
 use strata_layers::{causal::CAUSAL, frag::FRAG, nak::NAK, total::TOTAL, vsync::VSYNC};
+use strata_stack::harness::alloc::{thread_allocations, trace_allocations, CountingAllocator};
 use strata_stack::harness::bench::{LayerBench, PerMessage, Recording, Senders, Workload};
 use strata_stack::{Context, Down, Layer, LayerDescriptor, Msg, Params};
 
-/// Counts the allocations (reallocations included) of threads that ask for it.
-struct CountingAlloc;
-
-thread_local! {
-    /// Allocations made by this thread while `COUNTING` is set.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    /// Set while a backtrace is being captured (it allocates itself).
-    static TRACING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    // Allocations made while tracing are the tracer's, not the layer's.
-    if !COUNTING.try_with(Cell::get).unwrap_or(false) || TRACING.try_with(Cell::get).unwrap_or(true) {
-        return;
-    }
-    ALLOCATIONS.with(|a| a.set(a.get() + 1));
-    TRACING.with(|t| t.set(true));
-    if tracing_enabled() {
-        eprintln!("allocation:\n{}", std::backtrace::Backtrace::force_capture());
-    }
-    TRACING.with(|t| t.set(false));
-}
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Whether `STRATA_ALLOC_TRACE` is set (read once).
 fn tracing_enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var_os("STRATA_ALLOC_TRACE").is_some())
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// This thread's allocations so far: the meter of the replays.
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
 }
 
 const MEMBERS: usize = 8;
@@ -108,9 +60,9 @@ fn workload(desc: LayerDescriptor, observer: usize) -> Workload {
 /// Allocations per message of one replay of `rec`.
 fn allocations_per_message(bench: &LayerBench, rec: &Recording) -> PerMessage {
     let mut replay = bench.prepare(rec);
-    COUNTING.with(|c| c.set(true));
-    let metered = replay.run_metered(allocations);
-    COUNTING.with(|c| c.set(false));
+    trace_allocations(tracing_enabled());
+    let metered = replay.run_metered(thread_allocations);
+    trace_allocations(false);
     rec.per_message(metered)
 }
 

@@ -187,14 +187,34 @@ impl Writer {
     }
 
     /// Writes an unsigned LEB128 varint (1 to 10 bytes).
-    pub fn varint(&mut self, mut v: u64) -> &mut Self {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
+    pub fn varint(&mut self, v: u64) -> &mut Self {
+        let mut buf = [0u8; MAX_VARINT_LEN];
+        let n = put_varint(&mut buf, v);
+        self.buf.extend_from_slice(&buf[..n]);
         self
     }
+}
+
+/// Appends `v` to `out` as an unsigned LEB128 varint (what
+/// [`Reader::varint`] reads).
+pub fn append_varint(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; MAX_VARINT_LEN];
+    let n = put_varint(&mut buf, v);
+    out.extend_from_slice(&buf[..n]);
+}
+
+/// Writes `v` as an unsigned LEB128 varint at the start of `out`, which
+/// has room for [`varint_len`]`(v)` bytes (at most [`MAX_VARINT_LEN`]);
+/// returns its length.
+pub fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
 }
 
 /// Bytes a varint of `v` takes.
@@ -248,7 +268,9 @@ mod tests {
             let mut w = Writer::new();
             w.varint(v);
             let mut r = Reader::new(w.as_slice());
-            w.len() == varint_len(v) && r.varint() == Ok(v) && r.remaining() == 0
+            let mut appended = vec![7];
+            append_varint(&mut appended, v);
+            w.len() == varint_len(v) && r.varint() == Ok(v) && r.remaining() == 0 && appended[1..] == *w.as_slice()
         }
 
         fn reader_never_panics(data: Vec<u8>) -> bool {

@@ -70,7 +70,7 @@
 use bytes::Bytes;
 use socket2::SockAddr;
 use std::net::SocketAddr;
-use strata_stack::codec::{varint_len, Reader};
+use strata_stack::codec::{append_varint, varint_len, Reader};
 use strata_stack::engine::{FRAME_MAGIC, FRAME_MIN};
 use strata_stack::{Malformed, Stats};
 
@@ -280,7 +280,7 @@ impl Bundler {
                 q.bytes.push(BUNDLE_MAGIC);
             }
         }
-        write_varint(&mut q.bytes, len as u64);
+        append_varint(&mut q.bytes, len as u64);
         for s in frame {
             q.bytes.extend_from_slice(s);
         }
@@ -368,15 +368,6 @@ impl Bundler {
     fn destinations(&self) -> usize {
         self.queues.len()
     }
-}
-
-/// Appends the LEB128 varint of `v`.
-fn write_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 #[cfg(test)]

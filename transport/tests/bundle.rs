@@ -15,11 +15,10 @@ mod runtime_support;
 
 use bytes::Bytes;
 use runtime_support::{cast_payloads, check_fifo, deliveries, PATIENCE};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use strata_stack::engine::{peek_group, FRAME_MAGIC, FRAME_MIN};
+use strata_stack::harness::alloc::{thread_allocations, CountingAllocator};
 use strata_stack::runtime::{Endpoint, JoinConfig, Transport};
 use strata_stack::{MemberId, Stats};
 use strata_transport::bundle::{is_bundle, unbundle, BUNDLE_MAGIC, DEFAULT_BUNDLE_BYTES};
@@ -27,36 +26,10 @@ use strata_transport::ipmc::{IpmcConfig, IpmcTransport};
 use strata_transport::mem::MemNetwork;
 use strata_transport::udp::{UdpConfig, UdpTransport};
 
-/// Counts the allocations of each thread, so that tests running in
-/// parallel do not see each other's.
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the count is a thread-local
-// `Cell` without a destructor, which allocates nothing.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
+/// Counts each thread's allocations, so that tests running in parallel
+/// do not see each other's.
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
 
 const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
@@ -404,9 +377,9 @@ async fn the_send_path_allocates_nothing_per_frame() {
     assert_eq!(read_round(&r2, 200), frames);
     let mut during = 0;
     for _ in 0..3 {
-        let before = allocations();
+        let before = thread_allocations();
         round(&mut a);
-        during += allocations() - before;
+        during += thread_allocations() - before;
         // The first receiver gets each frame by send and by cast, in order.
         assert_eq!(read_round(&r1, 400), twice);
         assert_eq!(read_round(&r2, 200), frames);
@@ -434,11 +407,11 @@ async fn the_receive_path_allocates_nothing_per_frame() {
     }
     out.clear();
     send_round(&mut a, b.local_addr());
-    let before = allocations();
+    let before = thread_allocations();
     while out.len() < 150 {
         std::future::poll_fn(|cx| b.poll_recv(cx, &mut out)).await.unwrap();
     }
-    let during = allocations() - before;
+    let during = thread_allocations() - before;
     assert!(during <= 4, "{during} allocations to receive 150 frames in {} bundles", stat(&b, "bundles_received"));
     assert_eq!(out.iter().map(|(_, f)| number(f)).collect::<Vec<_>>(), (0..150).collect::<Vec<_>>());
 }

@@ -224,8 +224,9 @@ impl Frag {
         len as u64 <= self.max_msg_size && len + WHOLE_HEADER_LEN <= self.frag_size.min(cx.max_payload())
     }
 
-    /// Sends `msg` down whole or in fragments; `to` is `None` for a cast.
-    fn send_down(&mut self, cx: &mut Context<'_>, mut msg: Msg, to: Option<MemberId>) {
+    /// Sends `msg`, which does not fit one datagram (`down` sends those
+    /// whole), in fragments; `to` is `None` for a cast.
+    fn send_fragments(&mut self, cx: &mut Context<'_>, msg: Msg, to: Option<MemberId>) {
         let emit = |cx: &mut Context<'_>, m: Msg| match to {
             None => cx.down(Down::Cast(m)),
             Some(to) => cx.down(Down::Send { to, msg: m }),
@@ -235,11 +236,7 @@ impl Frag {
         if len as u64 > self.max_msg_size {
             return self.refuse(cx, format!("a {len}-byte message exceeds max_msg_size ({} bytes); it was not sent", self.max_msg_size));
         }
-        if len + WHOLE_HEADER_LEN <= budget {
-            msg.push(&[KIND_WHOLE]);
-            self.sent_whole += 1;
-            return emit(cx, msg);
-        }
+        debug_assert!(len + WHOLE_HEADER_LEN > budget, "down() sends what fits whole");
         let (tagged, id) = match msg.tag() {
             Some(tag) => (true, tag),
             None => (false, self.next_id),
@@ -270,13 +267,11 @@ impl Frag {
         cx.up(Up::Problem(Problem { layer: cx.layer_name(), what }));
     }
 
-    /// A datagram from `from` arrived.
+    /// A datagram from `from` arrived that is not a whole message (`up`
+    /// passes those on in place).
     fn receive(&mut self, cx: &mut Context<'_>, from: MemberId, send: bool, mut msg: Msg) {
         match msg.pop_with(|r| Header::decode(r, self.max_msg_size)) {
-            Ok(Header::Whole) => {
-                self.delivered_whole += 1;
-                cx.up(if send { Up::Send { from, msg } } else { Up::Cast { from, msg } });
-            }
+            Ok(Header::Whole) => unreachable!("up() passes on every datagram that starts with KIND_WHOLE"),
             Ok(Header::Fragment(h)) => self.fragment(cx, from, send, h, msg),
             Err(e) => cx.drop_malformed(e.0),
         }
@@ -368,8 +363,8 @@ impl Layer for Frag {
             }
         }
         match ev {
-            Down::Cast(msg) => self.send_down(cx, msg, None),
-            Down::Send { to, msg } => self.send_down(cx, msg, Some(to)),
+            Down::Cast(msg) => self.send_fragments(cx, msg, None),
+            Down::Send { to, msg } => self.send_fragments(cx, msg, Some(to)),
             Down::View(v) => {
                 self.view_changed(cx, &v);
                 cx.down(Down::View(v));

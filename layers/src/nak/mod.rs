@@ -137,7 +137,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_stack::codec::{DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
+use strata_stack::codec::{put_varint, DecodeResult, Malformed, Reader, Writer, MAX_VARINT_LEN};
 use strata_stack::{
     Context, Down, Instant, Layer, LayerDescriptor, MemberId, Msg, MsgFlags, ParamKind, ParamSpec, Params, Props, Stats, TimerKey, Up, View, ViewId,
 };
@@ -1144,19 +1144,6 @@ fn push_data(msg: &mut Msg, k: u8, epoch: u32, seq: u64) {
     h[1..5].copy_from_slice(&epoch.to_be_bytes());
     let n = 5 + put_varint(&mut h[5..], seq);
     msg.push(&h[..n]);
-}
-
-/// Writes `v` as a LEB128 varint (as [`Writer::varint`] does) at the start of
-/// `out`, which has room for one; returns its length.
-fn put_varint(out: &mut [u8], mut v: u64) -> usize {
-    let mut i = 0;
-    while v >= 0x80 {
-        out[i] = v as u8 | 0x80;
-        v >>= 7;
-        i += 1;
-    }
-    out[i] = v as u8;
-    i + 1
 }
 
 fn push_control(msg: &mut Msg, k: u8, epoch: u32) {

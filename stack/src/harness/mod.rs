@@ -6,6 +6,7 @@
 //! style of openraft's engine tests). Timers are fired only by
 //! [`LayerHarness::advance`], so time is entirely in the test's hands.
 
+pub mod alloc;
 pub mod bench;
 pub mod net;
 mod tag;

@@ -106,8 +106,8 @@ pub struct PerfArgs {
     /// No stack: each message is one plain UDP datagram to each other member (raw, unbatched UDP to compare with).
     #[arg(long)]
     baseline: bool,
-    /// The member (by index) whose application takes deliveries slowly (with --slow-rate).
-    #[arg(long, value_name = "RANK")]
+    /// The member (by index: 0 .. N-1; one member per host: the position of its --bind among the sorted --bind and --peers) whose application takes deliveries slowly (with --slow-rate).
+    #[arg(long, value_name = "INDEX")]
     slow_member: Option<usize>,
     /// Deliveries per second the slow member takes at most (with --slow-member).
     #[arg(long, allow_negative_numbers = true, value_name = "MSGS_PER_SEC", value_parser = node::parse_rate)]
@@ -225,14 +225,17 @@ fn plan(args: PerfArgs, registry: &Registry) -> Result<Plan, String> {
         ));
     }
     let slow = match (args.slow_member, args.slow_rate) {
-        (Some(rank), Some(rate)) if rank < n => Some((rank, rate)),
-        (Some(rank), Some(_)) => return Err(format!("--slow-member {rank}: members are numbered 0 to {} (--members {n})", n - 1)),
+        (Some(index), Some(rate)) if index < n => Some((index, rate)),
+        (Some(index), Some(_)) => return Err(format!("--slow-member {index}: members are numbered 0 to {} (--members {n})", n - 1)),
         (None, None) => None,
         (Some(_), None) => return Err("--slow-member needs --slow-rate (deliveries per second it takes)".into()),
         (None, Some(_)) => return Err("--slow-rate needs --slow-member (which member is slow)".into()),
     };
     if args.baseline && args.transport != TransportKind::Udp {
         return Err(format!("--baseline sends plain UDP datagrams: it needs --transport udp, not {}", args.transport.name()));
+    }
+    if args.baseline && args.transport_opts.bundle.is_some() {
+        return Err("--bundle: --baseline sends one plain datagram per message, unbundled (that is what it measures)".into());
     }
     if args.baseline && args.size > MAX_DATAGRAM {
         return Err(format!("--size {}: --baseline sends each message as one UDP datagram, at most {MAX_DATAGRAM} bytes", args.size));
