@@ -13,7 +13,6 @@ pub mod encrypt;
 pub mod frag;
 pub mod nak;
 pub mod query;
-pub(crate) mod ranks;
 pub mod safe;
 pub mod token;
 pub mod total;

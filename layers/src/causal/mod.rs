@@ -117,7 +117,6 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use crate::ranks::Ranks;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -198,7 +197,6 @@ pub struct Causal {
 
     /// The view timestamps index (`None` before `init`).
     view: Option<Arc<View>>,
-    rank: Ranks,
     /// This member's rank, if it is in the view.
     me: Option<usize>,
     /// Whether the view is small enough for causal headers (`max_members`).
@@ -238,7 +236,6 @@ impl Causal {
             max_held: p.u64("max_held") as usize,
             holding_quantum: (p.u64("max_held") as usize / 64).clamp(1, HOLDING_QUANTUM_MAX),
             view: None,
-            rank: Ranks::default(),
             me: None,
             ordered: true,
             delivered: Vec::new(),
@@ -276,8 +273,7 @@ impl Causal {
         }
         let n = view.len();
         self.ordered = n <= self.max_members;
-        self.rank = Ranks::new(view.members());
-        self.me = self.rank.get(&cx.local());
+        self.me = view.rank_of(&cx.local());
         self.delivered.clear();
         self.delivered.resize(n, 0);
         self.last_stamp.clear();
@@ -335,7 +331,7 @@ impl Causal {
             kind::SEND | kind::OOB_SEND => return cx.drop_malformed("send_kind_in_cast"),
             _ => return cx.drop_malformed("unknown_kind"),
         }
-        let Some(s) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+        let Some(s) = self.view.as_ref().and_then(|v| v.rank_of(&from)) else { return cx.drop_malformed("not_member") };
         if self.senders[s].given_up {
             return cx.drop_malformed("sender_given_up");
         }

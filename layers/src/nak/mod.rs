@@ -121,7 +121,7 @@
 //!
 //! ## Cost
 //! Per message, on the fast path: a header push or a single-pass decode, a
-//! rank lookup in an index built per view (`layers/src/ranks.rs`), counters kept
+//! rank lookup in the index every view carries ([`View::rank_of`]), counters kept
 //! incrementally (no scan of the view), and no heap allocation (growth of
 //! the buffers to their working size aside). The retransmission buffer
 //! keeps each message as passed down, without NAK's header, which a
@@ -131,7 +131,6 @@
 //! `cargo bench --bench layers -- NAK` measures the layer alone;
 //! `layers/tests/fast_path_allocations.rs` counts its allocations.
 
-use crate::ranks::Ranks;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -488,7 +487,8 @@ pub struct Nak {
     epoch: u32,
     /// Members in rank order.
     peers: Vec<Peer>,
-    rank: Ranks,
+    /// The current view: ranks of its members.
+    view: Option<Arc<View>>,
     /// This member's rank.
     me: usize,
     casts_out: Outbound,
@@ -551,7 +551,7 @@ impl Nak {
             max_xmit_bytes: p.u64("max_xmit_bytes") as usize,
             epoch: 0,
             peers: Vec::new(),
-            rank: Ranks::default(),
+            view: None,
             me: 0,
             casts_out: Outbound::default(),
             flushes: VecDeque::new(),
@@ -594,8 +594,8 @@ impl Nak {
     fn install(&mut self, cx: &mut Context<'_>, view: &Arc<View>) {
         self.epoch = view_tag(view.id());
         self.peers = view.members().iter().map(|&m| Peer::new(m)).collect();
-        self.rank = Ranks::new(view.members());
-        self.me = self.rank.get(&cx.local()).unwrap_or(usize::MAX);
+        self.view = Some(view.clone());
+        self.me = view.rank_of(&cx.local()).unwrap_or(usize::MAX);
         self.casts_out = Outbound::default();
         (self.unstable, self.unstable_bytes, self.held, self.held_bytes) = (0, 0, 0, 0);
         self.status_dirty = false;
@@ -609,6 +609,11 @@ impl Nak {
             cx.up(Up::Flushed { token });
         }
         self.update_window(cx);
+    }
+
+    /// The rank of `m` in the current view.
+    fn rank(&self, m: &MemberId) -> Option<usize> {
+        self.view.as_ref()?.rank_of(m)
     }
 
     /// The retransmission identity FRAG merges fragments by: the view, the
@@ -724,7 +729,7 @@ impl Nak {
 
     fn send(&mut self, cx: &mut Context<'_>, to: MemberId, mut msg: Msg) {
         let oob = msg.flags().contains(MsgFlags::OOB);
-        let rank = self.rank.get(&to);
+        let rank = self.rank(&to);
         if oob || to == cx.local() || rank.is_none() {
             // Loopback is reliable and ordered; OOB asks for no guarantee; a
             // non-member has no channel (later layers address joiners so).
@@ -771,7 +776,7 @@ impl Nak {
                 }
             }
             kind::CAST | kind::SEND | kind::NAK | kind::STATUS | kind::RELAY => {
-                let Some(r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+                let Some(r) = self.rank(&from) else { return cx.drop_malformed("not_member") };
                 if self.me >= self.peers.len() {
                     // A view without this member: it takes no part in the group.
                     return cx.drop_malformed("not_in_view");
@@ -955,7 +960,7 @@ impl Nak {
 
     /// Asks `holder` instead of `sender` for the casts of `sender` below `upto`.
     fn recover(&mut self, cx: &mut Context<'_>, sender: MemberId, upto: u64, holder: MemberId) {
-        let (Some(s), Some(h)) = (self.rank.get(&sender), self.rank.get(&holder)) else { return cx.drop_malformed("recover_not_member") };
+        let (Some(s), Some(h)) = (self.rank(&sender), self.rank(&holder)) else { return cx.drop_malformed("recover_not_member") };
         if s == self.me || h == self.me || s == h || self.me >= self.peers.len() {
             return cx.drop_malformed("recover_bad_member");
         }
@@ -974,7 +979,7 @@ impl Nak {
     /// window closes. Acknowledgements already given are not taken back.
     fn holding(&mut self, cx: &mut Context<'_>, from: MemberId, count: u64) {
         // A report about a member of another view is stale.
-        let Some(r) = self.rank.get(&from) else { return };
+        let Some(r) = self.rank(&from) else { return };
         if self.me >= self.peers.len() {
             return;
         }

@@ -134,7 +134,6 @@ mod model;
 mod tests;
 
 use crate::nak::view_tag;
-use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use strata_stack::codec::Malformed;
@@ -213,7 +212,6 @@ pub struct Token {
     view: Arc<View>,
     /// Its tag, carried in every ordered-protocol header.
     epoch: u32,
-    rank: HashMap<MemberId, usize>,
     /// This member's rank, `None` outside the view.
     me: Option<usize>,
     /// Between `Up::Block` and the next view: nothing is stamped or passed.
@@ -288,7 +286,6 @@ impl Token {
             max_pending: p.u64("max_pending"),
             view: View::initial(vec![placeholder]).expect("one member"),
             epoch: 0,
-            rank: HashMap::new(),
             me: None,
             blocked: false,
             loading: false,
@@ -329,8 +326,7 @@ impl Token {
         let n = view.len();
         self.view = view.clone();
         self.epoch = view_tag(view.id());
-        self.rank = view.members().iter().enumerate().map(|(i, &m)| (m, i)).collect();
-        self.me = self.rank.get(&cx.local()).copied();
+        self.me = view.rank_of(&cx.local());
         self.blocked = false;
         self.loading = false;
         self.round = 0;
@@ -465,7 +461,7 @@ impl Token {
             Header::Send => return cx.drop_malformed("send_in_cast"),
             Header::Data { tag, .. } | Header::Unordered { tag } | Header::Pass { tag, .. } | Header::Want { tag, .. } => tag,
         };
-        let Some(&r) = self.rank.get(&from) else { return cx.drop_malformed("not_member") };
+        let Some(r) = self.view.rank_of(&from) else { return cx.drop_malformed("not_member") };
         if self.me.is_none() {
             return cx.drop_malformed("not_in_view");
         }

@@ -130,7 +130,6 @@ mod model;
 mod tests;
 
 use crate::nak::view_tag;
-use crate::ranks::Ranks;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,8 +210,6 @@ pub struct Total {
     view: Arc<View>,
     /// `view_tag(view.id())`, carried by and compared with every order.
     tag: u32,
-    /// Ranks of `view`'s members.
-    ranks: Ranks,
     /// Whether this member is rank 0 of `view`.
     sequencer: bool,
     /// A view change has started: the sequencer announces nothing more.
@@ -264,7 +261,6 @@ impl Total {
             batch_delay: Duration::from_micros(p.u64("batch_us")),
             local: placeholder,
             tag: view_tag(view.id()),
-            ranks: Ranks::default(),
             view,
             sequencer: false,
             blocked: false,
@@ -297,7 +293,6 @@ impl Total {
     fn install(&mut self, cx: &mut Context<'_>, view: Arc<View>) {
         debug_assert_eq!(self.held, 0, "leftovers are delivered before a view is installed");
         self.tag = view_tag(view.id());
-        self.ranks = Ranks::new(view.members());
         self.sequencer = view.coordinator() == self.local;
         self.blocked = false;
         self.senders = view.members().iter().map(|&id| Sender { id, held: VecDeque::new() }).collect();
@@ -424,7 +419,7 @@ impl Total {
 
     /// A cast whose header is decoded (`runs` holds its runs, if it has any).
     fn on_header(&mut self, cx: &mut Context<'_>, from: MemberId, header: Header, runs: &[Run], msg: Msg) {
-        match (header, self.ranks.get(&from)) {
+        match (header, self.view.rank_of(&from)) {
             // The layers below vouched for it (VSYNC lets OOB casts of non-members through).
             (Header::Plain, _) => cx.up(Up::Cast { from, msg }),
             (_, None) => cx.drop_malformed("not_member"),

@@ -123,7 +123,6 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use crate::ranks::Ranks;
 use hashbrown::HashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -282,7 +281,6 @@ pub struct Vsync {
     phase: Phase,
     local: MemberId,
     view: Arc<View>,
-    rank: Ranks,
     /// Whether this member was ever in a view: a member that was may not
     /// found a new group (it could split the group it lost).
     ever_member: bool,
@@ -362,7 +360,6 @@ impl Vsync {
             phase: Phase::Joining,
             local: placeholder,
             view: View::new(ViewId { counter: 0, creator: placeholder }, vec![placeholder]).expect("one member"),
-            rank: Ranks::default(),
             ever_member: false,
             seeds: BTreeSet::new(),
             known: BTreeSet::new(),
@@ -410,8 +407,18 @@ impl Vsync {
 
     // ---- small helpers ----------------------------------------------------
 
+    /// The rank of `m` in the view this member last installed; none before
+    /// its first (the view then is only the seeds it was started with).
+    fn rank_of(&self, m: &MemberId) -> Option<usize> {
+        if self.ever_member {
+            self.view.rank_of(m)
+        } else {
+            None
+        }
+    }
+
     fn is_member(&self, m: &MemberId) -> bool {
-        self.phase == Phase::Member && self.rank.contains(m)
+        self.phase == Phase::Member && self.rank_of(m).is_some()
     }
 
     /// The lowest-ranked member this member does not suspect.
@@ -565,7 +572,6 @@ impl Vsync {
         self.phase = Phase::Member;
         self.ever_member = true;
         self.view = view.clone();
-        self.rank = Ranks::new(members);
         // Casts still held belonged to no cut: nobody delivers them.
         self.beyond_cut += self.held.len() as u64;
         self.held.clear();
@@ -778,7 +784,7 @@ impl Vsync {
 
     /// Records that `from` is alive; returns its rank if it is a member.
     fn heard(&mut self, cx: &Context<'_>, from: &MemberId) -> Option<usize> {
-        let rank = self.rank.get(from);
+        let rank = self.rank_of(from);
         if let Some(r) = rank {
             self.last_heard[r] = cx.now();
         }
@@ -1056,7 +1062,7 @@ impl Vsync {
         if self.phase != Phase::Member || view != self.view.id() {
             return cx.drop_malformed("flush_other_view");
         }
-        if from != ballot.coordinator || !participants.contains(&self.local) || participants.iter().any(|m| !self.rank.contains(m)) {
+        if from != ballot.coordinator || !participants.contains(&self.local) || participants.iter().any(|m| self.rank_of(m).is_none()) {
             return cx.drop_malformed("bad_flush");
         }
         if let Some(promised) = self.promised.filter(|p| *p >= ballot) {
