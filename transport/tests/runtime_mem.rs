@@ -432,3 +432,48 @@ async fn an_application_that_falls_behind_does_not_make_its_member_suspect_the_o
     assert!(vsync.counters.get("checks_while_app_behind").unwrap_or(0) > 0, "{vsync:?}");
     assert_eq!(vsync.counters.get("suspicions"), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaced_causal_senders_overrunning_small_queues_get_everything_through() {
+    // Every cast a datagram of its own into queues of 256: the queues
+    // overflow again and again and NAK repairs. CAUSAL at a lagging member
+    // holds the casts that wait for a lost one; unless NAK stops
+    // acknowledging those, their senders flood on, the repair is lost in the
+    // flood, and CAUSAL gives up past max_held (the group then stalled).
+    let net = MemNetwork::with_limits(256, 65_507).with_bundle(0);
+    let eps = endpoints(&net, 3, &Arc::new(strata_layers::builtin()));
+    let joined = join_all(&eps, "g", "FRAG:NAK(max_unstable=500):CAUSAL(max_held=2000)", 1024).await;
+    let k = 10_000;
+    let casters: Vec<_> = joined.iter().map(|(g, _)| g.clone()).map(|g| tokio::spawn(async move { cast_payloads(&g, k, 64).await })).collect();
+    // Every member's application reads all along: one that did not would
+    // stop its member's input, and so the group (flow control).
+    let readers: Vec<_> = joined
+        .into_iter()
+        .map(|(group, mut events)| {
+            tokio::spawn(async move {
+                // Fails on a Problem (CAUSAL reports giving up so) and after
+                // PATIENCE without an event.
+                let got = deliveries(&mut events, 3 * k as usize).await;
+                (group, got)
+            })
+        })
+        .collect();
+    let all = members(&eps);
+    let mut groups = Vec::new();
+    for r in readers {
+        let (group, got) = r.await.unwrap();
+        check_fifo(&got, &all, k);
+        groups.push(group);
+    }
+    for c in casters {
+        c.await.unwrap();
+    }
+    let mut dropped = 0;
+    for (ep, group) in eps.iter().zip(&groups) {
+        dropped += counter(ep, "send_drops").await;
+        let causal = group.stats().await.unwrap().into_iter().find(|l| l.name == "CAUSAL").unwrap();
+        assert_eq!(causal.counters.get("given_up"), Some(0));
+        assert!(causal.counters.get("held_max").unwrap() < 2000);
+    }
+    assert!(dropped > 0, "the queues overflowed (else the test shows nothing)");
+}
