@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs N `strata node` members, each in its own network namespace, joined by
-# a Linux bridge; optionally drops a share of the incoming packets in every
+# Runs N `strata node` members (or, with --perf, N `strata perf` members, one
+# per host), each in its own network namespace, joined by a Linux bridge; optionally drops a share of the incoming packets in every
 # namespace (nftables `numgen random`) and SIGKILLs one member mid-stream.
 # Leaves every node's log in an output directory and tears the namespaces
 # down on exit. tests/netns.rs runs it and checks the logs; docs/testing-netns.md
@@ -36,7 +36,13 @@
 #   --timeout SECS     kill every node still running after this long [120]
 #   --out DIR          output directory, emptied first [/tmp/strata-netns-ID]
 #   --strata PATH      the binary [$STRATA, else target/{debug,release}/strata]
-#   -- ARGS...         passed on to every `strata node`
+#   --perf             run `strata perf --members N --bind .. --peers ..`
+#                      with --stack, --transport, --size, --casts, --rate,
+#                      --linger and --json instead of `strata node`: each
+#                      member's JSON result is in nodeI.out (no log, so no
+#                      --kill-rank: --kill-node I kills member I once its
+#                      progress lines show --kill-after deliveries)
+#   -- ARGS...         passed on to every `strata node` (or `strata perf`)
 #
 # The output directory holds: nodeI.jsonl (logs), nodeI.out / nodeI.err
 # (stdout, stderr), members (node I's address on line I), exits ("I STATUS"
@@ -51,13 +57,13 @@
 set -uo pipefail
 
 NODES=4 TRANSPORT=udp STACK=FRAG:NAK CASTS=300 SIZE=1024 RATE="" LINGER=10 LOSS=0
-NO_PEERS=0 KILL_RANK="" KILL_NODE="" KILL_AFTER=100 ID=auto PORT=7000 TIMEOUT=120
+NO_PEERS=0 KILL_RANK="" KILL_NODE="" KILL_AFTER=100 ID=auto PORT=7000 TIMEOUT=120 PERF=0
 OUT="" BIN=${STRATA:-}
 EXTRA=()
 
 usage() {
   echo "netns-run: $*" >&2
-  echo "usage: $0 [--nodes N] [--transport udp|ipmc|tcptree] [--stack SPEC] [--casts N] [--size B] [--rate R] [--linger S] [--loss PCT] [--no-peers] [--kill-rank R | --kill-node I] [--kill-after K] [--id ID|auto] [--port P] [--timeout S] [--out DIR] [--strata PATH] [-- NODE-ARGS...]" >&2
+  echo "usage: $0 [--nodes N] [--transport udp|ipmc|tcptree] [--stack SPEC] [--casts N] [--size B] [--rate R] [--linger S] [--loss PCT] [--no-peers] [--kill-rank R | --kill-node I] [--kill-after K] [--id ID|auto] [--port P] [--timeout S] [--out DIR] [--strata PATH] [--perf] [-- NODE-ARGS...]" >&2
   exit 2
 }
 skip() {
@@ -77,6 +83,7 @@ while [ $# -gt 0 ]; do
     --linger) LINGER=${2:-} ;;
     --loss) LOSS=${2:-} ;;
     --no-peers) NO_PEERS=1; shift; continue ;;
+    --perf) PERF=1; shift; continue ;;
     --kill-rank) KILL_RANK=${2:-} ;;
     --kill-node) KILL_NODE=${2:-} ;;
     --kill-after) KILL_AFTER=${2:-} ;;
@@ -101,6 +108,7 @@ is_uint "$TIMEOUT" || usage "--timeout: whole seconds"
 [ -z "$KILL_RANK" ] || is_uint "$KILL_RANK" && [ "${KILL_RANK:-0}" -lt "$NODES" ] || usage "--kill-rank: 0 to N-1"
 [ -z "$KILL_NODE" ] || is_uint "$KILL_NODE" && [ "${KILL_NODE:-1}" -ge 1 ] && [ "${KILL_NODE:-1}" -le "$NODES" ] || usage "--kill-node: 1 to N"
 [ -z "$KILL_RANK" ] || [ -z "$KILL_NODE" ] || usage "--kill-rank and --kill-node exclude each other"
+[ "$PERF" -eq 0 ] || [ -z "$KILL_RANK" ] || usage "--perf writes no log to find ranks in: use --kill-node"
 [ "$ID" = auto ] || { is_uint "$ID" && [ "$ID" -ge 1 ] && [ "$ID" -le 254 ]; } || usage "--id: 1 to 254 or auto"
 
 # What this machine must offer; a missing piece is a skip, not a failure.
@@ -220,8 +228,13 @@ fi
 # Start every member; peers are all the others (unless --no-peers).
 mapfile -t MEMBERS <"$OUT/members"
 for i in $(seq 1 "$NODES"); do
-  args=(node --group "netns-$TRANSPORT" --stack "$STACK" --transport "$TRANSPORT" --bind "${MEMBERS[$((i - 1))]}"
-    --casts "$CASTS" --size "$SIZE" --linger "$LINGER" --log "$OUT/node$i.jsonl")
+  if [ "$PERF" -eq 1 ]; then
+    args=(perf --members "$NODES" --group "netns-$TRANSPORT" --stack "$STACK" --transport "$TRANSPORT" --bind "${MEMBERS[$((i - 1))]}"
+      --casts "$CASTS" --size "$SIZE" --linger "$LINGER" --json)
+  else
+    args=(node --group "netns-$TRANSPORT" --stack "$STACK" --transport "$TRANSPORT" --bind "${MEMBERS[$((i - 1))]}"
+      --casts "$CASTS" --size "$SIZE" --linger "$LINGER" --log "$OUT/node$i.jsonl")
+  fi
   [ -z "$RATE" ] || args+=(--rate "$RATE")
   if [ "$NO_PEERS" -eq 0 ] && [ "$NODES" -gt 1 ]; then
     peers=$(grep -v -x -F "${MEMBERS[$((i - 1))]}" "$OUT/members" | paste -s -d, -)
@@ -256,7 +269,17 @@ tick() {
   fi
   sleep 0.05
 }
-deliveries() { grep -c '"ev":"deliver"' "$OUT/node$1.jsonl" 2>/dev/null || true; }
+if [ "$PERF" -eq 1 ]; then
+  # `strata perf` prints its progress on stderr as a share of what it
+  # expects (N x casts): `perf: 1.0 s, 41% delivered ...`.
+  deliveries() {
+    local pct
+    pct=$(grep -o '[0-9]*% delivered' "$OUT/node$1.err" 2>/dev/null | tail -n 1 | cut -d% -f1)
+    echo $((${pct:-0} * NODES * CASTS / 100))
+  }
+else
+  deliveries() { grep -c '"ev":"deliver"' "$OUT/node$1.jsonl" 2>/dev/null || true; }
+fi
 # The members of node I's latest view, one per line, in rank order.
 view_members() {
   grep '"ev":"view"' "$OUT/node$1.jsonl" 2>/dev/null | tail -n 1 | sed -n 's/.*"members":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | tr -d '"'

@@ -12,6 +12,10 @@
 //!   ipmc a member that is not the coordinator; the ipmc members are given
 //!   no peers and find each other by multicast discovery.
 //!
+//! And `strata perf` with one member per host (`--bind`/`--peers`), the full
+//! ordering stack, over udp and ipmc with the same loss: every member
+//! completes and prints the JSON result the issue specifies.
+//!
 //! Each test needs root, iproute2 (and nftables for loss) and a kernel that
 //! lets it create namespaces; without them it prints why on stderr (not
 //! captured by the test harness, so it shows in CI logs) and passes. The
@@ -61,11 +65,13 @@ struct Scenario {
     no_peers: bool,
     /// Kill the member of this rank in the view of all members.
     kill_rank: Option<usize>,
+    /// Run `strata perf` members instead of `strata node`.
+    perf: bool,
 }
 
 impl Scenario {
     fn clean(name: &'static str, transport: &'static str, nodes: usize) -> Scenario {
-        Scenario { name, transport, nodes, stack: FIXED, rate: None, loss: 0, no_peers: false, kill_rank: None }
+        Scenario { name, transport, nodes, stack: FIXED, rate: None, loss: 0, no_peers: false, kill_rank: None, perf: false }
     }
 
     fn lossy(name: &'static str, transport: &'static str, nodes: usize) -> Scenario {
@@ -119,6 +125,9 @@ fn run(s: &Scenario) -> Option<Ran> {
     }
     if s.no_peers {
         cmd.arg("--no-peers");
+    }
+    if s.perf {
+        cmd.arg("--perf");
     }
     if let Some(rank) = s.kill_rank {
         cmd.args(["--kill-rank", &rank.to_string(), "--kill-after", &KILL_AFTER.to_string()]);
@@ -452,6 +461,46 @@ fn ipmc_4_hosts_deliver_everything_despite_random_loss() {
 #[test]
 fn tcptree_6_hosts_deliver_everything_despite_random_segment_loss() {
     fixed_membership(Scenario::lossy("tcptree-loss", "tcptree", 6));
+}
+
+/// `strata perf`, one member per host, the full ordering stack, with loss:
+/// every member completes and its JSON result has the fields the issue
+/// names, with every cast delivered.
+fn perf_per_host(name: &'static str, transport: &'static str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Scenario { stack: "FRAG:NAK:CAUSAL:VSYNC:TOTAL", perf: true, ..Scenario::lossy(name, transport, 3) };
+    let Some(ran) = run(&s) else { return };
+    for (i, me) in ran.members.iter().enumerate() {
+        let out = std::fs::read_to_string(ran.dir.join(format!("node{}.out", i + 1))).unwrap_or_else(|e| ran.fail(format!("{me}: no output: {e}")));
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| ran.fail(format!("{me}: not one JSON object ({e}): {out}")));
+        if v["complete"] != true {
+            ran.fail(format!("{me} did not complete: {v}"));
+        }
+        for key in ["deliveries_per_sec_per_member", "mb_per_sec_per_member", "cpu_us_per_msg", "rss_mib_max"] {
+            if !v[key].as_f64().is_some_and(|x| x > 0.0) {
+                ran.fail(format!("{me}: `{key}` is not a positive number: {v}"));
+            }
+        }
+        let (p50, p99, p999) = (v["latency_us"]["p50"].as_f64(), v["latency_us"]["p99"].as_f64(), v["latency_us"]["p999"].as_f64());
+        if !matches!((p50, p99, p999), (Some(a), Some(b), Some(c)) if 0.0 < a && a <= b && b <= c) {
+            ran.fail(format!("{me}: latency percentiles out of order: {v}"));
+        }
+        let row = &v["per_member"][0];
+        if row["addr"] != me.as_str() || row["delivered"].as_u64() != Some(3 * CASTS) || row["sent"].as_u64() != Some(CASTS) {
+            ran.fail(format!("{me}: its row does not show {CASTS} sent and {} delivered: {row}", 3 * CASTS));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&ran.dir);
+}
+
+#[test]
+fn perf_one_member_per_host_over_udp_completes_despite_random_loss() {
+    perf_per_host("perf-udp-loss", "udp");
+}
+
+#[test]
+fn perf_one_member_per_host_over_ipmc_completes_despite_random_loss() {
+    perf_per_host("perf-ipmc-loss", "ipmc");
 }
 
 #[test]
