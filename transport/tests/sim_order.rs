@@ -263,6 +263,7 @@ fn casts_waiting_for_a_cast_lost_to_one_member_slow_their_sender_instead_of_bein
         assert!(held_max >= 64, "{name}: member 2 held member 1's casts back ({held_max} at most), else the test shows nothing");
         assert!(held_max < 1000, "{name}: held at most {held_max}");
         assert_eq!(o.members[2].counter("CAUSAL", "given_up"), Some(0), "{name}");
+        assert!(o.members[2].counter("CAUSAL", "holding_reports") > Some(0), "{name}: member 2's CAUSAL reported what it held");
         assert!(o.members[1].backpressured > 0, "{name}: member 1 was slowed down");
         for (i, m) in o.members.iter().enumerate() {
             assert_eq!(m.knowledge().len(), 6000, "{name}: member {i} delivered every cast");

@@ -226,6 +226,7 @@ pub struct Causal {
     held_max: u64,
     discarded_at_view: u64,
     given_up: u64,
+    holding_reports: u64,
 }
 
 impl Causal {
@@ -254,6 +255,7 @@ impl Causal {
             held_max: 0,
             discarded_at_view: 0,
             given_up: 0,
+            holding_reports: 0,
         }
     }
 
@@ -420,6 +422,7 @@ impl Causal {
         let count = (sender.held.len() / self.holding_quantum * self.holding_quantum) as u64;
         if count != sender.reported_held {
             sender.reported_held = count;
+            self.holding_reports += 1;
             cx.down(Down::Holding { from: sender.id, count });
         }
     }
@@ -523,6 +526,7 @@ impl Layer for Causal {
             .add("held", self.held as u64)
             .add("held_max", self.held_max)
             .add("discarded_at_view", self.discarded_at_view)
-            .add("given_up", self.given_up);
+            .add("given_up", self.given_up)
+            .add("holding_reports", self.holding_reports);
     }
 }

@@ -409,6 +409,7 @@ fn held_casts_are_reported_below_in_steps_and_released_when_delivered() {
     assert_eq!(delivered(&out), [(m(A), "a1"), (m(B), "b1"), (m(B), "b2"), (m(B), "b3"), (m(B), "b4")].map(|(f, t)| (f, t.to_string())));
     assert_eq!(stat(&c, "held"), 0);
     assert_eq!(stat(&c, "given_up"), 0);
+    assert_eq!(stat(&c, "holding_reports"), 3, "2, 4, then 0");
 
     // Casts still held at a view change are discarded, and so is the report.
     assert_eq!(arrive(&mut c, B, &wire(&dep, "b5")), vec![]);
