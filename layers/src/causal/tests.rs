@@ -420,6 +420,17 @@ fn held_casts_are_reported_below_in_steps_and_released_when_delivered() {
 }
 
 #[test]
+fn with_the_default_max_held_reports_come_in_steps_of_256() {
+    let mut c = harness(C, 3);
+    let dep = [kind::MAP, 0b001, 0];
+    assert_eq!(arrive(&mut c, B, &wire(&dep, "b")), vec![]);
+    for i in 2..256 {
+        assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b")), vec![], "{i} held");
+    }
+    assert_eq!(arrive(&mut c, B, &wire(&[kind::SAME], "b")), vec![holding(B, 256)]);
+}
+
+#[test]
 fn a_view_larger_than_max_members_is_fifo_only_and_says_so() {
     let mut a = harness_with(A, 3, &[("max_members", 2)]);
     assert!(matches!(a.init_output(), [Out::Up(Up::Problem(p))] if p.layer == "CAUSAL" && p.what.contains("max_members=2")));

@@ -879,15 +879,9 @@ impl Nak {
             if own {
                 // Own casts come back through the loopback: this member's own
                 // acknowledgement of them.
-                self.peers[r].acked_casts = self.peers[r].acked_casts.max(self.peers[r].casts_consumed());
-                self.advance_stability(cx);
+                self.ack_own(cx);
             }
-            // Acknowledge early when a quarter of a sender's window arrived,
-            // so that a fast sender's buffer drains before it fills.
-            let early = self.unacked_deliveries >= (self.max_unstable / 4).max(1) || self.unacked_bytes >= (self.max_unstable_bytes / 4).max(1);
-            if early && self.peers.len() > 1 {
-                self.send_status(cx);
-            }
+            self.ack_early_if_due(cx);
         }
         self.arm_nak_if(cx, gap);
         self.arm_status(cx);
@@ -988,18 +982,34 @@ impl Nak {
         peer.held_above = count;
         let after = peer.casts_consumed();
         if r == self.me {
-            peer.acked_casts = peer.acked_casts.max(after);
-            return self.advance_stability(cx);
+            return self.ack_own(cx);
         }
         if after > before {
             // Acknowledgements to give, as if these casts arrived now; the
             // sender may be waiting for them with a closed window.
             self.status_dirty = true;
             self.unacked_deliveries += (after - before) as usize;
-            if self.unacked_deliveries >= (self.max_unstable / 4).max(1) {
-                self.send_status(cx);
-            }
+            self.ack_early_if_due(cx);
             self.arm_status(cx);
+        }
+    }
+
+    /// Acknowledges this member's own casts up to what it consumed (never
+    /// taking an acknowledgement back), and frees what became stable.
+    fn ack_own(&mut self, cx: &mut Context<'_>) {
+        let own = &mut self.peers[self.me];
+        own.acked_casts = own.acked_casts.max(own.casts_consumed());
+        self.advance_stability(cx);
+    }
+
+    /// Acknowledges at once, without waiting for the status period, when a
+    /// quarter of a sender's window (in messages or bytes) is waiting for
+    /// acknowledgement here, so that a fast sender's buffer drains before
+    /// it fills.
+    fn ack_early_if_due(&mut self, cx: &mut Context<'_>) {
+        let due = self.unacked_deliveries >= (self.max_unstable / 4).max(1) || self.unacked_bytes >= (self.max_unstable_bytes / 4).max(1);
+        if due && self.peers.len() > 1 {
+            self.send_status(cx);
         }
     }
 
@@ -1331,6 +1341,16 @@ mod tests {
             .collect()
     }
 
+    /// Casts `msg` at member A's harness, passes it back up as the engine's
+    /// loopback does, and returns it as the other members receive it.
+    fn cast_at_a(a: &mut LayerHarness, msg: Msg) -> Msg {
+        let out = a.down(Down::Cast(msg));
+        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("one cast passed down, got {out:?}") };
+        let sent = sent.clone();
+        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        Msg::new(sent.to_bytes())
+    }
+
     fn statuses(out: &[Out]) -> Vec<Msg> {
         wire(out).into_iter().filter(|(to, msg)| to.is_none() && msg.front().first() == Some(&kind::STATUS)).map(|(_, msg)| msg).collect()
     }
@@ -1490,9 +1510,7 @@ mod tests {
     fn a_status_reveals_a_lost_last_message_and_acks_free_the_buffer() {
         let mut a = harness(A, 2);
         let mut b = harness(B, 2);
-        let out = a.down(Down::Cast(body("last")));
-        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
-        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        cast_at_a(&mut a, body("last"));
         // The datagram to B is lost. A's status, due in status_ms, tells B.
         let out = a.advance(Instant::from_millis(100));
         let st = statuses(&out);
@@ -1522,10 +1540,9 @@ mod tests {
     fn a_lost_ack_is_sent_again_when_the_sender_still_waits_and_others_learn_stability() {
         let mut a = harness(A, 2);
         let mut b = harness(B, 2);
-        let sent = wire(&a.down(Down::Cast(body("m"))));
-        a.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
+        let sent = cast_at_a(&mut a, body("m"));
         assert!(a.down(Down::Flush { token: 0 }).is_empty(), "B has not acknowledged yet");
-        b.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
+        b.up(Up::Cast { from: m(A), msg: sent });
         // B's first status (its ack) is lost, and B has nothing new to say.
         assert_eq!(statuses(&b.advance(Instant::from_millis(100))).len(), 1);
         assert!(statuses(&b.advance(Instant::from_millis(1_000))).is_empty());
@@ -1585,13 +1602,11 @@ mod tests {
     #[test]
     fn a_flush_waits_for_every_member() {
         let mut a = harness(A, 3);
-        let out = a.down(Down::Cast(body("x")));
-        let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
-        a.up(Up::Cast { from: m(A), msg: sent.clone() });
+        let sent = cast_at_a(&mut a, body("x"));
         assert!(a.down(Down::Flush { token: 1 }).is_empty());
         for (who, expect_flushed) in [(B, false), (C, true)] {
             let mut h = harness(who, 3);
-            h.up(Up::Cast { from: m(A), msg: Msg::new(sent.to_bytes()) });
+            h.up(Up::Cast { from: m(A), msg: sent.clone() });
             let st = statuses(&h.advance(Instant::from_millis(100)));
             let out = a.up(Up::Cast { from: m(who), msg: st[0].clone() });
             assert_eq!(out.contains(&Out::Up(Up::Flushed { token: 1 })), expect_flushed, "after {who}'s ack: {out:?}");
@@ -1605,10 +1620,7 @@ mod tests {
         let mut datagrams = Vec::new();
         for _ in 0..8 {
             assert!(!a.backpressure());
-            let out = a.down(Down::Cast(body("p")));
-            let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!() };
-            a.up(Up::Cast { from: m(A), msg: sent.clone() });
-            datagrams.push(Msg::new(sent.to_bytes()));
+            datagrams.push(cast_at_a(&mut a, body("p")));
         }
         assert!(a.backpressure(), "8 unstable messages close the window");
         // B acknowledges early, after max_unstable/4 deliveries.
@@ -1633,12 +1645,7 @@ mod tests {
     fn casts_held_above_are_acknowledged_only_once_released_so_their_senders_window_stays_closed() {
         let mut a = harness_with(A, 2, &[("max_unstable", 8)]);
         let mut b = harness_with(B, 2, &[("max_unstable", 8)]);
-        let mut datagrams = Vec::new();
-        for _ in 0..8 {
-            let sent = wire(&a.down(Down::Cast(body("p"))));
-            a.up(Up::Cast { from: m(A), msg: sent[0].1.clone() });
-            datagrams.push(sent[0].1.clone());
-        }
+        let datagrams: Vec<Msg> = (0..8).map(|_| cast_at_a(&mut a, body("p"))).collect();
         assert!(a.backpressure());
         // The layer above B's NAK holds 7 of A's casts (waiting for a cast
         // of another member): B acknowledges only the eighth.
@@ -1674,6 +1681,22 @@ mod tests {
     }
 
     #[test]
+    fn own_casts_held_above_are_not_stable_until_released() {
+        let mut a = harness(A, 2);
+        let mut b = harness(B, 2);
+        assert!(a.down(Down::Holding { from: m(A), count: 1 }).is_empty());
+        let sent = cast_at_a(&mut a, body("mine"));
+        assert!(a.down(Down::Flush { token: 3 }).is_empty());
+        b.up(Up::Cast { from: m(A), msg: sent });
+        let st = statuses(&b.advance(Instant::from_millis(100)));
+        let out = a.up(Up::Cast { from: m(B), msg: st[0].clone() });
+        assert!(!out.contains(&Out::Up(Up::Flushed { token: 3 })), "B has it, but A's own layers above still hold it: {out:?}");
+        let out = a.down(Down::Holding { from: m(A), count: 0 });
+        assert!(out.contains(&Out::Up(Up::Flushed { token: 3 })), "{out:?}");
+        assert!(out.contains(&Out::Up(Up::Stable { from: m(A), count: 1 })), "{out:?}");
+    }
+
+    #[test]
     fn the_send_window_closes_on_unstable_bytes_and_reopens_at_three_quarters_as_acks_arrive() {
         // 1000-byte casts against a 3500-byte bound: the fourth closes the
         // window (4000 bytes held); it reopens at or below 2625 bytes.
@@ -1683,10 +1706,7 @@ mod tests {
         let mut datagrams = Vec::new();
         for i in 0..4 {
             assert!(!a.backpressure(), "open before cast {i}");
-            let out = a.down(Down::Cast(sized(1000)));
-            let [Out::Down(Down::Cast(sent))] = out.as_slice() else { panic!("{out:?}") };
-            a.up(Up::Cast { from: m(A), msg: sent.clone() });
-            datagrams.push(Msg::new(sent.to_bytes()));
+            datagrams.push(cast_at_a(&mut a, sized(1000)));
         }
         assert!(a.backpressure(), "4000 unstable bytes close the window, far below max_unstable messages");
         assert_eq!((a.stats().get("xmit_buffer"), a.stats().get("xmit_buffer_bytes")), (Some(4), Some(4000)));
