@@ -364,11 +364,7 @@ impl Sender {
     /// Sends `frame` to each address in `to`, or queues it to.
     pub(crate) fn send(&mut self, socket: &UdpSocket, to: &[SocketAddr], frame: &[&[u8]], counters: &mut IoCounters) {
         if let Some(bundler) = &mut self.bundler {
-            let len = frame_len(frame);
-            for &addr in to {
-                bundler.push(addr, frame, len);
-            }
-            if bundler.queued_bytes() > SEND_QUEUE_BYTES {
+            if bundler.push_all(to, frame, frame_len(frame)) {
                 self.flush(socket, counters);
             }
             return;

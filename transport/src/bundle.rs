@@ -248,7 +248,8 @@ impl Bundler {
     }
 
     /// Bytes queued, markers and lengths included.
-    pub(crate) fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
 
@@ -285,6 +286,16 @@ impl Bundler {
             q.bytes.extend_from_slice(s);
         }
         self.queued_bytes += q.bytes.len() - before;
+    }
+
+    /// Queues `frame` (`len` bytes in all) for each address in `to`; returns
+    /// whether so much is queued ([`SEND_QUEUE_BYTES`](crate::batch::SEND_QUEUE_BYTES))
+    /// that it should leave now rather than at the end of the round.
+    pub(crate) fn push_all(&mut self, to: &[SocketAddr], frame: &[&[u8]], len: usize) -> bool {
+        for &addr in to {
+            self.push(addr, frame, len);
+        }
+        self.queued_bytes > crate::batch::SEND_QUEUE_BYTES
     }
 
     /// Lists the datagrams of everything queued, in order per destination,
@@ -423,6 +434,21 @@ mod tests {
         assert_eq!(got, (0..20).map(|i| frame(i, 100)).collect::<Vec<_>>());
         assert_eq!((c.bundles_sent, c.frames_bundled), (3, 20));
         assert_eq!(b.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_round_that_queues_more_than_the_send_queue_asks_to_leave_early() {
+        let mut b = Bundler::new(DEFAULT_BUNDLE_BYTES);
+        let f = frame(0, 1000);
+        let to = [addr(1), addr(2)];
+        // Each frame is queued twice, 1002 bytes or so each time.
+        let mut pushes = 0;
+        while !b.push_all(&to, &[&f], f.len()) {
+            pushes += 1;
+            assert!(b.queued_bytes() <= crate::batch::SEND_QUEUE_BYTES);
+        }
+        assert!(b.queued_bytes() > crate::batch::SEND_QUEUE_BYTES);
+        assert_eq!(pushes, crate::batch::SEND_QUEUE_BYTES / 2 / 1002, "{} bytes queued", b.queued_bytes());
     }
 
     #[test]

@@ -31,8 +31,6 @@ pub const DEFAULT_QUEUE_DATAGRAMS: usize = 4096;
 const RECV_BATCH: usize = 64;
 /// Ports handed out for binds to port 0 start here.
 const FIRST_AUTO_PORT: u16 = 40_000;
-/// Bytes bundled before they leave without waiting for the end of the round.
-const SEND_QUEUE_BYTES: usize = 256 << 10;
 
 type Datagram = (SocketAddr, Bytes);
 
@@ -261,10 +259,7 @@ impl Transport for MemTransport {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "datagram larger than the network's max_datagram"));
         }
         if let Some(bundler) = &mut self.bundler {
-            for &addr in to {
-                bundler.push(addr, frame, len);
-            }
-            if bundler.queued_bytes() > SEND_QUEUE_BYTES {
+            if bundler.push_all(to, frame, len) {
                 self.flush();
             }
             return Ok(());
