@@ -1,10 +1,11 @@
 //! A group whose members each run on a thread of their own with a
 //! single-threaded tokio runtime, over the in-process transport
-//! (`MemNetwork` with its default limits: bounded queues, frames bundled as
-//! over UDP), through the public runtime API as an application uses it: for
-//! the whole-stack benches on the real clock. The bench's thread forms the
-//! group once, then drives it burst by burst over channels (a command per
-//! member, an answer from each), and shuts it down at the end.
+//! (`MemNetwork`: bounded queues, frames bundled as over UDP by default),
+//! through the public runtime API as an application uses it: for the
+//! whole-stack benches on the real clock (`benches/stacks.rs`) and
+//! `examples/mem_group.rs`. The caller's thread forms the group once, then
+//! drives it burst by burst over channels (a command per member, an answer
+//! from each), and shuts it down at the end.
 
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -29,8 +30,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 
 /// A member's answer at each step (joined; sees the whole group; delivered a
-/// whole burst): when it got there, or why it could not.
-type Answer = Result<Instant, String>;
+/// whole burst): which member, and when it got there, or why it could not.
+type Answer = Result<(usize, Instant), String>;
 
 /// What every member of the group shares.
 struct Setup {
@@ -63,22 +64,14 @@ pub struct ThreadedGroup {
 }
 
 impl ThreadedGroup {
-    /// Starts the members of a `spec` group and returns once every one sees
-    /// a view of all of them. Panics with the reason if the group does not
-    /// form.
-    pub fn form(label: &str, spec: &str, members: usize, body: &Bytes) -> ThreadedGroup {
+    /// Starts the members of a `spec` group on `net` and returns once every
+    /// one sees a view of all of them, or why the group did not form.
+    pub fn form(label: &str, spec: &str, members: usize, body: &Bytes, net: MemNetwork) -> Result<ThreadedGroup, String> {
         let registry = strata::builtin_registry();
-        let resolved = registry.resolve(spec).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let resolved = registry.resolve(spec).map_err(|e| format!("{label}: {e}"))?;
         let membership = resolved.layers.iter().any(|(d, _)| d.provides.contains(Props::MEMBERSHIP));
-        let setup = Arc::new(Setup {
-            label: label.to_string(),
-            spec: spec.to_string(),
-            members,
-            net: MemNetwork::new(),
-            registry: Arc::new(registry),
-            membership,
-            body: body.clone(),
-        });
+        let setup =
+            Arc::new(Setup { label: label.to_string(), spec: spec.to_string(), members, net, registry: Arc::new(registry), membership, body: body.clone() });
         let (answer, answers) = std_mpsc::channel();
         let mut this = ThreadedGroup { label: label.to_string(), commands: Vec::new(), answers, threads: Vec::new() };
         // Every member answers twice before its first burst: joined, whole view.
@@ -87,12 +80,12 @@ impl ThreadedGroup {
             this.spawn(index, &setup, answer.clone());
             if index == 0 && membership {
                 // The others join through the founder: it must be there first.
-                this.wait(1, "found the group");
+                this.wait(1, "found the group")?;
                 pending -= 1;
             }
         }
-        this.wait(pending, "join and see the whole group");
-        this
+        this.wait(pending, "join and see the whole group")?;
+        Ok(this)
     }
 
     fn spawn(&mut self, index: usize, setup: &Arc<Setup>, answer: std_mpsc::Sender<Answer>) {
@@ -109,32 +102,32 @@ impl ThreadedGroup {
         self.threads.push(thread);
     }
 
-    /// Waits for `n` answers; returns the latest instant among them.
-    /// Panics with a member's reason if one gave up.
-    fn wait(&self, n: usize, what: &str) -> Option<Instant> {
-        let mut last = None;
-        for _ in 0..n {
-            let at = match self.answers.recv_timeout(ANSWER_LIMIT) {
-                Ok(Ok(at)) => at,
-                Ok(Err(why)) => panic!("{}: {why}", self.label),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => panic!("{}: the members did not {what} within {ANSWER_LIMIT:?}", self.label),
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => panic!("{}: every member thread ended before they could {what}", self.label),
-            };
-            last = last.max(Some(at));
-        }
-        last
+    /// Waits for `n` answers: when each member (by index) got there, or
+    /// the reason one gave up.
+    fn wait(&self, n: usize, what: &str) -> Result<Vec<(usize, Instant)>, String> {
+        (0..n)
+            .map(|_| match self.answers.recv_timeout(ANSWER_LIMIT) {
+                Ok(Ok(at)) => Ok(at),
+                Ok(Err(why)) => Err(format!("{}: {why}", self.label)),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => Err(format!("{}: the members did not {what} within {ANSWER_LIMIT:?}", self.label)),
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(format!("{}: every member thread ended before they could {what}", self.label)),
+            })
+            .collect()
     }
 
-    /// One burst: every member casts `casts` messages at once. Returns the
-    /// time from the start signal until the last member had delivered all
-    /// of them (every member's, its own included).
-    pub fn burst(&self, casts: usize) -> Duration {
+    /// One burst: every member casts `casts` messages at once. Returns, for
+    /// each member, the time from the start signal until it had delivered
+    /// all of them (every member's, its own included), or why one could not.
+    pub fn burst(&self, casts: usize) -> Result<Vec<Duration>, String> {
         let start = Instant::now();
         for (index, command) in self.commands.iter().enumerate() {
-            command.send(casts).unwrap_or_else(|_| panic!("{}: member {index} has stopped", self.label));
+            command.send(casts).map_err(|_| format!("{}: member {index} has stopped", self.label))?;
         }
-        let done = self.wait(self.commands.len(), "deliver a burst").unwrap_or(start);
-        done.saturating_duration_since(start)
+        let mut took = vec![Duration::ZERO; self.commands.len()];
+        for (index, at) in self.wait(self.commands.len(), "deliver a burst")? {
+            took[index] = at.saturating_duration_since(start);
+        }
+        Ok(took)
     }
 
     /// Shuts every member's endpoint down and joins the threads.
@@ -157,7 +150,7 @@ async fn member(index: usize, setup: &Arc<Setup>, mut commands: mpsc::UnboundedR
         Ok(mut member) => {
             while let Some(casts) = member.idle(&mut commands).await {
                 // The bench's thread has gone if this fails: nobody to tell.
-                let _ = answer.send(member.burst(casts).await);
+                let _ = answer.send(member.burst(casts).await.map(|at| (index, at)));
             }
         }
         Err(why) => {
@@ -198,7 +191,7 @@ impl Member {
             (true, _) => vec![MemberId::new(addr(0), 1)],
         };
         let (group, mut events) = endpoint.join(cfg).await.map_err(|e| format!("member {index} could not join: {e}"))?;
-        let _ = answer.send(Ok(Instant::now()));
+        let _ = answer.send(Ok((index, Instant::now())));
         // Without a membership layer the view is whole from the start.
         if setup.membership {
             let whole = async {
@@ -211,7 +204,7 @@ impl Member {
             };
             tokio::time::timeout(PATIENCE, whole).await.map_err(|_| format!("member {index}: no view of {} members within {PATIENCE:?}", setup.members))??;
         }
-        let _ = answer.send(Ok(Instant::now()));
+        let _ = answer.send(Ok((index, Instant::now())));
         Ok(Member {
             index,
             setup: setup.clone(),
@@ -245,7 +238,7 @@ impl Member {
     /// the send window, which only reopens while events are read) and reads
     /// until every member's casts of this burst are delivered here. Answers
     /// when that happened.
-    async fn burst(&mut self, casts: usize) -> Answer {
+    async fn burst(&mut self, casts: usize) -> Result<Instant, String> {
         if let Some(trouble) = self.trouble.take() {
             return Err(trouble);
         }
